@@ -1,0 +1,87 @@
+"""Purser HTTP API: ``create_app()`` is the application factory (gunicorn "api:create_app()")."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Flask, Response, g, request
+
+from api import auth
+from api.errors import register_error_handlers
+from infra import context
+from infra.config import Settings, get_settings, settings_or_exit
+from infra.logging_setup import setup_logging
+
+VERSION = "0.1.0"
+MAX_BODY_BYTES = 16 * 1024
+
+access_log = logging.getLogger("purser.access")
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or settings_or_exit()
+    setup_logging(settings.log_level, settings.log_file, process="web")
+    app = Flask(__name__)
+    app.config.update(PURSER=settings, MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    register_error_handlers(app)
+    _register_hooks(app)
+
+    from api.routes import register_blueprints
+    register_blueprints(app)
+
+    try:
+        from infra import observability
+        observability.init_web(app, settings)
+    except ImportError:
+        pass
+
+    from api.cli import register_cli
+    register_cli(app)
+    return app
+
+
+def _register_hooks(app: Flask) -> None:
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+        g.request_id = context.clean_request_id(request.headers.get("X-Request-ID"))
+        g.ctx_token = context.bind(requestId=g.request_id)
+        g.principal = None
+        # Authenticate early so the rate limiter can key on the caller's tier. A bad
+        # token on a public route is still refused: a client should know it is broken.
+        g.principal = auth.bearer_principal(get_settings_for_app())
+        if g.principal is not None:
+            context.bind(userId=g.principal.user_id)
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        response.headers["X-Request-ID"] = getattr(g, "request_id", "") or ""
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        duration_ms = round((time.perf_counter() - getattr(g, "started", time.perf_counter())) * 1000, 2)
+        principal = getattr(g, "principal", None)
+        job = getattr(g, "accepted_job", None)
+        access_log.info(
+            "%s %s %s", request.method, request.path, response.status_code,
+            extra={"method": request.method, "path": request.path, "status": response.status_code,
+                   "durationMs": duration_ms, "userId": principal.user_id if principal else None,
+                   "jobId": job["_id"] if job else None, "requestId": getattr(g, "request_id", None)},
+        )
+        return response
+
+    @app.teardown_request
+    def _teardown(_: BaseException | None) -> None:
+        token = g.pop("ctx_token", None)
+        if token is not None:
+            try:
+                context.reset(token)
+            except ValueError:
+                pass
+
+
+def get_settings_for_app() -> Settings:
+    from flask import current_app
+    return current_app.config.get("PURSER") or get_settings()

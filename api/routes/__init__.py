@@ -1,0 +1,12 @@
+"""Blueprints of the API, one module per area."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register_blueprints(app: Flask) -> None:
+    from api.routes import admin, auth, docs, gifts, health, jobs, payments, premium, subscription, wallet
+
+    for module in (health, auth, wallet, premium, subscription, gifts, payments, admin, jobs, docs):
+        app.register_blueprint(module.bp)

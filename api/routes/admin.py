@@ -1,0 +1,65 @@
+"""Operator actions: roles, credits, wallet freezes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify
+
+from api.auth import current
+from api.errors import ApiError
+from api.jsonbody import parse_body
+from api.money import accept
+from api.routes.common import require_user_wallet
+from api.schemas import CreditIn, JobOut, RoleIn, UserOut, WalletStatusOut
+from api.spec import endpoint
+from infra.mongo import get_db
+from ledger.money import is_user_id
+from ledger.operations import Credit
+from services import users
+
+bp = Blueprint("admin", __name__, url_prefix="/api/admin")
+ADMIN = ("admin",)
+
+
+def _user_id(user_id: str) -> str:
+    if not is_user_id(user_id):
+        raise ApiError(404, "USER_NOT_FOUND", "No such user.")
+    return user_id
+
+
+@endpoint(bp, "PATCH", "/users/<userId>", summary="Change a user's role", body=RoleIn, response=UserOut,
+          roles=ADMIN, errors=(404,))
+def set_role(userId: str) -> Any:  # noqa: N803
+    body = parse_body(RoleIn)
+    user = users.set_role(get_db(), _user_id(userId), body.role)
+    if user is None:
+        raise ApiError(404, "USER_NOT_FOUND", "No such user.")
+    return jsonify(users.user_view(user))
+
+
+@endpoint(bp, "POST", "/credit", summary="Credit a wallet (goodwill, corrections)", body=CreditIn,
+          response=JobOut, status=202, roles=ADMIN, idempotent=True)
+def credit() -> Any:
+    body = parse_body(CreditIn)
+    require_user_wallet(body.userId)
+    return accept(Credit(body.userId, body.amount, body.reason), body, owner_id=current().user_id)
+
+
+def _set_status(user_id: str, status: str) -> Any:
+    wallet = users.set_wallet_status(get_db(), _user_id(user_id), status)
+    if wallet is None:
+        raise ApiError(404, "USER_NOT_FOUND", "No such user.")
+    return jsonify(userId=user_id, walletId=wallet["_id"], status=wallet["status"])
+
+
+@endpoint(bp, "POST", "/wallets/<userId>/freeze", summary="Freeze a wallet: its jobs fail WALLET_FROZEN",
+          response=WalletStatusOut, roles=ADMIN, errors=(404,))
+def freeze(userId: str) -> Any:  # noqa: N803
+    return _set_status(userId, "frozen")
+
+
+@endpoint(bp, "POST", "/wallets/<userId>/unfreeze", summary="Unfreeze a wallet",
+          response=WalletStatusOut, roles=ADMIN, errors=(404,))
+def unfreeze(userId: str) -> Any:  # noqa: N803
+    return _set_status(userId, "active")

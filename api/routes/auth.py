@@ -1,0 +1,47 @@
+"""Registration, login and the caller's profile."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify
+
+from api import auth as tokens
+from api.errors import ApiError
+from api.jsonbody import parse_body
+from api.schemas import LoginIn, MeOut, RegisterIn, TokenOut, UserOut
+from api.spec import endpoint
+from infra.mongo import get_db
+from services import users
+
+bp = Blueprint("auth", __name__, url_prefix="/api")
+
+
+@endpoint(bp, "POST", "/auth/register", summary="Create an account (role free) and its wallet",
+          body=RegisterIn, response=UserOut, status=201, errors=(409,), auth_required=False)
+def register() -> Any:
+    body = parse_body(RegisterIn)
+    try:
+        user = users.create_user(get_db(), body.email, body.password, display_name=body.displayName)
+    except users.EmailTaken:
+        raise ApiError(409, "EMAIL_TAKEN", "An account with this email already exists.") from None
+    return jsonify(users.user_view(user)), 201
+
+
+@endpoint(bp, "POST", "/auth/login", summary="Exchange email and password for a bearer token",
+          body=LoginIn, response=TokenOut, auth_required=False)
+def login() -> Any:
+    body = parse_body(LoginIn)
+    user = users.authenticate(get_db(), body.email, body.password)
+    if user is None:
+        raise ApiError(401, "INVALID_CREDENTIALS", "Email or password is wrong.")
+    token, ttl = tokens.issue_token(current_app.config["PURSER"], user["_id"], user["role"])
+    return jsonify(accessToken=token, tokenType="Bearer", expiresIn=ttl)
+
+
+@endpoint(bp, "GET", "/me", summary="The caller's profile", response=MeOut)
+def me() -> Any:
+    user = users.get_user(get_db(), tokens.current().user_id)
+    if user is None:
+        raise ApiError(401, "UNAUTHORIZED", "The account no longer exists.")
+    return jsonify(**users.user_view(user), walletId=user["_id"], displayName=user.get("displayName"))

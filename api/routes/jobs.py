@@ -1,0 +1,63 @@
+"""Job status polling, with an optional bounded wait (``Prefer: wait=N``)."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+
+from api.auth import current
+from api.errors import ApiError
+from api.jsonbody import parse_query
+from api.routes.common import bad_cursor
+from api.schemas import JobOut, JobPage, JobsQuery
+from api.spec import endpoint
+from infra.mongo import get_db
+from ledger.money import is_user_id
+from services.jobs import TERMINAL, job_view
+from services.queries import BadCursor, user_jobs
+
+bp = Blueprint("jobs", __name__, url_prefix="/api/jobs")
+
+MAX_WAIT_SECONDS = 10
+_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait=(\d{1,3})(?:$|[;,\s])")
+
+
+def _visible_job(job_id: str) -> dict[str, Any]:
+    principal = current()
+    job = get_db().jobs.find_one({"_id": job_id}) if is_user_id(job_id) else None
+    # 404, not 403, for other people's jobs: existence is not disclosed.
+    if job is None or (job.get("ownerId") != principal.user_id and not principal.is_admin):
+        raise ApiError(404, "JOB_NOT_FOUND", "No such job.")
+    return job
+
+
+@endpoint(bp, "GET", "/<jobId>", summary="A job's status; 'Prefer: wait=N' (N<=10) holds until terminal",
+          response=JobOut, errors=(404,), extra_headers={"Prefer": "wait=N"})
+def get_job(jobId: str) -> Any:  # noqa: N803
+    job = _visible_job(jobId)
+    match = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
+    headers = {}
+    if match:
+        wait = min(int(match.group(1)), MAX_WAIT_SECONDS)
+        headers["Preference-Applied"] = f"wait={wait}"
+        deadline = time.monotonic() + wait
+        delay = 0.01
+        db = get_db()
+        while job["status"] not in TERMINAL and time.monotonic() < deadline:
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 0.1)
+            job = db.jobs.find_one({"_id": jobId}) or job
+    return jsonify(job_view(job)), 200, headers
+
+
+@endpoint(bp, "GET", "", summary="The caller's jobs, newest first", query=JobsQuery, response=JobPage)
+def list_jobs() -> Any:
+    q = parse_query(JobsQuery)
+    try:
+        jobs, next_cursor = user_jobs(get_db(), current().user_id, q.status, q.limit, q.cursor)
+    except BadCursor as exc:
+        raise bad_cursor(exc) from None
+    return jsonify(items=[job_view(j) for j in jobs], nextCursor=next_cursor)

@@ -1,0 +1,56 @@
+"""The payment provider's signed top-up webhook."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from typing import Any
+
+from flask import Blueprint, current_app, request
+
+from api.errors import ApiError
+from api.jsonbody import parse_body
+from api.money import accept
+from api.routes.common import require_user_wallet
+from api.schemas import JobOut, WebhookIn
+from api.spec import endpoint
+from ledger.operations import TopUp
+
+bp = Blueprint("payments", __name__, url_prefix="/api/payments")
+
+SIGNATURE_HEADER = "X-Purser-Signature"
+TOLERANCE_SECONDS = 300
+_SIG_RE = re.compile(r"^t=(\d{1,12}),v1=([0-9a-f]{64})$")
+PROVIDER_OWNER = "provider"
+
+
+def sign(secret: str, timestamp: int, raw_body: bytes) -> str:
+    """The header value a provider sends for ``raw_body`` at ``timestamp``."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + raw_body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def _verify_signature(secret: str) -> None:
+    header = request.headers.get(SIGNATURE_HEADER, "")
+    match = _SIG_RE.match(header.strip())
+    if not match:
+        raise ApiError(401, "INVALID_SIGNATURE", "Missing or malformed signature.")
+    timestamp, given = int(match.group(1)), match.group(2)
+    if abs(time.time() - timestamp) > TOLERANCE_SECONDS:
+        raise ApiError(401, "INVALID_SIGNATURE", "The signature timestamp is outside the allowed window.")
+    expected = sign(secret, timestamp, request.get_data(cache=True)).split("v1=", 1)[1]
+    if not hmac.compare_digest(expected, given):
+        raise ApiError(401, "INVALID_SIGNATURE", "The signature does not match.")
+
+
+@endpoint(bp, "POST", "/webhook", summary="Provider top-up (HMAC-signed, idempotent on providerTxId)",
+          body=WebhookIn, response=JobOut, status=202, auth_required=False, errors=(401,),
+          extra_headers={SIGNATURE_HEADER: "t=<unix>,v1=<hex hmac>"}, limited=False)
+def webhook() -> Any:
+    _verify_signature(current_app.config["PURSER"].provider_webhook_secret)
+    body = parse_body(WebhookIn)
+    require_user_wallet(body.userId)
+    return accept(TopUp(body.userId, body.amount, body.providerTxId), body, owner_id=body.userId,
+                  key=f"provider:{body.providerTxId}", key_owner=PROVIDER_OWNER)

@@ -1,0 +1,209 @@
+"""Request and response models: the HTTP contract, validated strictly.
+
+``extra="forbid"`` refuses unknown fields; strict types refuse ``true``, ``1.5``,
+``"10"`` where an integer is expected; ids have a fixed shape so an object such as
+``{"$ne": null}`` can never reach a MongoDB filter.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from ledger.money import MAX_AMOUNT
+
+Id = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{24}$", strict=True)]
+Amount = Annotated[int, Field(strict=True, gt=0, le=MAX_AMOUNT)]
+Email = Annotated[str, StringConstraints(strict=True, min_length=3, max_length=254, strip_whitespace=True,
+                                         pattern=r"^[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f]+$")]
+Text = Annotated[str, StringConstraints(strict=True, max_length=500)]
+Role = Literal["free", "premium", "creator", "admin"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RegisterIn(Strict):
+    email: Email
+    password: Annotated[str, StringConstraints(strict=True, min_length=8, max_length=256)]
+    displayName: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=80)] | None = None
+
+
+class LoginIn(Strict):
+    email: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=254)]
+    password: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=256)]
+
+
+class RoleIn(Strict):
+    role: Role
+
+
+class TransferIn(Strict):
+    receiverId: Id
+    amount: Amount
+    note: Text | None = None
+
+
+class ContentIn(Strict):
+    title: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=200)]
+    price: Amount
+
+
+class UnlockIn(Strict):
+    contentId: Id
+
+
+class PlanIn(Strict):
+    price: Amount
+    periodDays: Annotated[int, Field(strict=True, ge=1, le=366)]
+
+
+class SubscribeIn(Strict):
+    creatorId: Id
+    autoRenew: bool = True
+
+
+class CancelIn(Strict):
+    subscriptionId: Id
+
+
+class GiftIn(Strict):
+    creatorId: Id
+    amount: Amount
+    message: Text | None = None
+
+
+class WebhookIn(Strict):
+    providerTxId: Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+    userId: Id
+    amount: Amount
+
+
+class CreditIn(Strict):
+    userId: Id
+    amount: Amount
+    reason: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=500)]
+
+
+class PageQuery(Strict):
+    model_config = ConfigDict(extra="forbid", strict=False)
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+    cursor: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,200}$")] | None = None
+
+
+class JobsQuery(PageQuery):
+    status: Literal["queued", "settled", "failed"] | None = None
+
+
+# ---- responses ---------------------------------------------------------------
+
+class UserOut(BaseModel):
+    userId: str
+    email: str
+    role: Role
+
+
+class MeOut(UserOut):
+    walletId: str
+    displayName: str | None = None
+
+
+class TokenOut(BaseModel):
+    accessToken: str
+    tokenType: Literal["Bearer"]
+    expiresIn: int
+
+
+class BalanceOut(BaseModel):
+    walletId: str
+    userId: str
+    balance: int
+    currency: Literal["COIN"]
+    status: Literal["active", "frozen"]
+
+
+class TxItem(BaseModel):
+    txId: str
+    jobId: str
+    type: str
+    amount: int
+    counterpartyId: str | None
+    createdAt: str
+
+
+class TxPage(BaseModel):
+    items: list[TxItem]
+    nextCursor: str | None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobOut(BaseModel):
+    jobId: str
+    type: str
+    status: Literal["queued", "settled", "failed"]
+    createdAt: str
+    settledAt: str | None
+    result: dict[str, Any] | None
+    error: JobError | None
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    nextCursor: str | None
+
+
+class ContentOut(BaseModel):
+    contentId: str
+    creatorId: str
+    title: str
+    price: int
+    unlocked: bool | None = None
+
+
+class PlanOut(BaseModel):
+    creatorId: str
+    price: int
+    periodDays: int
+    isActive: bool
+
+
+class SubscriptionOut(BaseModel):
+    subscriptionId: str
+    creatorId: str
+    subscriberId: str
+    status: Literal["active", "expired", "cancelled"]
+    expiresAt: str
+    autoRenew: bool
+    price: int
+    periodDays: int
+    renewals: int
+
+
+class SubscriptionPage(BaseModel):
+    items: list[SubscriptionOut]
+
+
+class WalletStatusOut(BaseModel):
+    userId: str
+    walletId: str
+    status: Literal["active", "frozen"]
+
+
+class HealthOut(BaseModel):
+    status: str
+    version: str
+
+
+class Problem(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    requestId: str | None

@@ -1,0 +1,31 @@
+"""Operator CLI: ``python -m ledger reconcile`` and ``python -m ledger verify-audit``.
+
+Both print a JSON report and exit 1 on any mismatch, 2 on a configuration error.
+The service layer is imported here, at the entry point, so the ``ledger`` package
+itself stays free of database code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ledger")
+    parser.add_argument("command", choices=["reconcile", "verify-audit"])
+    args = parser.parse_args(argv)
+
+    from infra.config import settings_or_exit
+    settings_or_exit()
+    from infra.mongo import get_db
+    from services.reconcile import reconcile, verify_audit
+
+    report = reconcile(get_db()) if args.command == "reconcile" else verify_audit(get_db())
+    print(json.dumps(report.as_dict(), indent=2, default=str))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

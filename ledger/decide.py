@@ -1,0 +1,355 @@
+"""The pure decision function for one batch of one partition.
+
+Given the operations of a partition in acceptance order and a snapshot of the
+state they touch, :func:`decide_batch` says for each operation either "settled,
+with these ledger entries and side effects" or "failed, with this stable code".
+Later operations see the effects of earlier ones in the same batch. The caller
+writes the merged result in one database transaction.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from ledger.money import EXTERNAL_FUNDING, may_go_negative
+from ledger.operations import Credit, Gift, Operation, Renew, Subscribe, TopUp, Transfer, Unlock
+from ledger.splits import CREATOR, rule_for, split
+
+# Stable failure codes: part of the HTTP contract (job.error.code).
+INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
+WALLET_FROZEN = "WALLET_FROZEN"
+WALLET_NOT_FOUND = "WALLET_NOT_FOUND"
+SELF_TRANSFER = "SELF_TRANSFER"
+RECEIVER_NOT_FOUND = "RECEIVER_NOT_FOUND"
+CONTENT_NOT_FOUND = "CONTENT_NOT_FOUND"
+ALREADY_UNLOCKED = "ALREADY_UNLOCKED"
+OWN_CONTENT = "OWN_CONTENT"
+NO_PLAN = "NO_PLAN"
+ALREADY_SUBSCRIBED = "ALREADY_SUBSCRIBED"
+RENEWAL_STALE = "RENEWAL_STALE"
+INTERNAL_ERROR = "INTERNAL_ERROR"
+
+FAILURE_MESSAGES = {
+    INSUFFICIENT_FUNDS: "The wallet balance does not cover the amount.",
+    WALLET_FROZEN: "A wallet involved in this operation is frozen.",
+    WALLET_NOT_FOUND: "The paying wallet does not exist.",
+    SELF_TRANSFER: "The sender and the receiver are the same user.",
+    RECEIVER_NOT_FOUND: "The receiving user does not exist.",
+    CONTENT_NOT_FOUND: "The content does not exist or is no longer offered.",
+    ALREADY_UNLOCKED: "The content is already unlocked for this user.",
+    OWN_CONTENT: "Creators cannot unlock their own content.",
+    NO_PLAN: "The creator offers no subscription plan.",
+    ALREADY_SUBSCRIBED: "An active subscription to this creator already exists.",
+    RENEWAL_STALE: "The subscription period was already renewed or ended.",
+    INTERNAL_ERROR: "The operation could not be processed.",
+}
+
+ACTIVE = "active"
+FROZEN = "frozen"
+
+
+@dataclass
+class WalletState:
+    balance: int
+    status: str = ACTIVE
+
+
+@dataclass(frozen=True)
+class ContentInfo:
+    content_id: str
+    creator_id: str
+    price: int
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class Plan:
+    creator_id: str
+    price: int
+    period_days: int
+    active: bool = True
+
+
+@dataclass
+class SubscriptionState:
+    subscription_id: str
+    subscriber_id: str
+    creator_id: str
+    price: int
+    period_days: int
+    status: str
+    auto_renew: bool
+    expires_at: datetime
+    renewals: int = 0
+
+
+@dataclass
+class Snapshot:
+    """The state a batch touches. Absent keys mean "does not exist"."""
+
+    wallets: dict[str, WalletState] = field(default_factory=dict)
+    contents: dict[str, ContentInfo] = field(default_factory=dict)
+    unlocks: set[tuple[str, str]] = field(default_factory=set)
+    plans: dict[str, Plan] = field(default_factory=dict)
+    subscriptions: dict[str, SubscriptionState] = field(default_factory=dict)
+
+    def has_active_subscription(self, subscriber: str, creator: str) -> bool:
+        return any(
+            s.status == ACTIVE and s.subscriber_id == subscriber and s.creator_id == creator
+            for s in self.subscriptions.values()
+        )
+
+
+@dataclass(frozen=True)
+class Entry:
+    wallet_id: str
+    amount: int
+
+
+# Side effects besides balances, written by the service in the same transaction.
+@dataclass(frozen=True)
+class GrantUnlock:
+    user_id: str
+    content_id: str
+    creator_id: str
+    price: int
+
+
+@dataclass(frozen=True)
+class StartSubscription:
+    subscription_id: str
+    subscriber_id: str
+    creator_id: str
+    price: int
+    period_days: int
+    auto_renew: bool
+    started_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class ExtendSubscription:
+    subscription_id: str
+    old_expires_at: datetime
+    new_expires_at: datetime
+
+
+@dataclass(frozen=True)
+class ExpireSubscription:
+    subscription_id: str
+    reason: str
+
+
+Effect = GrantUnlock | StartSubscription | ExtendSubscription | ExpireSubscription
+
+
+@dataclass(frozen=True)
+class Settled:
+    job_id: str
+    kind: str
+    entries: tuple[Entry, ...]
+    result: dict[str, Any]
+    effects: tuple[Effect, ...]
+    balances: dict[str, tuple[int, int]]  # wallet -> (before, after) for the audit log
+
+    ok = True
+
+
+@dataclass(frozen=True)
+class Failed:
+    job_id: str
+    kind: str
+    code: str
+    message: str
+    effects: tuple[Effect, ...] = ()
+
+    ok = False
+
+
+Outcome = Settled | Failed
+
+
+@dataclass
+class BatchDecision:
+    outcomes: list[Outcome]
+    deltas: dict[str, int]  # merged, non-zero, per wallet
+    state: Snapshot  # the snapshot after every operation of the batch
+
+
+class _Refused(Exception):
+    def __init__(self, code: str, effects: tuple[Effect, ...] = ()) -> None:
+        super().__init__(code)
+        self.code = code
+        self.effects = effects
+
+
+def _user_wallet(state: Snapshot, wallet_id: str, missing: str) -> WalletState:
+    wallet = state.wallets.get(wallet_id)
+    if wallet is None:
+        raise _Refused(missing)
+    if wallet.status == FROZEN:
+        raise _Refused(WALLET_FROZEN)
+    return wallet
+
+
+def _revenue_entries(payer: str, creator: str, gross: int, kind: str) -> tuple[list[Entry], dict[str, int]]:
+    rule = rule_for(kind)
+    assert rule is not None, kind
+    parts = split(gross, rule)
+    entries = [Entry(payer, -gross)]
+    for party, amount in parts.items():
+        if amount:
+            entries.append(Entry(creator if party == CREATOR else party, amount))
+    return entries, parts
+
+
+def _decide_one(job_id: str, op: Operation, state: Snapshot, now: datetime) -> Settled:
+    """Decide one operation against ``state``; raise :class:`_Refused` on failure."""
+    effects: list[Effect] = []
+    result: dict[str, Any] = {}
+    if isinstance(op, Transfer):
+        if op.sender == op.receiver:
+            raise _Refused(SELF_TRANSFER)
+        _user_wallet(state, op.sender, WALLET_NOT_FOUND)
+        _user_wallet(state, op.receiver, RECEIVER_NOT_FOUND)
+        entries = [Entry(op.sender, -op.amount), Entry(op.receiver, op.amount)]
+        result = {"amount": op.amount, "receiverId": op.receiver}
+    elif isinstance(op, Unlock):
+        content = state.contents.get(op.content_id)
+        if content is None or not content.active:
+            raise _Refused(CONTENT_NOT_FOUND)
+        if content.creator_id == op.user:
+            raise _Refused(OWN_CONTENT)
+        if (op.user, op.content_id) in state.unlocks:
+            raise _Refused(ALREADY_UNLOCKED)
+        _user_wallet(state, op.user, WALLET_NOT_FOUND)
+        _user_wallet(state, content.creator_id, RECEIVER_NOT_FOUND)
+        entries, parts = _revenue_entries(op.user, content.creator_id, content.price, op.kind)
+        effects.append(GrantUnlock(op.user, op.content_id, content.creator_id, content.price))
+        result = {"amount": content.price, "contentId": op.content_id, "creatorId": content.creator_id,
+                  "split": parts}
+    elif isinstance(op, Subscribe):
+        if op.subscriber == op.creator:
+            raise _Refused(SELF_TRANSFER)
+        plan = state.plans.get(op.creator)
+        if plan is None or not plan.active:
+            raise _Refused(NO_PLAN)
+        if state.has_active_subscription(op.subscriber, op.creator):
+            raise _Refused(ALREADY_SUBSCRIBED)
+        _user_wallet(state, op.subscriber, WALLET_NOT_FOUND)
+        _user_wallet(state, op.creator, RECEIVER_NOT_FOUND)
+        entries, parts = _revenue_entries(op.subscriber, op.creator, plan.price, op.kind)
+        expires = now + timedelta(days=plan.period_days)
+        effects.append(StartSubscription(job_id, op.subscriber, op.creator, plan.price, plan.period_days,
+                                         op.auto_renew, now, expires))
+        result = {"amount": plan.price, "creatorId": op.creator, "subscriptionId": job_id,
+                  "expiresAt": expires, "split": parts}
+    elif isinstance(op, Renew):
+        sub = state.subscriptions.get(op.subscription_id)
+        # A renewal is valid only for the period it was issued for, and only while the
+        # subscriber still wants it (a cancel after the tick must not be charged).
+        if sub is None or sub.status != ACTIVE or sub.expires_at != op.period_end \
+                or sub.subscriber_id != op.subscriber or not sub.auto_renew:
+            raise _Refused(RENEWAL_STALE)
+        plan = state.plans.get(sub.creator_id)
+        if plan is None or not plan.active:
+            raise _Refused(NO_PLAN, (ExpireSubscription(sub.subscription_id, NO_PLAN),))
+        try:
+            _user_wallet(state, op.subscriber, WALLET_NOT_FOUND)
+            _user_wallet(state, sub.creator_id, RECEIVER_NOT_FOUND)
+            entries, parts = _revenue_entries(op.subscriber, sub.creator_id, sub.price, op.kind)
+            _check_funds(state, entries)
+        except _Refused as refused:
+            raise _Refused(refused.code, (ExpireSubscription(sub.subscription_id, refused.code),)) from None
+        new_end = sub.expires_at + timedelta(days=sub.period_days)
+        effects.append(ExtendSubscription(sub.subscription_id, sub.expires_at, new_end))
+        result = {"amount": sub.price, "creatorId": sub.creator_id, "subscriptionId": sub.subscription_id,
+                  "expiresAt": new_end, "split": parts}
+    elif isinstance(op, Gift):
+        if op.sender == op.creator:
+            raise _Refused(SELF_TRANSFER)
+        _user_wallet(state, op.sender, WALLET_NOT_FOUND)
+        _user_wallet(state, op.creator, RECEIVER_NOT_FOUND)
+        entries, parts = _revenue_entries(op.sender, op.creator, op.amount, op.kind)
+        result = {"amount": op.amount, "creatorId": op.creator, "split": parts}
+    elif isinstance(op, TopUp | Credit):
+        _user_wallet(state, op.user, RECEIVER_NOT_FOUND)
+        entries = [Entry(EXTERNAL_FUNDING, -op.amount), Entry(op.user, op.amount)]
+        result = {"amount": op.amount}
+        if isinstance(op, TopUp):
+            result["providerTxId"] = op.provider_tx_id
+    else:  # pragma: no cover - the union is closed
+        raise TypeError(f"unknown operation {op!r}")
+
+    _check_funds(state, entries)
+    return Settled(job_id, op.kind, tuple(entries), result, tuple(effects), _balances(state, entries))
+
+
+def _check_funds(state: Snapshot, entries: Iterable[Entry]) -> None:
+    for entry in entries:
+        if entry.amount < 0 and not may_go_negative(entry.wallet_id):
+            wallet = state.wallets.get(entry.wallet_id)
+            if wallet is None:
+                raise _Refused(WALLET_NOT_FOUND)
+            if wallet.balance + entry.amount < 0:
+                raise _Refused(INSUFFICIENT_FUNDS)
+
+
+def _balances(state: Snapshot, entries: Iterable[Entry]) -> dict[str, tuple[int, int]]:
+    moved: dict[str, int] = {}
+    for entry in entries:
+        moved[entry.wallet_id] = moved.get(entry.wallet_id, 0) + entry.amount
+    out = {}
+    for wallet_id, amount in moved.items():
+        before = state.wallets[wallet_id].balance if wallet_id in state.wallets else 0
+        out[wallet_id] = (before, before + amount)
+    return out
+
+
+def _apply(state: Snapshot, outcome: Outcome, now: datetime) -> None:
+    if isinstance(outcome, Settled):
+        for entry in outcome.entries:
+            wallet = state.wallets.setdefault(entry.wallet_id, WalletState(0))
+            wallet.balance += entry.amount
+    for effect in outcome.effects:
+        if isinstance(effect, GrantUnlock):
+            state.unlocks.add((effect.user_id, effect.content_id))
+        elif isinstance(effect, StartSubscription):
+            state.subscriptions[effect.subscription_id] = SubscriptionState(
+                effect.subscription_id, effect.subscriber_id, effect.creator_id, effect.price,
+                effect.period_days, ACTIVE, effect.auto_renew, effect.expires_at, 0)
+        elif isinstance(effect, ExtendSubscription):
+            sub = state.subscriptions[effect.subscription_id]
+            sub.expires_at = effect.new_expires_at
+            sub.renewals += 1
+        elif isinstance(effect, ExpireSubscription):
+            state.subscriptions[effect.subscription_id].status = "expired"
+
+
+def decide_batch(
+    jobs: Sequence[tuple[str, Operation]], snapshot: Snapshot, now: datetime
+) -> BatchDecision:
+    """Decide every ``(job_id, operation)`` in order; ``snapshot`` is not modified."""
+    state = copy.deepcopy(snapshot)
+    outcomes: list[Outcome] = []
+    deltas: dict[str, int] = {}
+    for job_id, op in jobs:
+        try:
+            outcome: Outcome = _decide_one(job_id, op, state, now)
+        except _Refused as refused:
+            outcome = Failed(job_id, op.kind, refused.code, FAILURE_MESSAGES[refused.code], refused.effects)
+        _apply(state, outcome, now)
+        if isinstance(outcome, Settled):
+            for entry in outcome.entries:
+                deltas[entry.wallet_id] = deltas.get(entry.wallet_id, 0) + entry.amount
+        outcomes.append(outcome)
+    return BatchDecision(outcomes, {w: d for w, d in deltas.items() if d}, state)
+
+
+def failed(job_id: str, kind: str, code: str, message: str | None = None) -> Failed:
+    """A failure outside the rules (e.g. ``INTERNAL_ERROR`` for a job that crashed)."""
+    return Failed(job_id, kind, code, message or FAILURE_MESSAGES.get(code, code))

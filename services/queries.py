@@ -1,0 +1,91 @@
+"""Read models for the API: wallet history, jobs, contents, subscriptions."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any
+
+from pymongo.database import Database
+
+from ledger.money import SYSTEM_WALLETS
+from ledger.timeutil import iso
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def encode_cursor(moment: datetime, doc_id: str) -> str:
+    raw = f"{int(moment.timestamp() * 1000)}:{doc_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    from datetime import UTC
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        ms, doc_id = raw.split(":", 1)
+        return datetime.fromtimestamp(int(ms) / 1000, UTC), doc_id
+    except (ValueError, UnicodeDecodeError):
+        raise BadCursor(cursor) from None
+
+
+def _page_filter(base: dict[str, Any], cursor: str | None) -> dict[str, Any]:
+    if not cursor:
+        return base
+    moment, doc_id = decode_cursor(cursor)
+    return {**base, "$or": [{"createdAt": {"$lt": moment}}, {"createdAt": moment, "_id": {"$lt": doc_id}}]}
+
+
+def _page(db: Database, collection: str, base: dict[str, Any], limit: int,
+          cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    docs = list(db[collection].find(_page_filter(base, cursor))
+                .sort([("createdAt", -1), ("_id", -1)]).limit(limit + 1))
+    more = len(docs) > limit
+    docs = docs[:limit]
+    next_cursor = encode_cursor(docs[-1]["createdAt"], docs[-1]["_id"]) if more and docs else None
+    return docs, next_cursor
+
+
+def wallet_history(db: Database, wallet_id: str, limit: int,
+                   cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    txs, next_cursor = _page(db, "transactions", {"entries.walletId": wallet_id}, limit, cursor)
+    items = []
+    for tx in txs:
+        mine = sum(e["amount"] for e in tx["entries"] if e["walletId"] == wallet_id)
+        others = [e["walletId"] for e in tx["entries"]
+                  if e["walletId"] != wallet_id and e["walletId"] not in SYSTEM_WALLETS]
+        items.append({"txId": tx["txId"], "jobId": tx["jobId"], "type": tx["type"], "amount": mine,
+                      "counterpartyId": others[0] if others else None, "createdAt": iso(tx["createdAt"])})
+    return items, next_cursor
+
+
+def user_jobs(db: Database, owner_id: str, status: str | None, limit: int,
+              cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    base: dict[str, Any] = {"ownerId": owner_id}
+    if status:
+        base["status"] = status
+    return _page(db, "jobs", base, limit, cursor)
+
+
+def has_access(db: Database, user_id: str, content: dict[str, Any], now: datetime) -> bool:
+    """Unlocked, or an active subscriber of the content's creator, or its creator."""
+    if content["creatorId"] == user_id:
+        return True
+    if db.unlocks.find_one({"userId": user_id, "contentId": content["_id"]}, {"_id": 1}):
+        return True
+    return db.subscriptions.find_one(
+        {"subscriberId": user_id, "creatorId": content["creatorId"], "status": "active",
+         "expiresAt": {"$gt": now}}, {"_id": 1}) is not None
+
+
+def subscription_view(sub: dict[str, Any]) -> dict[str, Any]:
+    return {"subscriptionId": sub["_id"], "creatorId": sub["creatorId"], "subscriberId": sub["subscriberId"],
+            "status": sub["status"], "expiresAt": iso(sub["expiresAt"]), "autoRenew": sub["autoRenew"],
+            "price": sub["price"], "periodDays": sub["periodDays"], "renewals": sub.get("renewals", 0)}
+
+
+def content_view(content: dict[str, Any]) -> dict[str, Any]:
+    return {"contentId": content["_id"], "creatorId": content["creatorId"], "title": content["title"],
+            "price": content["price"]}

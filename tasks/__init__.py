@@ -1,0 +1,1 @@
+"""Thin Celery tasks: unpack small arguments, call the service layer, record metrics."""

@@ -1,0 +1,60 @@
+"""Beat tasks that keep the system live and honest: sweep and reconcile."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from infra.config import get_settings
+from infra.mongo import get_db
+from ledger.timeutil import utcnow
+from services.jobs import ring_safely
+from services.reconcile import reconcile as run_reconcile
+from tasks.settle import ring
+from workers.celery_app import app
+
+log = logging.getLogger("purser.maintenance")
+
+
+def _force_ring(partition: int, request_id: str | None) -> None:
+    ring(partition, request_id, force=True)
+
+
+@app.task(name="ledger.sweep", acks_late=True, ignore_result=True)
+def sweep() -> list[int]:
+    """Re-ring every partition holding a queued job older than a few seconds.
+
+    This, not Redis redelivery, is what guarantees liveness: a lost doorbell, a
+    Redis restart or a killed worker leaves jobs queued in MongoDB, and they are
+    found here.
+    """
+    settings = get_settings()
+    db = get_db()
+    cutoff = utcnow() - timedelta(seconds=settings.sweep_age_seconds)
+    partitions = sorted(db.jobs.distinct("partition", {"status": "queued", "createdAt": {"$lt": cutoff}}))
+    for partition in partitions:
+        ring_safely(_force_ring, partition, None)
+    if partitions:
+        log.info("sweeper re-rang partitions", extra={"partitions": partitions})
+    try:
+        from infra import metrics
+        metrics.observe_queue(db)
+    except ImportError:
+        pass
+    return partitions
+
+
+@app.task(name="ledger.reconcile", acks_late=True, ignore_result=True)
+def reconcile() -> dict:
+    report = run_reconcile(get_db())
+    try:
+        from infra import metrics
+        metrics.RECONCILE_DRIFT.set(report.drift_total + abs(report.total_balance))
+    except ImportError:
+        pass
+    if report.ok:
+        log.info("reconciliation ok", extra={"wallets": report.wallets})
+    else:
+        # ERROR level reaches Sentry through its logging integration.
+        log.error("reconciliation found drift", extra={"report": report.as_dict()})
+    return report.as_dict()

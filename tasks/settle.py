@@ -1,0 +1,70 @@
+"""The settle task and the doorbell that rings it."""
+
+from __future__ import annotations
+
+import logging
+
+from pymongo.errors import PyMongoError
+
+from infra import context
+from infra.config import get_settings
+from infra.mongo import get_db
+from infra.redis_client import get_redis
+from services.settlement import BatchResult, settle_partition
+from workers.celery_app import app, partition_queue
+
+log = logging.getLogger("purser.settle")
+
+RING_FLAG_TTL = 30
+
+
+def _ring_flag(partition: int) -> str:
+    return f"purser:ring:{partition}"
+
+
+def ring(partition: int, request_id: str | None = None, *, force: bool = False) -> None:
+    """Publish a doorbell for ``partition`` unless one is already waiting.
+
+    The flag is set before publishing and cleared by the task *before* it reads the
+    queue, so a job inserted before a skipped ring is always seen by the waiting
+    task. A lost message leaves the flag to expire; the sweeper rings with force.
+    """
+    if not force and not get_redis().set(_ring_flag(partition), 1, nx=True, ex=RING_FLAG_TTL):
+        return
+    settle.apply_async(args=[partition], queue=partition_queue(partition),
+                       headers={"requestId": request_id})
+
+
+def _record(batch: BatchResult) -> None:
+    try:
+        from infra import metrics
+        metrics.record_batch(batch)
+    except ImportError:
+        pass
+    for job, outcome in batch.outcomes:
+        with context.bound(requestId=job.get("requestId"), jobId=job["_id"], userId=job.get("ownerId"),
+                           partition=job.get("partition")):
+            if outcome.ok:
+                log.info("job settled", extra={"jobType": job["type"]})
+            else:
+                log.info("job failed", extra={"jobType": job["type"], "code": outcome.code})
+
+
+@app.task(name="ledger.settle", bind=True, acks_late=True, max_retries=None)
+def settle(self, partition: int) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    settings = get_settings()
+    if not isinstance(partition, int) or not 0 <= partition < settings.ledger_partitions:
+        log.error("settle called with an invalid partition", extra={"partition": partition})
+        return {"settled": 0, "failed": 0}
+    with context.bound(partition=partition):
+        try:
+            get_redis().delete(_ring_flag(partition))
+        except Exception:  # noqa: BLE001 - the flag is an optimisation only
+            log.warning("could not clear the ring flag", exc_info=True)
+        try:
+            drained = settle_partition(get_db(), partition, batch_max=settings.settle_batch_max,
+                                       on_batch=_record)
+        except PyMongoError as exc:
+            log.warning("store unavailable while settling; retrying", extra={"error": str(exc)})
+            raise self.retry(countdown=min(2 ** min(self.request.retries, 5), 30), exc=exc) from exc
+        return {"settled": drained.settled, "failed": drained.failed}
