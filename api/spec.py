@@ -154,7 +154,7 @@ def openapi_document(version: str) -> dict[str, Any]:
             params.append({"name": "Idempotency-Key", "in": "header", "required": True,
                            "schema": {"type": "string", "minLength": 1, "maxLength": 255,
                                       "pattern": "^[\\x21-\\x7e]+$"}})
-        for name, schema in ep.extra_headers.items():
+        for name in ep.extra_headers:
             params.append({"name": name, "in": "header", "required": False, "schema": {"type": "string"}})
         if params:
             op["parameters"] = params

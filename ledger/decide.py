@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from ledger.money import EXTERNAL_FUNDING, may_go_negative
+from ledger.money import EXTERNAL_FUNDING, is_system_wallet, may_go_negative
 from ledger.operations import Credit, Gift, Operation, Renew, Subscribe, TopUp, Transfer, Unlock
 from ledger.splits import CREATOR, rule_for, split
 
@@ -188,7 +188,8 @@ class _Refused(Exception):
 
 
 def _user_wallet(state: Snapshot, wallet_id: str, missing: str) -> WalletState:
-    wallet = state.wallets.get(wallet_id)
+    # A system account is never a user: as sender, external:funding would mint money.
+    wallet = None if is_system_wallet(wallet_id) else state.wallets.get(wallet_id)
     if wallet is None:
         raise _Refused(missing)
     if wallet.status == FROZEN:

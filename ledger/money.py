@@ -19,7 +19,7 @@ SYSTEM_WALLETS = (PLATFORM_REVENUE, PLATFORM_PROCESSING, EXTERNAL_FUNDING)
 # User, content and subscription ids are 24 lowercase hex characters (an ObjectId
 # rendered as a string). A fixed shape means a request can never smuggle a MongoDB
 # operator or a system account where a user id is expected.
-ID_RE = re.compile(r"^[0-9a-f]{24}$")
+ID_RE = re.compile(r"^[0-9a-f]{24}\Z")  # \Z: `$` would accept a trailing newline
 
 
 class InvalidAmount(ValueError):

@@ -24,7 +24,8 @@ def utcnow() -> datetime:
 
 def iso(moment: datetime) -> str:
     """ISO-8601 with milliseconds and a ``Z``: one spelling for every timestamp."""
-    return to_ms(moment).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    moment = to_ms(moment)  # milliseconds of the UTC value: an offset may carry sub-seconds
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def parse_iso(text: str) -> datetime:

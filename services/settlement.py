@@ -324,7 +324,7 @@ def _run_batch(
         attempt += 1
         holder: dict[str, Any] = {}
 
-        def body(session: ClientSession) -> None:
+        def body(session: ClientSession, holder: dict[str, Any] = holder) -> None:
             holder.clear()
             if only is not None:
                 jobs = list(db.jobs.find({"_id": only, "status": QUEUED}, session=session))

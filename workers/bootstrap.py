@@ -72,3 +72,40 @@ def _unbind_task_context(task: Any = None, **_: Any) -> None:
             context.reset(token)
         except ValueError:
             pass
+
+
+HEARTBEAT_PREFIX = "purser:worker:"
+HEARTBEAT_TTL = 15
+_heartbeat_stop = None
+
+
+def _heartbeat_loop(name: str, stop: Any) -> None:
+    from infra.redis_client import get_redis
+    while not stop.is_set():
+        try:
+            get_redis().set(HEARTBEAT_PREFIX + name, "1", ex=HEARTBEAT_TTL)
+        except Exception:  # noqa: BLE001 - Redis may be down; readiness will say so
+            log.debug("worker heartbeat failed", exc_info=True)
+        stop.wait(HEARTBEAT_TTL / 3)
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    """Readiness sees a worker through this key, without a broadcast round trip."""
+    import threading
+    global _heartbeat_stop
+    name = getattr(sender, "hostname", None) or "worker"
+    _heartbeat_stop = threading.Event()
+    threading.Thread(target=_heartbeat_loop, args=(name, _heartbeat_stop), daemon=True,
+                     name="purser-heartbeat").start()
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(sender: Any = None, **_: Any) -> None:
+    if _heartbeat_stop is not None:
+        _heartbeat_stop.set()
+    try:
+        from infra.redis_client import get_redis
+        get_redis().delete(HEARTBEAT_PREFIX + (getattr(sender, "hostname", None) or "worker"))
+    except Exception:  # noqa: BLE001
+        pass

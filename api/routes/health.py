@@ -14,7 +14,7 @@ from infra.redis_client import get_redis
 
 bp = Blueprint("health", __name__, url_prefix="/api")
 
-WORKER_HEARTBEAT_PREFIX = "purser:worker:"
+WORKER_HEARTBEAT_PREFIX = "purser:worker:"  # written by workers.bootstrap (not imported: no Celery in web)
 
 
 @endpoint(bp, "GET", "/health", summary="Liveness: the process answers; touches no dependency",

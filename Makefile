@@ -1,0 +1,41 @@
+# Purser developer entry points. `make run` starts the whole stack locally.
+VENV ?= .venv
+PY = $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: all install run test test-unit lint bench chaos migrate clean
+
+all: test
+
+# The stamp makes a second `make` skip the install until a requirements file changes.
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(PY) -m devstack run
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: $(VENV)/.installed
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+bench: $(VENV)/.installed
+	@if [ -f loadtest/bench.py ]; then $(PY) -m loadtest.bench; else echo "bench: not yet (issue 9)"; fi
+
+chaos: $(VENV)/.installed
+	$(PY) -m pytest tests/chaos -q $(PYTEST_ARGS)
+
+migrate: $(VENV)/.installed
+	$(PY) -m migrations up
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,1 @@
+"""Local development and test stack: real SecantusDB, Redis and the app processes."""

@@ -1,0 +1,173 @@
+"""Shared fixtures: real SecantusDB, Redis, Celery workers and gunicorn. No mocks.
+
+Stores start lazily: a test (or fixture) that does not ask for ``mongo_server``,
+``redis_server`` or ``stack_env`` starts nothing, so ``tests/unit`` stays fast.
+Child processes get ``{**os.environ, **stack_env}``; the test process itself
+sees the same variables in ``os.environ`` (set by the fixtures below).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from devstack.apps import WebServer, WorkerProcess
+from devstack.stores import ManagedProcess, MongoServer, RedisServer, install_signal_cleanup, stop_all
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TEST_JWT_SECRET = "purser-test-jwt-secret-0123456789abcdef012345678"
+TEST_WEBHOOK_SECRET = "purser-test-webhook-secret-0123456789"
+assert len(TEST_JWT_SECRET) == 48
+
+TEST_ENV_BASE = {
+    "APP_ENV": "test",
+    "MONGODB_DB": "purser_test",
+    "JWT_SECRET": TEST_JWT_SECRET,
+    "PROVIDER_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET,
+    "RATE_LIMIT_ENABLED": "false",
+    "LEDGER_PARTITIONS": "4",
+    "LOG_LEVEL": "INFO",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A SIGTERM from CI must still run fixture teardown, or stores outlive the run.
+    install_signal_cleanup()
+
+
+def _reset_settings() -> None:
+    import infra.config
+
+    infra.config.reset_settings()
+
+
+@pytest.fixture(scope="session")
+def purser_var_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``PURSER_VAR_DIR`` for the session (generated dev secrets, beat schedule, sockets)."""
+    return tmp_path_factory.mktemp("var")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _purser_test_environment(purser_var_dir: Path) -> Iterator[dict[str, str]]:
+    """The test variables in ``os.environ`` for the whole session; starts no process."""
+    import infra.config
+
+    values = {**TEST_ENV_BASE, "PURSER_VAR_DIR": str(purser_var_dir)}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in values.items():
+            mp.setenv(name, value)
+        # VAR_DIR was computed when infra.config was first imported.
+        mp.setattr(infra.config, "VAR_DIR", purser_var_dir)
+        infra.config.reset_settings()
+        yield values
+    _reset_settings()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server for the session; ``REDIS_URL`` points at it."""
+    server = RedisServer(tmp_path_factory.mktemp("redis") / "data")
+    try:
+        server.start()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("REDIS_URL", server.url)
+            _reset_settings()
+            yield server
+    finally:
+        server.stop()
+        _reset_settings()
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServer]:
+    """A SecantusDB with test commands (failpoints) on; ``MONGODB_URI`` points at it."""
+    server = MongoServer(tmp_path_factory.mktemp("mongo") / "data", test_commands=True)
+    try:
+        server.start()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MONGODB_URI", server.uri)
+            _reset_settings()
+            yield server
+    finally:
+        server.stop()
+        _reset_settings()
+
+
+@pytest.fixture(scope="session")
+def stack_env(
+    _purser_test_environment: dict[str, str], mongo_server: MongoServer, redis_server: RedisServer
+) -> dict[str, str]:
+    """Purser variables for child processes (merge over ``os.environ``), stores started."""
+    return {**_purser_test_environment, "MONGODB_URI": mongo_server.uri, "REDIS_URL": redis_server.url}
+
+
+def _child_env(stack_env: Mapping[str, str], extra_env: Mapping[str, str] | None) -> dict[str, str]:
+    env = {**os.environ, **stack_env, "PYTHONUNBUFFERED": "1"}
+    if extra_env:
+        env.update(extra_env)
+    return env
+
+
+StartWorker = Callable[..., WorkerProcess]
+StartWeb = Callable[..., WebServer]
+
+
+@pytest.fixture
+def celery_worker_proc(stack_env: dict[str, str], tmp_path: Path) -> Iterator[StartWorker]:
+    """Factory: ``start_worker(queues=None, concurrency=1, extra_env=None) -> WorkerProcess``.
+
+    Returns once the worker is ready; every worker is stopped (SIGTERM, then
+    SIGKILL after 10 s) when the test ends, whatever its outcome.
+    """
+    started: list[ManagedProcess] = []
+    numbers = itertools.count(1)
+
+    def start_worker(
+        queues: list[str] | None = None,
+        concurrency: int = 1,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> WorkerProcess:
+        worker = WorkerProcess(
+            _child_env(stack_env, extra_env),
+            tmp_path / f"worker-{next(numbers)}.log",
+            queues=queues,
+            concurrency=concurrency,
+            cwd=ROOT,
+        )
+        started.append(worker)
+        return worker.start()
+
+    try:
+        yield start_worker
+    finally:
+        stop_all(started)
+
+
+@pytest.fixture
+def web_server(stack_env: dict[str, str], tmp_path: Path) -> Iterator[StartWeb]:
+    """Factory: ``start_web(concurrency=2, extra_env=None) -> WebServer`` (``.base_url``, ``.stop()``).
+
+    Returns once ``GET /api/health`` answers 200; stopped when the test ends.
+    """
+    started: list[ManagedProcess] = []
+    numbers = itertools.count(1)
+
+    def start_web(concurrency: int = 2, extra_env: Mapping[str, str] | None = None) -> WebServer:
+        server = WebServer(
+            _child_env(stack_env, extra_env),
+            tmp_path / f"gunicorn-{next(numbers)}.log",
+            concurrency=concurrency,
+            cwd=ROOT,
+        )
+        started.append(server)
+        return server.start()
+
+    try:
+        yield start_web
+    finally:
+        stop_all(started)

@@ -1,0 +1,192 @@
+"""infra.config: validation of every variable class, dev secrets, and the exit-2 path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import infra.config as config
+from infra.config import ConfigError, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD_SECRET = "x" * 48
+
+PRODUCTION = {
+    "APP_ENV": "production",
+    "MONGODB_URI": "mongodb://db.internal:27017/?replicaSet=rs0",
+    "REDIS_URL": "redis://cache.internal:6379/0",
+    "JWT_SECRET": GOOD_SECRET,
+    "PROVIDER_WEBHOOK_SECRET": "w" * 32,
+}
+
+
+@pytest.fixture
+def var_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(config, "VAR_DIR", tmp_path)
+    return tmp_path
+
+
+def _error(env: dict[str, str]) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    return info.value
+
+
+def test_production_settings_load() -> None:
+    settings = load_settings(PRODUCTION)
+    assert settings.is_production
+    assert settings.jwt_secret == GOOD_SECRET
+    assert "x" * 48 not in repr(settings)
+
+
+def test_production_without_jwt_secret_names_it() -> None:
+    env = {k: v for k, v in PRODUCTION.items() if k != "JWT_SECRET"}
+    error = _error(env)
+    assert error.variable == "JWT_SECRET"
+    assert "JWT_SECRET" in str(error)
+
+
+def test_production_short_jwt_secret() -> None:
+    error = _error({**PRODUCTION, "JWT_SECRET": "too-short"})
+    assert error.variable == "JWT_SECRET"
+    assert "32" in error.problem
+
+
+@pytest.mark.parametrize("name", ["MONGODB_URI", "REDIS_URL", "PROVIDER_WEBHOOK_SECRET"])
+def test_production_requires(name: str) -> None:
+    env = {k: v for k, v in PRODUCTION.items() if k != name}
+    assert _error(env).variable == name
+
+
+@pytest.mark.parametrize("raw", ["abc", "0", "-1", "1025", "1.5"])
+def test_bad_ledger_partitions(raw: str, var_dir: Path) -> None:
+    error = _error({"APP_ENV": "test", "LEDGER_PARTITIONS": raw})
+    assert error.variable == "LEDGER_PARTITIONS"
+    assert raw in str(error)
+
+
+def test_ledger_partitions_parsed(var_dir: Path) -> None:
+    assert load_settings({"APP_ENV": "test", "LEDGER_PARTITIONS": " 16 "}).ledger_partitions == 16
+    assert load_settings({"APP_ENV": "test"}).ledger_partitions == 8
+
+
+@pytest.mark.parametrize("raw", ["staging", "prod", "dev"])
+def test_bad_app_env(raw: str) -> None:
+    error = _error({"APP_ENV": raw})
+    assert error.variable == "APP_ENV"
+    assert raw in str(error)
+
+
+def test_app_env_is_case_insensitive() -> None:
+    assert load_settings({**PRODUCTION, "APP_ENV": "PRODUCTION"}).app_env == "production"
+
+
+@pytest.mark.parametrize("raw", ["ten per minute", "10", "10/fortnight", "/minute", "-5/minute"])
+def test_bad_rate_limits_free(raw: str, var_dir: Path) -> None:
+    error = _error({"APP_ENV": "test", "RATE_LIMITS_FREE": raw})
+    assert error.variable == "RATE_LIMITS_FREE"
+
+
+@pytest.mark.parametrize("raw", ["10/minute", "10 per minute", "100/hours", "5/second"])
+def test_good_rate_limits_free(raw: str, var_dir: Path) -> None:
+    assert load_settings({"APP_ENV": "test", "RATE_LIMITS_FREE": raw}).rate_limits_free == raw
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("true", True),
+        ("TRUE", True),
+        ("1", True),
+        ("yes", True),
+        ("on", True),
+        (" On ", True),
+        ("false", False),
+        ("0", False),
+        ("no", False),
+        ("OFF", False),
+        ("", True),
+    ],
+)
+def test_bool_parsing(raw: str, expected: bool, var_dir: Path) -> None:
+    assert load_settings({"APP_ENV": "test", "RATE_LIMIT_ENABLED": raw}).rate_limit_enabled is expected
+
+
+@pytest.mark.parametrize("raw", ["maybe", "2", "tru"])
+def test_bad_bool(raw: str, var_dir: Path) -> None:
+    assert _error({"APP_ENV": "test", "RATE_LIMIT_ENABLED": raw}).variable == "RATE_LIMIT_ENABLED"
+
+
+def test_development_generates_jwt_secret_once(var_dir: Path) -> None:
+    first = load_settings({"APP_ENV": "development"})
+    secret_file = var_dir / "secrets" / "jwt_secret"
+    assert secret_file.exists()
+    assert first.jwt_secret == secret_file.read_text().strip()
+    assert len(first.jwt_secret) >= 32
+    assert secret_file.stat().st_mode & 0o077 == 0, "secret readable by others"
+
+    second = load_settings({"APP_ENV": "development"})
+    assert second.jwt_secret == first.jwt_secret
+    assert secret_file.read_text().strip() == first.jwt_secret
+
+
+def test_development_explicit_jwt_secret_wins(var_dir: Path) -> None:
+    assert load_settings({"APP_ENV": "development", "JWT_SECRET": "short-is-ok-in-dev"}).jwt_secret == (
+        "short-is-ok-in-dev"
+    )
+    assert not (var_dir / "secrets" / "jwt_secret").exists()
+
+
+def test_bad_flower_basic_auth(var_dir: Path) -> None:
+    assert _error({"APP_ENV": "test", "FLOWER_BASIC_AUTH": "nopassword"}).variable == "FLOWER_BASIC_AUTH"
+
+
+def test_bad_mongodb_uri(var_dir: Path) -> None:
+    assert _error({"APP_ENV": "test", "MONGODB_URI": "postgres://x"}).variable == "MONGODB_URI"
+
+
+def test_get_settings_is_cached_until_reset(monkeypatch: pytest.MonkeyPatch, var_dir: Path) -> None:
+    monkeypatch.setenv("APP_ENV", "test")
+    monkeypatch.setenv("LEDGER_PARTITIONS", "3")
+    config.reset_settings()
+    try:
+        assert config.get_settings().ledger_partitions == 3
+        monkeypatch.setenv("LEDGER_PARTITIONS", "5")
+        assert config.get_settings().ledger_partitions == 3
+        config.reset_settings()
+        assert config.get_settings().ledger_partitions == 5
+    finally:
+        config.reset_settings()
+
+
+def test_settings_or_exit_prints_one_line_and_exits_2(tmp_path: Path) -> None:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("JWT_SECRET", "APP_ENV", "MONGODB_URI", "REDIS_URL", "PROVIDER_WEBHOOK_SECRET")
+    }
+    env.update(
+        APP_ENV="production",
+        MONGODB_URI=PRODUCTION["MONGODB_URI"],
+        REDIS_URL=PRODUCTION["REDIS_URL"],
+        PROVIDER_WEBHOOK_SECRET=PRODUCTION["PROVIDER_WEBHOOK_SECRET"],
+        PURSER_VAR_DIR=str(tmp_path),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", "from infra.config import settings_or_exit; settings_or_exit()"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "JWT_SECRET" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
