@@ -12,6 +12,7 @@ import itertools
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -171,3 +172,66 @@ def web_server(stack_env: dict[str, str], tmp_path: Path) -> Iterator[StartWeb]:
         yield start_web
     finally:
         stop_all(started)
+
+
+# --- shared stack fixtures for API, settlement and subscription suites ------------------
+
+
+def _clean_database() -> None:
+    """Drop the test database, re-apply migrations and forget ring flags.
+
+    Only Purser's own Redis keys are deleted: FLUSHDB would also drop kombu's queue
+    bindings and silently stop routing to a running worker.
+    """
+    import migrations
+    from infra.mongo import get_db
+    from infra.redis_client import get_redis
+
+    db = get_db()
+    db.client.drop_database(db.name)
+    migrations.up(db)
+    redis = get_redis()
+    for key in redis.scan_iter(match="purser:ring:*", count=500):
+        redis.delete(key)
+    for key in redis.scan_iter(match="purser:lock:*", count=500):
+        redis.delete(key)
+
+
+@pytest.fixture
+def fresh_db(stack_env: dict[str, str]) -> Iterator[Any]:
+    """A migrated, empty ``purser_test`` database for one test (session stores)."""
+    from infra.mongo import get_db, reset_client
+    from infra.redis_client import reset_redis
+
+    _reset_settings()
+    reset_client()
+    reset_redis()
+    _clean_database()
+    yield get_db()
+
+
+@pytest.fixture(scope="session")
+def session_worker(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """One Celery worker (prefork, concurrency 2, every queue) shared by a session.
+
+    Tests that kill or reconfigure workers use ``celery_worker_proc`` instead.
+    """
+    worker = WorkerProcess(_child_env(stack_env, None), tmp_path_factory.mktemp("worker") / "worker.log",
+                           queues=None, concurrency=2, cwd=ROOT)
+    try:
+        worker.start()
+        yield worker
+    finally:
+        stop_all([worker])
+
+
+@pytest.fixture
+def app_client(fresh_db: Any, session_worker: WorkerProcess) -> Iterator[Any]:
+    """An :class:`ApiClient` over the real Flask app (test client), with a live worker."""
+    from api import create_app
+    from infra.config import get_settings
+    from tests.support.client import ApiClient
+
+    app = create_app(get_settings())
+    with app.test_client() as flask_client:
+        yield ApiClient(flask_client=flask_client)
