@@ -18,6 +18,7 @@ from typing import Any
 from ledger.money import EXTERNAL_FUNDING, is_system_wallet, may_go_negative
 from ledger.operations import Credit, Gift, Operation, Renew, Subscribe, TopUp, Transfer, Unlock
 from ledger.splits import CREATOR, rule_for, split
+from ledger.timeutil import to_ms
 
 # Stable failure codes: part of the HTTP contract (job.error.code).
 INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
@@ -335,6 +336,7 @@ def decide_batch(
     jobs: Sequence[tuple[str, Operation]], snapshot: Snapshot, now: datetime
 ) -> BatchDecision:
     """Decide every ``(job_id, operation)`` in order; ``snapshot`` is not modified."""
+    now = to_ms(now)
     state = copy.deepcopy(snapshot)
     outcomes: list[Outcome] = []
     deltas: dict[str, int] = {}

@@ -1,5 +1,8 @@
 """Money operations as small immutable values.
 
+Amounts are validated on construction (:func:`ledger.money.coins`), so a job whose
+stored parameters were tampered with cannot become an operation at all.
+
 Each operation names the one wallet that decides its partition: the user wallet
 it debits or, for money coming in (top-up, credit), the wallet it credits. Every
 operation that touches a given wallet's balance downward is therefore settled by
@@ -13,6 +16,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
+from ledger.money import coins
 from ledger.timeutil import iso, parse_iso
 
 
@@ -23,6 +27,9 @@ class Transfer:
     receiver: str
     amount: int
     note: str | None = None
+
+    def __post_init__(self) -> None:
+        coins(self.amount)
 
     @property
     def wallet(self) -> str:
@@ -72,6 +79,9 @@ class Gift:
     amount: int
     message: str | None = None
 
+    def __post_init__(self) -> None:
+        coins(self.amount)
+
     @property
     def wallet(self) -> str:
         return self.sender
@@ -84,6 +94,9 @@ class TopUp:
     amount: int
     provider_tx_id: str
 
+    def __post_init__(self) -> None:
+        coins(self.amount)
+
     @property
     def wallet(self) -> str:
         return self.user
@@ -95,6 +108,9 @@ class Credit:
     user: str
     amount: int
     reason: str
+
+    def __post_init__(self) -> None:
+        coins(self.amount)
 
     @property
     def wallet(self) -> str:
