@@ -23,6 +23,33 @@ if len(str(_control)) < 100:  # AF_UNIX path limit
 else:
     control_socket_disable = True
 
+# Prometheus multi-process mode: each worker writes its values to files in this
+# directory and /metrics merges them. Set here, in the master, so every worker
+# inherits it before importing prometheus_client; one directory per bind address
+# so two servers on one machine do not mix (or wipe) each other's files.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_var / "prometheus" / ("web-" + re.sub(r"[^\w.-]", "_", bind)))
+
+# Gunicorn's own lines (boot, worker exits) as JSON too; the app writes the access
+# line itself, so gunicorn's access logger stays silent.
+logconfig_dict = {
+    "root": {"level": "INFO", "handlers": ["json"]},
+    "loggers": {
+        "gunicorn.error": {"level": os.environ.get("LOG_LEVEL", "INFO").upper(), "handlers": ["json"],
+                           "propagate": False, "qualname": "gunicorn.error"},
+        "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False, "qualname": "gunicorn.access"},
+    },
+    "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
+    "formatters": {"json": {"()": "infra.logging_setup.PurserJsonFormatter", "fmt": "%(message)s"}},
+}
+
+
+def on_starting(server):
+    # Values left by a previous run would be merged into this one's: start empty.
+    from infra.observability import prepare_multiproc_dir
+
+    prepare_multiproc_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
 
 def post_fork(server, worker):
     # PyMongo is not fork-safe: drop any client inherited from the master.

@@ -21,10 +21,15 @@ access_log = logging.getLogger("purser.access")
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or settings_or_exit()
-    setup_logging(settings.log_level, settings.log_file, process="web")
+    setup_logging(settings.log_level, settings.log_file, process="web",
+                  max_bytes=settings.log_file_max_bytes, backups=settings.log_file_backups)
     app = Flask(__name__)
     app.config.update(PURSER=settings, MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    if settings.trusted_proxies:
+        # X-Forwarded-For is believed only for the configured number of proxy hops.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
 
     register_error_handlers(app)
     _register_hooks(app)
@@ -37,6 +42,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         observability.init_web(app, settings)
     except ImportError:
         pass
+
+    # After the request hooks above: the limiter keys on g.principal set by _start.
+    from api.limits import init_limits
+    init_limits(app, settings)
 
     from api.cli import register_cli
     register_cli(app)

@@ -45,6 +45,8 @@ class Settings:
     release: str = "dev"
     log_level: str = "INFO"
     log_file: str | None = None
+    log_file_max_bytes: int = 50 * 2**20
+    log_file_backups: int = 5
     rate_limit_enabled: bool = True
     rate_limits_free: str = "10/minute"
     rate_limits_premium: str = "100/minute"
@@ -64,6 +66,7 @@ class Settings:
     sweep_age_seconds: int = 3
     reconcile_interval_seconds: int = 300
     metrics_port: int = 9808
+    metrics_address: str = "127.0.0.1"
     max_amount: int = 1_000_000_000
 
     @property
@@ -180,6 +183,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         release=(env.get("PURSER_RELEASE") or "dev").strip(),
         log_level=log_level,
         log_file=(env.get("LOG_FILE") or "").strip() or None,
+        log_file_max_bytes=_int(env, "LOG_FILE_MAX_BYTES", 50 * 2**20, 1024, 2**40),
+        log_file_backups=_int(env, "LOG_FILE_BACKUPS", 5, 0, 1000),
         rate_limit_enabled=_bool(env, "RATE_LIMIT_ENABLED", True),
         rate_limits_free=_rate(env, "RATE_LIMITS_FREE", "10/minute"),
         rate_limits_premium=_rate(env, "RATE_LIMITS_PREMIUM", "100/minute"),
@@ -199,6 +204,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sweep_age_seconds=_int(env, "SWEEP_AGE_SECONDS", 3, 0, 3600),
         reconcile_interval_seconds=_int(env, "RECONCILE_INTERVAL_SECONDS", 300, 5, 86400),
         metrics_port=_int(env, "WORKER_METRICS_PORT", 9808, 0, 65535),
+        metrics_address=(env.get("WORKER_METRICS_ADDRESS") or "127.0.0.1").strip(),
         max_amount=_int(env, "MAX_AMOUNT", 1_000_000_000, 1, 10**15),
     )
 

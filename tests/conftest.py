@@ -33,6 +33,8 @@ TEST_ENV_BASE = {
     "RATE_LIMIT_ENABLED": "false",
     "LEDGER_PARTITIONS": "4",
     "LOG_LEVEL": "INFO",
+    # Workers' metrics servers would all want the default port; tests that need one pass a free port.
+    "WORKER_METRICS_PORT": "0",
 }
 
 

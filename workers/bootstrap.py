@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from celery import signals
@@ -19,7 +20,10 @@ log = logging.getLogger("purser.worker")
 @signals.setup_logging.connect
 def _logging(**_: Any) -> None:
     settings = get_settings()
-    setup_logging(settings.log_level, settings.log_file, process="worker")
+    # Worker and beat send this signal alike; the command line tells them apart.
+    service = "beat" if "beat" in sys.argv[1:] else "worker"
+    setup_logging(settings.log_level, settings.log_file, process=service,
+                  max_bytes=settings.log_file_max_bytes, backups=settings.log_file_backups)
 
 
 @signals.worker_process_init.connect
@@ -35,9 +39,11 @@ def _after_fork(**_: Any) -> None:
 
 
 @signals.celeryd_init.connect
-def _worker_start(**_: Any) -> None:
+def _worker_start(sender: Any = None, **_: Any) -> None:
     try:
         from infra import observability
+        # First: the metrics directory must be chosen before prometheus_client loads.
+        observability.init_worker_main(str(sender) if sender else None)
         observability.init_sentry("worker")
     except ImportError:
         pass
@@ -98,6 +104,11 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     _heartbeat_stop = threading.Event()
     threading.Thread(target=_heartbeat_loop, args=(name, _heartbeat_stop), daemon=True,
                      name="purser-heartbeat").start()
+    try:
+        from infra import observability
+        observability.start_worker_metrics()
+    except ImportError:
+        pass
 
 
 @signals.worker_shutdown.connect

@@ -10,3 +10,7 @@ def register_blueprints(app: Flask) -> None:
 
     for module in (health, auth, wallet, premium, subscription, gifts, payments, admin, jobs, docs):
         app.register_blueprint(module.bp)
+
+    if not app.config["PURSER"].is_production:
+        from api.routes import debug
+        app.register_blueprint(debug.bp)

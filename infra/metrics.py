@@ -1,0 +1,191 @@
+"""Prometheus metrics of web and worker processes.
+
+Multi-process mode: when ``PROMETHEUS_MULTIPROC_DIR`` is set *before* this module
+(and ``prometheus_client``) is first imported, every value lives in an mmapped file
+of that directory, one per process, and :func:`render` merges them. Gunicorn's
+config sets the variable for the web (one directory per bind address, emptied at
+start); the Celery worker's main process sets it in ``celeryd_init`` before the
+pool forks and serves the merged view on ``WORKER_METRICS_PORT``
+(:func:`infra.observability.init_worker_main`). Without the variable (tests using
+the Flask test client, a one-off script) the default in-process registry is used.
+
+Label values are bounded: route templates (not raw paths), job types, stable error
+codes, partition numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+
+log = logging.getLogger("purser.metrics")
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and not getattr(values.ValueClass, "_multiprocess", False):
+    # prometheus_client was imported before the variable was set (the value class
+    # is chosen at import); no metric exists yet, so choosing again is safe.
+    values.ValueClass = values.get_value_class()
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
+
+# --- web -------------------------------------------------------------------------
+HTTP_REQUESTS = Counter("purser_http_requests", "HTTP requests answered, by route template, method and status",
+                        ["route", "method", "status"])
+HTTP_DURATION = Histogram("purser_http_request_duration_seconds", "Time to answer an HTTP request",
+                          ["route", "method"])
+JOBS_ACCEPTED = Counter("purser_jobs_accepted", "Money requests accepted as new jobs (202, not replays)",
+                        ["type"])
+RATE_LIMITED = Counter("purser_rate_limit_refusals", "Requests refused with 429, by limit and caller tier",
+                       ["limit", "tier"])
+
+# --- worker ------------------------------------------------------------------------
+JOBS_SETTLED = Counter("purser_jobs_settled", "Jobs settled (effects applied)", ["type"])
+JOBS_FAILED = Counter("purser_jobs_failed", "Jobs failed with a stable error code", ["type", "code"])
+SETTLE_LATENCY = Histogram("purser_settle_latency_seconds",
+                           "From acceptance (createdAt) to the committed outcome (settledAt)",
+                           ["type", "outcome"], buckets=LATENCY_BUCKETS)
+TASK_FAILURES = Counter("purser_task_failures", "Celery tasks that ended with an exception", ["task"])
+QUEUED_JOBS = Gauge("purser_jobs_queued", "Jobs waiting in a partition (observed by the sweeper)",
+                    ["partition"], multiprocess_mode="mostrecent")
+QUEUE_AGE = Gauge("purser_jobs_queued_oldest_age_seconds",
+                  "Age of the oldest queued job of a partition (0 when empty; observed by the sweeper)",
+                  ["partition"], multiprocess_mode="mostrecent")
+
+# Metrics without labels have a sample (0) as soon as they exist. Created on first
+# use, so that a web process does not publish a worker's "purser_reconcile_drift 0"
+# (or a worker the web's counters): ``metrics.RECONCILE_DRIFT`` works as usual.
+_LAZY: dict[str, Callable[[], Any]] = {
+    "RATE_LIMIT_STORAGE_ERRORS": lambda: Counter(
+        "purser_rate_limit_storage_errors", "Rate-limit checks skipped because Redis failed (fail open)"),
+    "BATCH_SIZE": lambda: Histogram("purser_settle_batch_size", "Jobs decided per settlement transaction",
+                                    buckets=BATCH_BUCKETS),
+    "BATCH_DURATION": lambda: Histogram("purser_settle_batch_duration_seconds",
+                                        "Wall time of one settlement batch, conflict retries included",
+                                        buckets=LATENCY_BUCKETS),
+    "SETTLE_CONFLICTS": lambda: Counter("purser_settle_conflict_retries",
+                                        "Settlement transactions retried after a write conflict"),
+    "RECONCILE_DRIFT": lambda: Gauge(
+        "purser_reconcile_drift",
+        "Coins by which balances differ from the ledger, plus |sum of balances| (0 = healthy)",
+        multiprocess_mode="mostrecent"),
+}
+_lazy_lock = threading.Lock()
+
+
+def __getattr__(name: str) -> Any:
+    factory = _LAZY.get(name)
+    if factory is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    with _lazy_lock:
+        if name not in globals():
+            globals()[name] = factory()
+    return globals()[name]
+
+
+def _lazy(name: str) -> Any:
+    return __getattr__(name) if name not in globals() else globals()[name]
+
+
+def multiprocess_enabled() -> bool:
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+def registry() -> CollectorRegistry:
+    """The registry to expose: all processes' files merged, or this process's own."""
+    if multiprocess_enabled():
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return merged
+    return REGISTRY
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text and its content type."""
+    return generate_latest(registry()), CONTENT_TYPE_LATEST
+
+
+def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    HTTP_REQUESTS.labels(route, method, str(status)).inc()
+    HTTP_DURATION.labels(route, method).observe(seconds)
+
+
+def record_accepted(job: dict[str, Any]) -> None:
+    JOBS_ACCEPTED.labels(str(job.get("type", "unknown"))).inc()
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def record_batch(batch: Any, now: datetime | None = None) -> None:
+    """Count one committed settlement batch (``services.settlement.BatchResult``).
+
+    Never raises: metrics must not turn a committed batch into a task failure.
+    """
+    try:
+        now = now or datetime.now(UTC)
+        if batch.size:
+            _lazy("BATCH_SIZE").observe(batch.size)
+            _lazy("BATCH_DURATION").observe(batch.duration)
+        if batch.retries:
+            _lazy("SETTLE_CONFLICTS").inc(batch.retries)
+        for job, outcome in batch.outcomes:
+            job_type = str(job.get("type", "unknown"))
+            if outcome.ok:
+                JOBS_SETTLED.labels(job_type).inc()
+            else:
+                JOBS_FAILED.labels(job_type, str(getattr(outcome, "code", "UNKNOWN"))).inc()
+            created = job.get("createdAt")
+            if isinstance(created, datetime):
+                SETTLE_LATENCY.labels(job_type, "settled" if outcome.ok else "failed").observe(
+                    max(0.0, (now - _aware(created)).total_seconds()))
+    except Exception:  # noqa: BLE001
+        log.warning("could not record settlement metrics", exc_info=True)
+
+
+def set_queue(counts: dict[int, tuple[int, float]], partitions: Iterable[int]) -> None:
+    """Set the queue gauges: ``counts[p] = (queued jobs, oldest age in seconds)``; absent = empty."""
+    for partition in partitions:
+        queued, age = counts.get(partition, (0, 0.0))
+        QUEUED_JOBS.labels(str(partition)).set(queued)
+        QUEUE_AGE.labels(str(partition)).set(age)
+
+
+def observe_queue(db: Any, now: datetime | None = None) -> None:
+    """Read the queued jobs per partition from MongoDB and set the gauges (sweeper tick)."""
+    from infra.config import get_settings
+
+    try:
+        now = now or datetime.now(UTC)
+        counts: dict[int, tuple[int, float]] = {}
+        pipeline = [{"$match": {"status": "queued"}},
+                    {"$group": {"_id": "$partition", "n": {"$sum": 1}, "oldest": {"$min": "$createdAt"}}}]
+        for row in db.jobs.aggregate(pipeline):
+            oldest = row.get("oldest")
+            age = max(0.0, (now - _aware(oldest)).total_seconds()) if isinstance(oldest, datetime) else 0.0
+            counts[int(row["_id"])] = (int(row["n"]), age)
+        set_queue(counts, range(get_settings().ledger_partitions))
+    except Exception:  # noqa: BLE001 - the sweeper's real work must go on
+        log.warning("could not observe the queue", exc_info=True)
+
+
+def mark_process_dead(pid: int) -> None:
+    """Forget a dead process's live gauges (multi-process mode only)."""
+    if multiprocess_enabled():
+        multiprocess.mark_process_dead(pid)
