@@ -8,7 +8,7 @@ import time
 from flask import Flask, Response, g, request
 
 from api import auth
-from api.errors import register_error_handlers
+from api.errors import ApiError, register_error_handlers
 from infra import context
 from infra.config import Settings, get_settings, settings_or_exit
 from infra.logging_setup import setup_logging
@@ -61,7 +61,12 @@ def _register_hooks(app: Flask) -> None:
         g.principal = None
         # Authenticate early so the rate limiter can key on the caller's tier. A bad
         # token on a public route is still refused: a client should know it is broken.
-        g.principal = auth.bearer_principal(get_settings_for_app())
+        try:
+            g.principal = auth.bearer_principal(get_settings_for_app())
+        except ApiError as exc:
+            # Public routes (login, register, webhook, health) ignore a broken token so a
+            # client holding an expired one can still log in; protected routes raise it.
+            g.auth_error = exc
         if g.principal is not None:
             context.bind(userId=g.principal.user_id)
 

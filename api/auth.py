@@ -65,7 +65,8 @@ def bearer_principal(settings: Settings) -> Principal | None:
 def current() -> Principal:
     principal = getattr(g, "principal", None)
     if principal is None:
-        raise _unauthorized("Authentication required.")
+        error = getattr(g, "auth_error", None)
+        raise error if error is not None else _unauthorized("Authentication required.")
     return principal
 
 

@@ -165,7 +165,7 @@ def openapi_document(version: str) -> dict[str, Any]:
         if ep.response is not None:
             ok["content"] = {"application/json": {"schema": _schema_ref(ep.response, components)}}
         op["responses"][str(ep.status)] = ok
-        if ep.idempotent:
+        if ep.idempotent or ep.status == 202:  # every accepted job (the webhook too) has a Location
             op["responses"][str(ep.status)]["headers"] = {
                 "Location": {"schema": {"type": "string"}},
                 "Idempotent-Replayed": {"schema": {"type": "string"}}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from datetime import datetime
 from typing import Any
 
@@ -21,13 +22,19 @@ def encode_cursor(moment: datetime, doc_id: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+# What encode_cursor writes: epoch milliseconds (ASCII digits) and a document id.
+_CURSOR_RE = re.compile(r"([0-9]{1,15}):([0-9a-f]{24})", re.ASCII)
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     from datetime import UTC
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        ms, doc_id = raw.split(":", 1)
-        return datetime.fromtimestamp(int(ms) / 1000, UTC), doc_id
-    except (ValueError, UnicodeDecodeError):
+        match = _CURSOR_RE.fullmatch(raw)
+        if match is None:
+            raise BadCursor(cursor)
+        return datetime.fromtimestamp(int(match.group(1)) / 1000, UTC), match.group(2)
+    except (ValueError, UnicodeDecodeError, OverflowError, OSError):
         raise BadCursor(cursor) from None
 
 

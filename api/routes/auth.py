@@ -29,7 +29,7 @@ def register() -> Any:
 
 
 @endpoint(bp, "POST", "/auth/login", summary="Exchange email and password for a bearer token",
-          body=LoginIn, response=TokenOut, auth_required=False)
+          body=LoginIn, response=TokenOut, errors=(401,), auth_required=False)
 def login() -> Any:
     body = parse_body(LoginIn)
     user = users.authenticate(get_db(), body.email, body.password)

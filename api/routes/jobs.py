@@ -8,12 +8,12 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
-from api.auth import current
+from api.auth import Principal, current
 from api.errors import ApiError
 from api.jsonbody import parse_query
 from api.routes.common import bad_cursor
 from api.schemas import JobOut, JobPage, JobsQuery
-from api.spec import endpoint
+from api.spec import _stored_role, endpoint
 from infra.mongo import get_db
 from ledger.money import is_user_id
 from services.jobs import TERMINAL, job_view
@@ -29,9 +29,15 @@ def _visible_job(job_id: str) -> dict[str, Any]:
     principal = current()
     job = get_db().jobs.find_one({"_id": job_id}) if is_user_id(job_id) else None
     # 404, not 403, for other people's jobs: existence is not disclosed.
-    if job is None or (job.get("ownerId") != principal.user_id and not principal.is_admin):
+    if job is None or (job.get("ownerId") != principal.user_id and not _still_admin(principal)):
         raise ApiError(404, "JOB_NOT_FOUND", "No such job.")
     return job
+
+
+def _still_admin(principal: Principal) -> bool:
+    # As on the admin routes, the stored role decides: a demoted admin's unexpired
+    # token must not keep reading other users' jobs.
+    return principal.is_admin and _stored_role(principal.user_id) == "admin"
 
 
 @endpoint(bp, "GET", "/<jobId>", summary="A job's status; 'Prefer: wait=N' (N<=10) holds until terminal",

@@ -46,7 +46,7 @@ def _verify_signature(secret: str) -> None:
 
 
 @endpoint(bp, "POST", "/webhook", summary="Provider top-up (HMAC-signed, idempotent on providerTxId)",
-          body=WebhookIn, response=JobOut, status=202, auth_required=False, errors=(401,),
+          body=WebhookIn, response=JobOut, status=202, auth_required=False, errors=(401, 409),
           extra_headers={SIGNATURE_HEADER: "t=<unix>,v1=<hex hmac>"}, limited=False)
 def webhook() -> Any:
     _verify_signature(current_app.config["PURSER"].provider_webhook_secret)
