@@ -98,8 +98,12 @@ class AuditReport:
 
 def verify_audit(db: Database) -> AuditReport:
     report = AuditReport()
-    for part in db.partitions.find({}):
-        p = part["_id"]
+    heads = {part["_id"]: part for part in db.partitions.find({})}
+    # Every chain that has entries is walked, not only those with a head document:
+    # deleting a partition's head must not hide edits to its chain.
+    for p in sorted(set(db.auditlogs.distinct("partition")) - set(heads)):
+        report.partitions[p] = audit.ChainReport(False, 0, None, "audit entries without a partition head")
+    for p, part in sorted(heads.items()):
         chain = report.partitions[p] = audit.verify_chain(
             db.auditlogs.find({"partition": p}, {"_id": 0}).sort("seq", 1))
         if chain.ok and chain.checked != part.get("auditSeq", 0):

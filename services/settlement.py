@@ -63,6 +63,20 @@ class PoisonJob(Exception):
     """A job whose parameters cannot be turned into an operation."""
 
 
+class PersistentDuplicate(Exception):
+    """A unique index keeps refusing a batch's write while no one else settles the partition.
+
+    A duplicate key from a concurrent settler of the partition moves its ``seq`` and
+    disappears once the batch is decided again. One that recurs with the ``seq``
+    unchanged comes from a job itself (e.g. a second top-up for an already settled
+    ``providerTxId`` after its idempotency key expired): the batch is then isolated
+    and that job failed. Deliberately not a ``PyMongoError``, which is retried forever.
+    """
+
+
+DUPLICATE_RETRIES = 3
+
+
 @dataclass
 class BatchResult:
     settled: int = 0
@@ -79,6 +93,7 @@ class BatchResult:
 @dataclass
 class DrainResult:
     batches: list[BatchResult] = field(default_factory=list)
+    more: bool = False  # stopped on the time budget with jobs possibly left
 
     @property
     def settled(self) -> int:
@@ -145,22 +160,25 @@ def load_snapshot(db: Database, ops: Sequence[Operation], session: ClientSession
             snap.contents[doc["_id"]] = ContentInfo(doc["_id"], doc["creatorId"], doc["price"],
                                                     bool(doc.get("isActive", True)))
             wallet_ids.add(doc["creatorId"])
-        users = sorted({op.user for op in ops if isinstance(op, Unlock)})
-        for doc in db.unlocks.find({"userId": {"$in": users}, "contentId": {"$in": sorted(content_ids)}},
+        pairs = {(op.user, op.content_id) for op in ops if isinstance(op, Unlock)}
+        # One index range on the leading field; two $in fields at once are answered
+        # with a collection scan by some planners (SecantusDB's among them).
+        for doc in db.unlocks.find({"userId": {"$in": sorted({u for u, _ in pairs})}},
                                    {"userId": 1, "contentId": 1}, session=session):
-            snap.unlocks.add((doc["userId"], doc["contentId"]))
+            if (doc["userId"], doc["contentId"]) in pairs:
+                snap.unlocks.add((doc["userId"], doc["contentId"]))
 
-    sub_query: list[dict[str, Any]] = []
+    sub_docs: list[dict[str, Any]] = []
     if sub_ids:
-        sub_query.append({"_id": {"$in": sorted(sub_ids)}})
+        sub_docs += db.subscriptions.find({"_id": {"$in": sorted(sub_ids)}}, session=session)
     if sub_pairs:
-        sub_query.append({
-            "subscriberId": {"$in": sorted({s for s, _ in sub_pairs})},
-            "creatorId": {"$in": sorted({c for _, c in sub_pairs})},
-            "status": "active",
-        })
-    for query in sub_query:
-        for doc in db.subscriptions.find(query, session=session):
+        # The subscribers' subscriptions by the index's leading field, narrowed here
+        # (see the unlocks above: one $in per query keeps it an index range).
+        creators = {c for _, c in sub_pairs}
+        sub_docs += [doc for doc in db.subscriptions.find(
+            {"subscriberId": {"$in": sorted({s for s, _ in sub_pairs})}}, session=session)
+            if doc["status"] == "active" and doc["creatorId"] in creators]
+    for doc in sub_docs:
             snap.subscriptions[doc["_id"]] = SubscriptionState(
                 doc["_id"], doc["subscriberId"], doc["creatorId"], doc["price"], doc["periodDays"],
                 doc["status"], bool(doc.get("autoRenew")), doc["expiresAt"], doc.get("renewals", 0))
@@ -181,8 +199,9 @@ def load_snapshot(db: Database, ops: Sequence[Operation], session: ClientSession
 
 def _actor(job: dict[str, Any]) -> dict[str, str]:
     owner = job.get("ownerId") or "system"
-    kind = {"topup": "provider", "renew": "system"}.get(job["type"], "user")
-    if job["type"] == "credit":
+    # .get: a poison job may lack its type, and failing it must not raise again.
+    kind = {"topup": "provider", "renew": "system"}.get(job.get("type"), "user")
+    if job.get("type") == "credit":
         kind = "admin"
     return {"type": kind, "id": owner}
 
@@ -192,7 +211,7 @@ def _audit_body(job: dict[str, Any], outcome: Outcome, partition: int, seq: int,
         "partition": partition,
         "seq": seq,
         "jobId": job["_id"],
-        "type": job["type"],
+        "type": job.get("type"),
         "outcome": SETTLED if outcome.ok else FAILED,
         "actor": _actor(job),
         "entity": {"type": "job", "id": job["_id"]},
@@ -320,6 +339,7 @@ def _run_batch(
     started = time.perf_counter()
     result = BatchResult()
     attempt = 0
+    duplicates = 0
     while True:
         attempt += 1
         holder: dict[str, Any] = {}
@@ -335,6 +355,7 @@ def _run_batch(
             part_doc = db.partitions.find_one({"_id": partition}, session=session)
             if part_doc is None:
                 raise _Conflict("partition document missing")
+            holder["seq"] = part_doc["seq"]
             ops = [(job["_id"], _operation(job)) for job in jobs]
             now = clock()
             decision = decide_batch(ops, load_snapshot(db, [op for _, op in ops], session), now)
@@ -356,6 +377,12 @@ def _run_batch(
             # A duplicate key or write conflict surfacing as a plain error means another
             # settler committed first; deciding again finds the jobs already done.
             if _is_conflict(exc) and attempt < MAX_CONFLICT_RETRIES:
+                if _is_duplicate(exc) and _partition_unchanged(db, partition, holder.get("seq")):
+                    # No other settler committed in this partition since this attempt
+                    # read it: the batch collides with itself or with settled history.
+                    duplicates += 1
+                    if duplicates >= DUPLICATE_RETRIES:
+                        raise PersistentDuplicate(str(exc)) from exc
                 result.retries += 1
                 time.sleep(min(0.002 * attempt, 0.05) * (1 + random.random()))
                 continue
@@ -397,11 +424,26 @@ class _Gone(Exception):
     pass
 
 
-def _is_conflict(exc: OperationFailure) -> bool:
+def _error_codes(exc: OperationFailure) -> set[Any]:
     codes = {exc.code}
     if isinstance(exc, BulkWriteError):
         codes |= {err.get("code") for err in exc.details.get("writeErrors", [])}
-    return bool(codes & {11000, 112, 251})
+    return codes
+
+
+def _is_conflict(exc: OperationFailure) -> bool:
+    return bool(_error_codes(exc) & {11000, 112, 251})
+
+
+def _is_duplicate(exc: OperationFailure) -> bool:
+    return 11000 in _error_codes(exc)
+
+
+def _partition_unchanged(db: Database, partition: int, seq: int | None) -> bool:
+    if seq is None:
+        return False
+    doc = db.partitions.find_one({"_id": partition}, {"seq": 1})
+    return doc is not None and doc.get("seq") == seq
 
 
 def settle_partition(
@@ -411,11 +453,21 @@ def settle_partition(
     batch_max: int,
     clock: Clock = utcnow,
     on_batch: Callable[[BatchResult], None] | None = None,
+    time_budget: float | None = None,
 ) -> DrainResult:
-    """Settle batches until the partition has no queued job left."""
+    """Settle batches until the partition has no queued job left.
+
+    With ``time_budget`` (seconds) it stops between batches once the budget is
+    spent and sets ``DrainResult.more``: the caller rings again instead of running
+    into a hard time limit, which would otherwise look like a poison job.
+    """
     ensure_partition(db, partition)
     drained = DrainResult()
+    deadline = None if time_budget is None else time.monotonic() + time_budget
     while True:
+        if deadline is not None and time.monotonic() > deadline:
+            drained.more = True
+            break
         try:
             batch = _run_batch(db, partition, batch_max, clock, None)
         except (PyMongoError, _Conflict):
@@ -440,7 +492,8 @@ def _isolate(db: Database, partition: int, batch_max: int, clock: Clock) -> Batc
     for job in _queued(db, partition, batch_max, None):
         try:
             one = _run_batch(db, partition, 1, clock, job["_id"])
-        except PyMongoError:
+        except (PyMongoError, _Conflict):
+            # Store trouble or contention is not the job's fault: never fail it for that.
             raise
         except Exception as exc:  # noqa: BLE001
             log.exception("job failed with an unexpected error", extra={

@@ -13,7 +13,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo.database import Database
@@ -46,12 +46,23 @@ def renewal_job_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
+def _until(now: datetime) -> dict[str, datetime]:
+    """``expiresAt <= now`` written as ``< now + 1 ms``: identical for millisecond dates.
+
+    SecantusDB (0.7.0b3) loses the keys equal to an inclusive upper bound (``$lte``)
+    when the ranged field is followed by more fields in a compound index, which the
+    ``due_by_renewal`` index is; an exclusive bound is answered correctly everywhere.
+    """
+    return {"$lt": to_ms(now) + timedelta(milliseconds=1)}
+
+
 def _expire_filter(now: datetime) -> dict[str, Any]:
-    return {"status": "active", "expiresAt": {"$lte": now}, "autoRenew": False}
+    return {"status": "active", "autoRenew": False, "expiresAt": _until(now)}
 
 
 def expire_lapsed(db: Database, now: datetime) -> int:
     """Expire due subscriptions that will not renew, in one conditional update."""
+    now = to_ms(now)
     res = db.subscriptions.update_many(
         _expire_filter(now),
         {"$set": {"status": "expired", "endedReason": "NOT_RENEWED", "endedAt": now}},
@@ -72,11 +83,7 @@ def tick(
     result = TickResult(expired=expire_lapsed(db, now))
     last: tuple[datetime, str] | None = None
     while True:
-        query: dict[str, Any] = {"status": "active", "expiresAt": {"$lte": now}, "autoRenew": True}
-        if last is not None:
-            query["$or"] = [{"expiresAt": {"$gt": last[0]}},
-                            {"expiresAt": last[0], "_id": {"$gt": last[1]}}]
-        subs = list(db.subscriptions.find(query).sort([("expiresAt", 1), ("_id", 1)]).limit(chunk))
+        subs = _due_renewals(db, now, last, chunk)
         if not subs:
             break
         last = (subs[-1]["expiresAt"], subs[-1]["_id"])
@@ -85,6 +92,29 @@ def tick(
         if len(subs) < chunk:
             break
     return result
+
+
+_DUE_ORDER = [("expiresAt", 1), ("_id", 1)]
+
+
+def _due_renewals(db: Database, now: datetime, last: tuple[datetime, str] | None,
+                  chunk: int) -> list[dict[str, Any]]:
+    """The next ``chunk`` due auto-renewing subscriptions after ``last`` in (expiresAt, _id) order.
+
+    Keyset pagination as two plain index ranges (the rest of ``last``'s instant,
+    then later instants) rather than one top-level ``$or``, which some planners
+    (SecantusDB's among them) answer with a collection scan.
+    """
+    base: dict[str, Any] = {"status": "active", "autoRenew": True}
+    if last is None:
+        return list(db.subscriptions.find({**base, "expiresAt": _until(now)}).sort(_DUE_ORDER).limit(chunk))
+    expires_at, sub_id = last
+    subs = list(db.subscriptions.find({**base, "expiresAt": expires_at, "_id": {"$gt": sub_id}})
+                .sort(_DUE_ORDER).limit(chunk))
+    if len(subs) < chunk:
+        subs += list(db.subscriptions.find({**base, "expiresAt": {"$gt": expires_at, **_until(now)}})
+                     .sort(_DUE_ORDER).limit(chunk - len(subs)))
+    return subs
 
 
 def _renew_chunk(db: Database, subs: list[dict[str, Any]], now: datetime, partitions: int,

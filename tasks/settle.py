@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from pymongo.errors import PyMongoError
 
@@ -16,6 +17,9 @@ from workers.celery_app import app, partition_queue
 log = logging.getLogger("purser.settle")
 
 RING_FLAG_TTL = 30
+# Well below the task soft time limit (workers/celery_app.py): a drain never gets cut
+# off mid-way, where a SoftTimeLimitExceeded could be mistaken for a poison job.
+SETTLE_TIME_BUDGET = 60.0
 
 
 def _ring_flag(partition: int) -> str:
@@ -31,8 +35,12 @@ def ring(partition: int, request_id: str | None = None, *, force: bool = False) 
     """
     if not force and not get_redis().set(_ring_flag(partition), 1, nx=True, ex=RING_FLAG_TTL):
         return
-    settle.apply_async(args=[partition], queue=partition_queue(partition),
-                       headers={"requestId": request_id})
+    # TEST-ONLY fault injection (tests/chaos): PURSER_DUPLICATE_DOORBELLS=1 publishes every
+    # doorbell twice, as a broker redelivery or a doubled publish would. Never set in production.
+    copies = 2 if os.environ.get("PURSER_DUPLICATE_DOORBELLS") == "1" else 1
+    for _ in range(copies):
+        settle.apply_async(args=[partition], queue=partition_queue(partition),
+                           headers={"requestId": request_id})
 
 
 def _record(batch: BatchResult) -> None:
@@ -63,8 +71,12 @@ def settle(self, partition: int) -> dict[str, int]:  # type: ignore[no-untyped-d
             log.warning("could not clear the ring flag", exc_info=True)
         try:
             drained = settle_partition(get_db(), partition, batch_max=settings.settle_batch_max,
-                                       on_batch=_record)
+                                       on_batch=_record, time_budget=SETTLE_TIME_BUDGET)
         except PyMongoError as exc:
             log.warning("store unavailable while settling; retrying", extra={"error": str(exc)})
             raise self.retry(countdown=min(2 ** min(self.request.retries, 5), 30), exc=exc) from exc
+        if drained.more:
+            # A long backlog: hand the partition on to a fresh task (other queues get
+            # their turn on this worker meanwhile) rather than meet the time limit.
+            ring(partition, None, force=True)
         return {"settled": drained.settled, "failed": drained.failed}

@@ -1,0 +1,267 @@
+"""Issue 4, operations side: migrations, indexes behind every hot query, the audit CLIs."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from ledger.operations import Gift, Transfer
+from ledger.timeutil import utcnow
+from tests.settlement.settle_helpers import add_user, fund, live_ring, submit, wait_jobs
+from tests.support.invariants import assert_money_invariants
+
+ROOT = Path(__file__).resolve().parents[2]
+INITIAL = importlib.import_module("migrations.versions.0001_initial")
+DUE_INDEX = importlib.import_module("migrations.versions.0002_subscription_due_index")
+
+
+def _run(stack_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env={**os.environ, **stack_env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def _index_names(db) -> dict[str, set[str]]:
+    return {name: set(db[name].index_information()) - {"_id_"} for name in INITIAL.INDEXES}
+
+
+def _expected_index_names() -> dict[str, set[str]]:
+    names = {name: {ix.document["name"] for ix in indexes} for name, indexes in INITIAL.INDEXES.items()}
+    for name, indexes in DUE_INDEX.INDEXES.items():
+        names[name] |= {ix.document["name"] for ix in indexes}
+    return names
+
+
+def test_migrations_up_twice_is_a_no_op_down_then_up_restores_and_status_reports(fresh_db, stack_env):
+    import migrations
+
+    db = fresh_db
+    assert _index_names(db) == _expected_index_names()
+    assert migrations.up(db) == []  # fresh_db already applied everything
+    assert [row[2] for row in migrations.status(db)] == [True] * len(migrations.discover())
+
+    out = _run(stack_env, "migrations", "up")
+    assert out.returncode == 0, out.stderr
+    assert "nothing to do" in out.stdout
+    status = _run(stack_env, "migrations", "status")
+    assert status.returncode == 0, status.stderr
+    assert "0001 initial" in status.stdout and "applied" in status.stdout and "pending" not in status.stdout
+
+    partial = _run(stack_env, "migrations", "down", "--to", "1")
+    assert partial.returncode == 0 and "reverted: [2]" in partial.stdout, partial.stdout + partial.stderr
+    assert "due_by_renewal" not in db.subscriptions.index_information()
+    assert "0002 subscription_due_index" in _run(stack_env, "migrations", "status").stdout
+    down = _run(stack_env, "migrations", "down")
+    assert down.returncode == 0, down.stderr
+    assert "reverted: [1]" in down.stdout
+    assert not set(db.list_collection_names()) & set(INITIAL.INDEXES)
+    status = _run(stack_env, "migrations", "status")
+    assert "0001 initial" in status.stdout and "pending" in status.stdout
+
+    up = _run(stack_env, "migrations", "up")
+    assert up.returncode == 0, up.stderr
+    assert "applied: [1, 2]" in up.stdout
+    assert _index_names(db) == _expected_index_names()
+    assert {w["_id"]: w["balance"] for w in db.wallets.find({"system": True})} == {
+        "platform:revenue": 0, "platform:processing": 0, "external:funding": 0}
+    again = _run(stack_env, "migrations", "up")
+    assert "nothing to do" in again.stdout
+    assert db.migrations.count_documents({}) == len(migrations.discover())
+    assert_money_invariants(db)
+
+
+def _stages(plan: Any) -> list[dict[str, Any]]:
+    """Every stage node of an explain plan (``inputStage``/``inputStages`` trees)."""
+    found: list[dict[str, Any]] = []
+    if isinstance(plan, dict):
+        if "stage" in plan:
+            found.append(plan)
+        for key in ("inputStage", "queryPlan", "winningPlan"):
+            if key in plan:
+                found += _stages(plan[key])
+        for child in plan.get("inputStages", []):
+            found += _stages(child)
+    return found
+
+
+def _plan(explained: dict[str, Any]) -> list[dict[str, Any]]:
+    return _stages(explained["queryPlanner"]["winningPlan"])
+
+
+def _assert_ixscan(explained: dict[str, Any], indexes: set[str], label: str) -> None:
+    stages = _plan(explained)
+    kinds = [s["stage"] for s in stages]
+    assert "COLLSCAN" not in kinds, f"{label}: {kinds}"
+    used = {s.get("indexName") for s in stages if s["stage"] == "IXSCAN"}
+    assert used & indexes, f"{label}: expected an IXSCAN on {indexes}, plan {kinds} on {used}"
+
+
+def test_every_hot_query_is_served_by_an_index(db):
+    """The shapes the code sends, as it sends them. Not listed: the history pages after
+    the first (``services.queries._page_filter`` adds a top-level ``$or``, which
+    SecantusDB answers with a COLLSCAN; MongoDB uses the index)."""
+    ring = live_ring()
+    fan, creator = add_user(db), add_user(db, role="creator")
+    fund(db, [fan], 1000)
+    gift = submit(db, Gift(fan, creator, 100), ring=ring)
+    wait_jobs(db, [gift["_id"]])
+    now = utcnow()
+    soon = now + timedelta(milliseconds=1)  # the tick's "expiresAt <= now" (services.subscriptions._until)
+    db.contents.insert_one({"_id": "c" * 24, "creatorId": creator, "title": "t", "price": 5, "isActive": True,
+                            "createdAt": now})
+    db.subscriptions.insert_one({"_id": "s" * 24, "subscriberId": fan, "creatorId": creator, "price": 5,
+                                 "periodDays": 30, "status": "active", "autoRenew": True, "startedAt": now,
+                                 "expiresAt": now + timedelta(days=30), "renewals": 0, "createdAt": now})
+
+    finds = [
+        ("settle queue", "jobs", {"partition": 0, "status": "queued"}, [("createdAt", 1), ("_id", 1)],
+         {"partition_queue"}),
+        ("job history", "jobs", {"ownerId": fan}, [("createdAt", -1), ("_id", -1)], {"owner_recent"}),
+        ("sweep", "jobs", {"status": "queued", "createdAt": {"$lt": now}}, None, {"status_age"}),
+        ("wallet history", "transactions", {"entries.walletId": fan}, [("createdAt", -1), ("_id", -1)],
+         {"wallet_history"}),
+        ("tx by job", "transactions", {"jobId": gift["_id"]}, None, {"jobId_unique"}),
+        ("tx by txId", "transactions", {"txId": gift["_id"]}, None, {"txId_unique"}),
+        ("tx by provider id", "transactions", {"providerTxId": "ptx"}, None, {"providerTxId_unique"}),
+        ("idempotency key", "idempotency_keys", {"ownerId": fan, "key": "k"}, None, {"owner_key_unique"}),
+        ("unlock lookup", "unlocks", {"userId": fan, "contentId": "c" * 24}, None, {"user_content_unique"}),
+        ("unlock snapshot", "unlocks", {"userId": {"$in": [fan]}}, None, {"user_content_unique"}),
+        ("subscriptions due", "subscriptions", {"status": "active", "expiresAt": {"$lte": now}}, None,
+         {"status_expires"}),
+        ("renewals due", "subscriptions", {"status": "active", "autoRenew": True, "expiresAt": {"$lt": soon}},
+         [("expiresAt", 1), ("_id", 1)], {"due_by_renewal"}),
+        ("renewals due, rest of an instant", "subscriptions",
+         {"status": "active", "autoRenew": True, "expiresAt": now, "_id": {"$gt": "a"}},
+         [("expiresAt", 1), ("_id", 1)], {"due_by_renewal"}),
+        ("renewals due, later instants", "subscriptions",
+         {"status": "active", "autoRenew": True, "expiresAt": {"$gt": now - timedelta(days=1), "$lt": soon}},
+         [("expiresAt", 1), ("_id", 1)], {"due_by_renewal"}),
+        ("lapsed without renewal", "subscriptions", {"status": "active", "autoRenew": False,
+                                                     "expiresAt": {"$lt": soon}}, None, {"due_by_renewal"}),
+        ("subscriber access", "subscriptions", {"subscriberId": fan, "creatorId": creator, "status": "active",
+                                                "expiresAt": {"$gt": now}}, None, {"subscriber_creator"}),
+        ("subscribe snapshot", "subscriptions", {"subscriberId": {"$in": [fan]}}, None, {"subscriber_creator"}),
+        ("renew snapshot", "subscriptions", {"_id": {"$in": ["s" * 24]}}, None, {"_id_"}),
+        ("my subscriptions", "subscriptions", {"subscriberId": fan}, [("createdAt", -1)], {"subscriber_creator"}),
+        ("login", "users", {"email": f"{fan}@example.com", "accountStatus": "active"}, None,
+         {"email_unique", "email_status"}),
+        ("user by email", "users", {"email": f"{fan}@example.com"}, None, {"email_unique", "email_status"}),
+        ("wallet by user", "wallets", {"userId": fan}, None, {"userId_unique", "userId_status"}),
+        ("creator contents", "contents", {"creatorId": creator, "isActive": True}, None, {"creator_active"}),
+        ("audit chain", "auditlogs", {"partition": gift["partition"]}, [("seq", 1)], {"partition_seq_unique"}),
+        ("audit head", "auditlogs", {"partition": gift["partition"], "seq": 2}, None, {"partition_seq_unique"}),
+        ("audit by tx", "auditlogs", {"txId": gift["_id"]}, None, {"txId_recent"}),
+        ("audit by entity", "auditlogs", {"entity.type": "job", "entity.id": gift["_id"]}, None, {"entity"}),
+        ("audit by actor", "auditlogs", {"actor.id": fan}, None, {"actor"}),
+    ]
+    failures = []
+    for label, collection, query, sort, indexes in finds:
+        cursor = db[collection].find(query)
+        if sort:
+            cursor = cursor.sort(sort).limit(200)
+        try:
+            _assert_ixscan(cursor.explain(), indexes, label)
+        except AssertionError as exc:
+            failures.append(str(exc))
+    assert not failures, "\n".join(failures)
+
+    sweep = db.command("explain", {"distinct": "jobs", "key": "partition",
+                                   "query": {"status": "queued", "createdAt": {"$lt": now}}})
+    _assert_ixscan(sweep, {"status_age"}, "sweep distinct")
+    assert_money_invariants(db)
+
+
+def test_reconcile_and_verify_audit_cli_exit_0_when_clean_and_1_after_tampering(db, stack_env):
+    ring = live_ring()
+    fan, creator, friend = add_user(db), add_user(db), add_user(db)
+    fund(db, [fan], 900)
+    jobs = [submit(db, Gift(fan, creator, 250), ring=ring), submit(db, Transfer(fan, friend, 100), ring=ring)]
+    wait_jobs(db, [j["_id"] for j in jobs])
+
+    for command in ("reconcile", "verify-audit"):
+        clean = _run(stack_env, "ledger", command)
+        assert clean.returncode == 0, clean.stdout + clean.stderr
+        assert '"ok": true' in clean.stdout
+
+    # A wallet balance changed behind the ledger's back.
+    db.wallets.update_one({"_id": friend}, {"$inc": {"balance": 7}})
+    drift = _run(stack_env, "ledger", "reconcile")
+    assert drift.returncode == 1, drift.stdout
+    assert friend in drift.stdout and '"ok": false' in drift.stdout
+    db.wallets.update_one({"_id": friend}, {"$inc": {"balance": -7}})
+    assert _run(stack_env, "ledger", "reconcile").returncode == 0
+
+    # An audit entry's amount rewritten: its hash no longer matches.
+    entry = db.auditlogs.find_one({"jobId": jobs[0]["_id"]})
+    tampered = [dict(e, amount=e["amount"] - 1 if e["amount"] > 0 else e["amount"]) for e in entry["entries"]]
+    db.auditlogs.update_one({"_id": entry["_id"]}, {"$set": {"entries": tampered}})
+    broken = _run(stack_env, "ledger", "verify-audit")
+    assert broken.returncode == 1, broken.stdout
+    assert "hash does not match" in broken.stdout
+    # The ledger itself was not touched: reconcile still passes.
+    assert _run(stack_env, "ledger", "reconcile").returncode == 0
+    db.auditlogs.update_one({"_id": entry["_id"]}, {"$set": {"entries": entry["entries"]}})
+
+    # A deleted audit entry breaks the chain as well.
+    last = db.auditlogs.find_one({"jobId": jobs[1]["_id"]})
+    db.auditlogs.delete_one({"_id": last["_id"]})
+    assert _run(stack_env, "ledger", "verify-audit").returncode == 1
+    db.auditlogs.insert_one(last)
+    assert _run(stack_env, "ledger", "verify-audit").returncode == 0
+
+    # Removing a partition's head document must not hide edits to that chain.
+    head = db.partitions.find_one({"_id": entry["partition"]})
+    db.partitions.delete_one({"_id": head["_id"]})
+    db.auditlogs.update_one({"_id": entry["_id"]}, {"$set": {"entries": tampered}})
+    headless = _run(stack_env, "ledger", "verify-audit")
+    assert headless.returncode == 1, headless.stdout
+    assert "without a partition head" in headless.stdout
+    db.auditlogs.update_one({"_id": entry["_id"]}, {"$set": {"entries": entry["entries"]}})
+    db.partitions.insert_one(head)
+    assert _run(stack_env, "ledger", "verify-audit").returncode == 0
+    assert_money_invariants(db)
+
+
+def test_celery_is_configured_for_money_and_connects_to_mongodb_only_after_fork(fresh_db, stack_env):
+    from workers.celery_app import app
+
+    conf = app.conf
+    assert conf.task_acks_late is True and conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_serializer == "json" and list(conf.accept_content) == ["json"]
+    assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
+    assert conf.task_routes["ledger.settle"]["queue"] == "ledger.0"
+    # Importing the worker modules opens no MongoDB client (PyMongo is not fork-safe).
+    probe = ("import workers, tasks.settle, tasks.maintenance, tasks.subscriptions, infra.mongo as m;"
+             "assert m._client is None, 'MongoDB client created at import'")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env={**os.environ, **stack_env},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert_money_invariants(fresh_db)
+
+
+def test_the_beat_reconcile_task_reports_drift_in_the_worker_log(db, session_worker):
+    import time
+
+    from tasks.maintenance import reconcile
+
+    fan = add_user(db)
+    fund(db, [fan], 300)
+    marker = "reconciliation found drift"
+    seen = session_worker.log_tail(lines=100000).count(marker)
+    db.wallets.update_one({"_id": fan}, {"$inc": {"balance": 1}})
+    try:
+        reconcile.apply_async(queue="purser.default")
+        deadline = time.monotonic() + 60
+        while session_worker.log_tail(lines=100000).count(marker) == seen:
+            assert time.monotonic() < deadline, "the worker did not report the drift"
+            time.sleep(0.2)
+        line = [ln for ln in session_worker.log_tail(lines=100000).splitlines() if marker in ln][-1]
+        assert '"level": "ERROR"' in line and fan in line
+    finally:
+        db.wallets.update_one({"_id": fan}, {"$inc": {"balance": -1}})
+    assert_money_invariants(db)
