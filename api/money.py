@@ -19,7 +19,7 @@ from api.errors import ApiError
 from infra.mongo import get_db
 from ledger.operations import Operation
 from services import idempotency
-from services.jobs import build_job, job_view, new_job_id, ring_safely
+from services.jobs import build_job, job_view, ring_safely
 
 MAX_KEY_LENGTH = 255
 
@@ -46,6 +46,10 @@ def fingerprint(body: BaseModel | dict[str, Any]) -> str:
 def _job_response(job: dict[str, Any], status: int = 202) -> tuple[str, dict[str, str]]:
     body = json.dumps(job_view(job), separators=(",", ":"))
     return body, {"Location": f"/api/jobs/{job['_id']}"}
+
+
+def _stored(body: str, headers: dict[str, str]) -> dict[str, Any]:
+    return {"status": 202, "body": body, "headers": headers}
 
 
 def _respond(status: int, body: str, headers: dict[str, str], replayed: bool = False) -> Response:
@@ -75,10 +79,12 @@ def accept(op: Operation, body: BaseModel | dict[str, Any], *, owner_id: str,
     db = get_db()
     key = key if key is not None else g.get("idempotency_key", None)
     key_owner = key_owner or owner_id
-    job_id = new_job_id()
+    job = build_job(op, owner_id, settings.ledger_partitions, g.request_id, key)
+    body_text, headers = _job_response(job)
     record = None
     if key is not None and settings.idempotency_enabled:
-        claim = idempotency.claim(db, key_owner, key, fingerprint(body), job_id, settings.idempotency_ttl_hours)
+        claim = idempotency.claim(db, key_owner, key, fingerprint(body), job["_id"],
+                                  settings.idempotency_ttl_hours, _stored(body_text, headers))
         if claim.state == idempotency.REPLAY:
             return _replay(claim.record)
         if claim.state == idempotency.MISMATCH:
@@ -89,21 +95,23 @@ def accept(op: Operation, body: BaseModel | dict[str, Any], *, owner_id: str,
                            "A request with this Idempotency-Key is still being processed; retry shortly.",
                            headers={"Retry-After": "1"})
         record = claim.record
-        job_id = record["jobId"]
+        if record["jobId"] != job["_id"]:  # took over a crashed claim: keep its job id
+            job = build_job(op, owner_id, settings.ledger_partitions, g.request_id, key, job_id=record["jobId"])
+            body_text, headers = _job_response(job)
+            idempotency.set_response(db, record, _stored(body_text, headers))
 
-    job = build_job(op, owner_id, settings.ledger_partitions, g.request_id, key, job_id=job_id)
     try:
         db.jobs.insert_one(job)
     except DuplicateKeyError:
-        # A crashed earlier attempt stored this job before completing its key.
-        job = db.jobs.find_one({"_id": job_id}) or job
+        # The crashed first attempt stored its job after all: answer with that one.
+        job = db.jobs.find_one({"_id": job["_id"]}) or job
+        body_text, headers = _job_response(job)
+        if record is not None:
+            idempotency.set_response(db, record, _stored(body_text, headers))
     except Exception:
         if record is not None:
             idempotency.release(db, record)
         raise
-    body_text, headers = _job_response(job)
-    if record is not None:
-        idempotency.complete(db, record, 202, body_text, headers)
     ring_safely(ring, job["partition"], g.request_id, job["_id"])
     g.accepted_job = job
     return _respond(202, body_text, headers)

@@ -1,11 +1,13 @@
 """Idempotency keys: one accepted job per (owner, key), replayed byte for byte.
 
-A key is claimed with an insert (unique on ``ownerId`` + ``key``) before the job is
-stored, then completed with the response. A second request finds the record and
-either replays it (same fingerprint), refuses it (another body: 422) or, while the
-first is still being accepted, answers 409. A claim left pending by a crashed web
-process is recovered after ``STALE_AFTER``: the job id chosen at claim time tells
-whether the job was stored.
+A key is claimed with ONE insert (unique on ``ownerId`` + ``key``) that already
+carries the answer, because the 202 body is known before the job is stored (its id
+and timestamp are chosen up front); the job insert follows. A second request finds
+the record and, when the fingerprints match, replays it once the job exists. While
+the first request is still between the two inserts the job is missing, and the
+answer is 409. A claim left behind by a crashed web process (record without job) is
+taken over after ``STALE_AFTER``. Compared with claim-then-complete this saves one
+update per accepted request, the costliest write on the accept path.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ class Claim:
 
 
 def claim(db: Database, owner_id: str, key: str, fingerprint: str, job_id: str, ttl_hours: int,
-          now: datetime | None = None) -> Claim:
+          response: dict[str, Any], now: datetime | None = None) -> Claim:
+    """Claim ``key`` for ``job_id`` with its prepared ``response`` ({status, body, headers})."""
     now = now or utcnow()
-    record = {"ownerId": owner_id, "key": key, "fingerprint": fingerprint, "state": "pending",
-              "jobId": job_id, "createdAt": now, "expiresAt": now + timedelta(hours=ttl_hours)}
+    record = {"ownerId": owner_id, "key": key, "fingerprint": fingerprint, "jobId": job_id,
+              "response": response, "createdAt": now, "expiresAt": now + timedelta(hours=ttl_hours)}
     try:
         db.idempotency_keys.insert_one(record)
         return Claim(NEW, record)
@@ -42,27 +45,26 @@ def claim(db: Database, owner_id: str, key: str, fingerprint: str, job_id: str, 
         pass
     existing = db.idempotency_keys.find_one({"ownerId": owner_id, "key": key})
     if existing is None:  # expired between the insert and the read: try once more
-        return claim(db, owner_id, key, fingerprint, job_id, ttl_hours, now)
+        return claim(db, owner_id, key, fingerprint, job_id, ttl_hours, response, now)
     if existing["fingerprint"] != fingerprint:
         return Claim(MISMATCH, existing)
-    if existing["state"] == "done":
+    if db.jobs.find_one({"_id": existing["jobId"]}, {"_id": 1}) is not None:
         return Claim(REPLAY, existing)
     if existing["createdAt"] <= now - STALE_AFTER:
-        # The first request died mid-way. Take the claim over atomically.
+        # The first request died between its two inserts. Take the claim over
+        # atomically, keeping its job id so a late first insert cannot make two jobs.
         res = db.idempotency_keys.update_one(
-            {"_id": existing["_id"], "state": "pending", "createdAt": existing["createdAt"]},
-            {"$set": {"createdAt": now}})
+            {"_id": existing["_id"], "createdAt": existing["createdAt"]}, {"$set": {"createdAt": now}})
         if res.modified_count:
             return Claim(NEW, {**existing, "createdAt": now})
     return Claim(IN_USE, existing)
 
 
-def complete(db: Database, record: dict[str, Any], status: int, body: str, headers: dict[str, str]) -> None:
-    db.idempotency_keys.update_one(
-        {"_id": record["_id"]},
-        {"$set": {"state": "done", "response": {"status": status, "body": body, "headers": headers}}})
+def set_response(db: Database, record: dict[str, Any], response: dict[str, Any]) -> None:
+    """Replace the stored answer (after a take-over rebuilt the job)."""
+    db.idempotency_keys.update_one({"_id": record["_id"]}, {"$set": {"response": response}})
 
 
 def release(db: Database, record: dict[str, Any]) -> None:
-    """Forget a claim whose request was refused before any job was stored."""
-    db.idempotency_keys.delete_one({"_id": record["_id"], "state": "pending"})
+    """Forget a claim whose job could not be stored, so the client may retry the key."""
+    db.idempotency_keys.delete_one({"_id": record["_id"], "jobId": record["jobId"]})

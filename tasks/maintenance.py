@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
+
+from pymongo.database import Database
 
 from infra.config import get_settings
 from infra.mongo import get_db
@@ -20,6 +22,12 @@ def _force_ring(partition: int, request_id: str | None) -> None:
     ring(partition, request_id, force=True)
 
 
+def stale_partitions(db: Database, partitions: int, cutoff: datetime) -> list[int]:
+    """Partitions holding a queued job accepted before ``cutoff``: one index probe each."""
+    return [p for p in range(partitions)
+            if db.jobs.find_one({"partition": p, "status": "queued", "createdAt": {"$lt": cutoff}}, {"_id": 1})]
+
+
 @app.task(name="ledger.sweep", acks_late=True, ignore_result=True)
 def sweep() -> list[int]:
     """Re-ring every partition holding a queued job older than a few seconds.
@@ -31,7 +39,7 @@ def sweep() -> list[int]:
     settings = get_settings()
     db = get_db()
     cutoff = utcnow() - timedelta(seconds=settings.sweep_age_seconds)
-    partitions = sorted(db.jobs.distinct("partition", {"status": "queued", "createdAt": {"$lt": cutoff}}))
+    partitions = stale_partitions(db, settings.ledger_partitions, cutoff)
     for partition in partitions:
         ring_safely(_force_ring, partition, None)
     if partitions:
