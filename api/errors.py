@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, g
+from pymongo.errors import ConnectionFailure
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("purser.api")
@@ -83,6 +84,12 @@ def register_error_handlers(app: Flask) -> None:
         if status == 405 and valid:
             headers["Allow"] = ", ".join(sorted(valid))
         return problem(status, code, detail, title=title, headers=headers)
+
+    @app.errorhandler(ConnectionFailure)
+    def _store_unavailable(exc: ConnectionFailure) -> Response:
+        log.warning("store unreachable: %s", type(exc).__name__)
+        return problem(503, "SERVICE_UNAVAILABLE", "A dependency is unavailable; retry with the same "
+                       "Idempotency-Key.", headers={"Retry-After": "2"})
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
