@@ -6,7 +6,7 @@ from pathlib import Path
 
 bind = os.environ.get("WEB_BIND") or f"127.0.0.1:{os.environ.get('PORT', '5000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("WEB_THREADS", "4"))
+threads = int(os.environ.get("WEB_THREADS", "8"))
 # Request handlers mostly wait on MongoDB and Redis, so threads are cheap concurrency.
 worker_class = "gthread" if threads > 1 else "sync"
 timeout = 30
