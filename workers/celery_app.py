@@ -17,8 +17,10 @@ def partition_queue(partition: int) -> str:
 
 
 def create_celery(settings: Settings) -> Celery:
-    app = Celery("purser", broker=settings.redis_url, include=["tasks.settle", "tasks.maintenance",
-                                                                  "tasks.subscriptions"])
+    include = ["tasks.settle", "tasks.maintenance", "tasks.subscriptions", "tasks.bench"]
+    if not settings.is_production:
+        include.append("tasks.debug")  # debug.boom: fails on purpose, for error-reporting checks
+    app = Celery("purser", broker=settings.redis_url, include=include)
     queues = [Queue(DEFAULT_QUEUE)] + [Queue(partition_queue(p)) for p in range(settings.ledger_partitions)]
     app.conf.update(
         # Money settings: a message is acknowledged only after its work committed, and
