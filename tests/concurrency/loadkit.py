@@ -1,0 +1,349 @@
+"""Shared machinery of the concurrency, chaos and security suites.
+
+Everything here talks to real processes: users are seeded straight into MongoDB
+(argon2 for 200 users over HTTP would dominate the run) and get real signed
+tokens, but every money request goes over HTTP to gunicorn, and every balance
+comes out of a Celery worker's settlement.
+
+The accounting is the point: :class:`Tally` remembers every job a client was told
+was accepted (202) with what it knows about it (who pays, who receives), reads
+back what the API tells the client about each job, and recomputes every wallet
+from those answers alone. The database must agree coin for coin.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from bson import ObjectId
+from pymongo.database import Database
+
+from api.auth import issue_token
+from api.routes.payments import sign
+from infra.config import get_settings
+from ledger.money import EXTERNAL_FUNDING, PLATFORM_PROCESSING, PLATFORM_REVENUE
+from ledger.timeutil import utcnow
+
+PASSWORD = "correct-horse-9"
+TERMINAL = ("settled", "failed")
+SPLIT_TYPES = ("unlock", "gift", "subscribe", "renew")
+
+_hash_lock = threading.Lock()
+_password_hash: str | None = None
+
+
+def password_hash() -> str:
+    """One argon2 hash shared by every seeded user (the cost is paid once)."""
+    global _password_hash
+    with _hash_lock:
+        if _password_hash is None:
+            from argon2 import PasswordHasher
+            _password_hash = PasswordHasher().hash(PASSWORD)
+        return _password_hash
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    email: str
+    role: str
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def seed_users(db: Database, n: int, role: str = "free", prefix: str = "u") -> list[User]:
+    """Insert ``n`` users with their wallets (balance 0) and mint their tokens."""
+    settings = get_settings()
+    now = utcnow()
+    users, wallets, out = [], [], []
+    run = uuid.uuid4().hex[:8]
+    for i in range(n):
+        uid = str(ObjectId())
+        email = f"{prefix}{i}-{run}@example.com"
+        users.append({"_id": uid, "email": email, "passwordHash": password_hash(), "role": role,
+                      "displayName": None, "accountStatus": "active", "createdAt": now})
+        wallets.append({"_id": uid, "userId": uid, "balance": 0, "status": "active", "version": 0,
+                        "createdAt": now, "lastTransactionAt": None})
+        out.append(User(uid, email, role, issue_token(settings, uid, role)[0]))
+    if users:
+        db.users.insert_many(users)
+        db.wallets.insert_many(wallets)
+    return out
+
+
+# ---------------------------------------------------------------------------------- HTTP
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Any
+    body: bytes
+    error: str | None = None  # a transport error (connection refused, timeout): status 0
+
+    @property
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body) if self.body else None
+        except ValueError:
+            return None
+
+    def __repr__(self) -> str:
+        return f"<Reply {self.status} {self.error or self.body[:300]!r}>"
+
+
+class Http:
+    """A thread-safe HTTP client: one keep-alive ``requests.Session`` per thread."""
+
+    def __init__(self, base_url: str, timeout: float = 60.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._local = threading.local()
+        self.webhook_secret = get_settings().provider_webhook_secret
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
+
+    def request(self, method: str, path: str, *, json_body: Any = None, data: bytes | None = None,
+                headers: dict[str, str] | None = None, token: str | None = None, key: str | None = None,
+                content_type: str | None = None, timeout: float | None = None) -> Reply:
+        headers = dict(headers or {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if key:
+            headers["Idempotency-Key"] = key
+        if json_body is not None:
+            data = json.dumps(json_body).encode()
+            content_type = content_type or "application/json"
+        if content_type:
+            headers["Content-Type"] = content_type
+        try:
+            r = self._session().request(method, self.base_url + path, data=data, headers=headers,
+                                        timeout=timeout or self.timeout)
+        except requests.RequestException as exc:
+            self._local.session = None  # a broken keep-alive connection must not be reused
+            return Reply(0, {}, b"", error=f"{type(exc).__name__}: {exc}"[:300])
+        return Reply(r.status_code, r.headers, r.content)
+
+    def money(self, path: str, user: User, body: dict[str, Any], key: str | None = None) -> Reply:
+        return self.request("POST", path, json_body=body, token=user.token, key=key or uuid.uuid4().hex)
+
+    def webhook(self, user_id: str, amount: int, provider_tx_id: str | None = None,
+                timestamp: int | None = None) -> Reply:
+        raw = json.dumps({"providerTxId": provider_tx_id or f"ptx-{uuid.uuid4().hex}", "userId": user_id,
+                          "amount": amount}).encode()
+        stamp = int(time.time()) if timestamp is None else timestamp
+        return self.request("POST", "/api/payments/webhook", data=raw, content_type="application/json",
+                            headers={"X-Purser-Signature": sign(self.webhook_secret, stamp, raw)})
+
+    def job(self, user: User, job_id: str, wait: int = 0) -> Reply:
+        headers = {"Prefer": f"wait={wait}"} if wait else None
+        return self.request("GET", f"/api/jobs/{job_id}", token=user.token, headers=headers)
+
+
+def fire(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 48) -> list[Any]:
+    """Call ``fn`` on every item from ``workers`` threads released at the same instant."""
+    items = list(items)
+    if not items:
+        return []
+    start = threading.Event()
+
+    def run(item: Any) -> Any:
+        start.wait()
+        return fn(item)
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        futures = [pool.submit(run, item) for item in items]
+        start.set()
+        return [f.result() for f in futures]
+
+
+# ------------------------------------------------------------------------------ accounting
+
+
+@dataclass
+class Sent:
+    """One money request as the client knows it."""
+
+    kind: str  # job type: topup, transfer, unlock, gift, subscribe
+    payer: str  # the user whose wallet pays (for a top-up: the credited user)
+    key: str
+    reply: Reply
+    receiver: str | None = None  # a transfer's receiver (from the request)
+
+    @property
+    def accepted(self) -> bool:
+        return self.reply.status == 202 and bool(self.reply.json and self.reply.json.get("jobId"))
+
+    @property
+    def job_id(self) -> str | None:
+        return self.reply.json["jobId"] if self.accepted else None
+
+
+@dataclass
+class Tally:
+    """Every accepted job the clients were told about, and what they were told at the end."""
+
+    jobs: dict[str, Sent] = field(default_factory=dict)
+    refused: Counter = field(default_factory=Counter)  # (kind, status, code) of non-202 answers
+    told: dict[str, dict[str, Any]] = field(default_factory=dict)  # job id -> final job view
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, sent: Sent) -> Sent:
+        with self._lock:
+            if sent.accepted:
+                previous = self.jobs.get(sent.job_id)
+                # One key, one job: a replay must name the job the first answer named.
+                assert previous is None or previous.key == sent.key, (previous, sent)
+                self.jobs[sent.job_id] = sent
+            else:
+                body = sent.reply.json or {}
+                self.refused[(sent.kind, sent.reply.status, body.get("code") or sent.reply.error)] += 1
+        return sent
+
+    @property
+    def accepted_ids(self) -> set[str]:
+        return set(self.jobs)
+
+    def collect(self, http: Http, users: dict[str, User], workers: int = 16) -> dict[str, dict[str, Any]]:
+        """Ask the API, as each job's owner, for the final state of every accepted job."""
+        by_owner: dict[str, set[str]] = {}
+        for job_id, sent in self.jobs.items():
+            by_owner.setdefault(sent.payer, set()).add(job_id)
+
+        def owner_jobs(owner: str) -> dict[str, dict[str, Any]]:
+            user = users[owner]
+            wanted = by_owner[owner]
+            found: dict[str, dict[str, Any]] = {}
+            cursor = None
+            for _ in range(100):
+                path = "/api/jobs?limit=100" + (f"&cursor={cursor}" if cursor else "")
+                r = http.request("GET", path, token=user.token)
+                assert r.status == 200, r
+                for item in r.json["items"]:
+                    if item["jobId"] in wanted:
+                        found[item["jobId"]] = item
+                cursor = r.json["nextCursor"]
+                if not cursor or len(found) == len(wanted):
+                    break
+            for job_id in wanted - set(found):  # not listed: ask for it directly
+                r = http.job(user, job_id)
+                assert r.status == 200, (job_id, r)
+                found[job_id] = r.json
+            return found
+
+        for part in fire(owner_jobs, sorted(by_owner), workers=workers):
+            self.told.update(part)
+        return self.told
+
+    def outcome_counts(self) -> Counter:
+        return Counter(view["status"] for view in self.told.values())
+
+    def codes(self) -> Counter:
+        return Counter((view["error"] or {}).get("code") for view in self.told.values()
+                       if view["status"] == "failed")
+
+    def expected_balances(self) -> Counter:
+        """Every wallet's balance recomputed from the settled results the API reported."""
+        balances: Counter = Counter()
+        for job_id, view in self.told.items():
+            if view["status"] != "settled":
+                continue
+            sent = self.jobs[job_id]
+            result = view["result"]
+            amount = result["amount"]
+            assert view["type"] == sent.kind, (view, sent)
+            if sent.kind == "topup":
+                balances[sent.payer] += amount
+                balances[EXTERNAL_FUNDING] -= amount
+            elif sent.kind == "transfer":
+                assert result["receiverId"] == sent.receiver, (view, sent)
+                balances[sent.payer] -= amount
+                balances[sent.receiver] += amount
+            elif sent.kind in SPLIT_TYPES:
+                split = result["split"]
+                assert sum(split.values()) == amount, view
+                balances[sent.payer] -= amount
+                balances[result["creatorId"]] += split["creator"]
+                balances[PLATFORM_REVENUE] += split.get(PLATFORM_REVENUE, 0)
+                balances[PLATFORM_PROCESSING] += split.get(PLATFORM_PROCESSING, 0)
+            else:  # pragma: no cover - the suites send nothing else
+                raise AssertionError(f"unexpected job type {sent.kind}")
+        return balances
+
+
+def assert_told_matches_store(db: Database, tally: Tally) -> None:
+    """The final answers agree with the store, and every balance follows from them."""
+    assert set(tally.told) == tally.accepted_ids, "some accepted job was never reported"
+    not_terminal = [j for j, v in tally.told.items() if v["status"] not in TERMINAL]
+    assert not not_terminal, f"{len(not_terminal)} accepted job(s) reported non-terminal: {not_terminal[:5]}"
+    stored = {j["_id"]: j for j in db.jobs.find({"_id": {"$in": sorted(tally.accepted_ids)}},
+                                                 {"status": 1, "result.amount": 1})}
+    for job_id, view in tally.told.items():
+        assert stored[job_id]["status"] == view["status"], (job_id, view, stored[job_id])
+    expected = tally.expected_balances()
+    actual = {w["_id"]: w["balance"] for w in db.wallets.find({}, {"balance": 1})}
+    wrong = {w: (actual.get(w, 0), expected.get(w, 0)) for w in set(actual) | set(expected)
+             if actual.get(w, 0) != expected.get(w, 0)}
+    assert not wrong, f"balances differ from what clients were told (actual, told): {dict(list(wrong.items())[:10])}"
+
+
+def doubled(db: Database) -> list[str]:
+    """Evidence of money applied twice: one key with two jobs, one job with two ledger
+    transactions or audit entries, one provider payment credited twice."""
+    found: list[str] = []
+    for row in db.jobs.aggregate([
+        {"$match": {"idempotencyKey": {"$ne": None}}},
+        {"$group": {"_id": {"o": "$ownerId", "k": "$idempotencyKey", "t": "$type"}, "n": {"$sum": 1}}},
+        {"$match": {"n": {"$gt": 1}}},
+    ]):
+        found.append(f"key {row['_id']} has {row['n']} jobs")
+    for coll, name in (("transactions", "ledger transactions"), ("auditlogs", "audit entries")):
+        for row in db[coll].aggregate([
+            {"$group": {"_id": "$jobId", "n": {"$sum": 1}}}, {"$match": {"n": {"$gt": 1}}},
+        ]):
+            found.append(f"job {row['_id']} has {row['n']} {name}")
+    for row in db.transactions.aggregate([
+        {"$match": {"providerTxId": {"$exists": True}}},
+        {"$group": {"_id": "$providerTxId", "n": {"$sum": 1}}}, {"$match": {"n": {"$gt": 1}}},
+    ]):
+        found.append(f"provider payment {row['_id']} credited {row['n']} times")
+    return found
+
+
+# ------------------------------------------------------------------------------ scenarios
+
+
+def fund(http: Http, tally: Tally, users: Sequence[User], amount: int, workers: int = 32) -> list[Sent]:
+    """Top every user up by ``amount`` through the signed provider webhook."""
+
+    def one(user: User) -> Sent:
+        ptx = f"ptx-{uuid.uuid4().hex}"
+        reply = http.webhook(user.id, amount, ptx)
+        return tally.add(Sent("topup", user.id, f"provider:{ptx}", reply))
+
+    sent = fire(one, users, workers=workers)
+    bad = [s.reply for s in sent if not s.accepted]
+    assert not bad, f"{len(bad)} top-up(s) refused: {bad[:3]}"
+    return sent
+
+
+def wait_drained(db: Database, timeout: float = 180.0) -> float:
+    """Seconds until no job is queued (generous: two cores shared with other suites)."""
+    from tests.support.invariants import wait_until_drained
+    return wait_until_drained(db, timeout=timeout, poll=0.2)
