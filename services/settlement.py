@@ -340,11 +340,14 @@ def _run_batch(
     result = BatchResult()
     attempt = 0
     duplicates = 0
+    calls = 0  # every run of the callback, including with_transaction's own transient retries
     while True:
         attempt += 1
         holder: dict[str, Any] = {}
 
         def body(session: ClientSession, holder: dict[str, Any] = holder) -> None:
+            nonlocal calls
+            calls += 1
             holder.clear()
             if only is not None:
                 jobs = list(db.jobs.find({"_id": only, "status": QUEUED}, session=session))
@@ -388,6 +391,9 @@ def _run_batch(
                 continue
             raise
 
+    # A WriteConflict inside the callback is retried by with_transaction itself and
+    # never reaches the loop above; count those re-runs too, or contention is invisible.
+    result.retries = max(result.retries, calls - 1)
     for job, outcome in zip(holder.get("jobs", []), holder.get("outcomes", []), strict=True):
         result.outcomes.append((job, outcome))
         if outcome.ok:
