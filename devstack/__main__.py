@@ -11,7 +11,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
         "run",
-        help="start SecantusDB, Redis, migrations and the Procfile (web, worker, beat, flower)",
+        help="start SecantusDB, Redis, migrations and the Procfile (web, worker, housekeeping, beat, flower)",
     )
     args = parser.parse_args(argv)
     if args.command == "run":

@@ -126,7 +126,8 @@ def banner(
         f"  Flower     {flower}   user {user}   password {password}",
         f"  MongoDB    {_mask(env.get('MONGODB_URI', ''))}   ({mongo_note})",
         f"  Redis      {_mask(env.get('REDIS_URL', ''))}   ({redis_note})",
-        "  logs       web, worker, beat, flower: this terminal" + (f"; {store_logs}" if store_logs else ""),
+        "  logs       web, worker, housekeeping, beat, flower: this terminal"
+        + (f"; {store_logs}" if store_logs else ""),
         "  Ctrl-C to stop (data in var is kept for the next start)",
         rule,
     ]

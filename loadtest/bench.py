@@ -960,8 +960,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes (default 2)")
     parser.add_argument("--web-threads", type=int, default=8, help="threads per gunicorn worker (default 8)")
-    parser.add_argument("--worker-concurrency", type=int, default=2,
-                        help="Celery prefork pool processes per worker node (default 2)")
+    parser.add_argument("--worker-concurrency", type=int, default=1,
+                        help="Celery prefork pool processes per worker node (default 1, as the Procfile)")
     parser.add_argument("--worker-nodes", type=int, default=1, help="Celery worker nodes (default 1)")
     parser.add_argument("--duration", type=float, default=None, help="saturation seconds per batch size (60)")
     parser.add_argument("--quick", action="store_true", help="~10 s stages and a smaller population")

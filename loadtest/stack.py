@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class StackOptions:
     web_workers: int = 2
     web_threads: int = 8
-    worker_concurrency: int = 2
+    worker_concurrency: int = 1
     worker_nodes: int = 1
     log_level: str = "INFO"
     partitions: int = 8

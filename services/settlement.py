@@ -6,9 +6,11 @@ transactions, merged wallet increments, entitlements, subscription changes, chai
 audit entries, job outcomes and the partition's sequence number.
 
 Exactly once: a job leaves ``queued`` only in the transaction that applies its
-effects (its update filters on ``status: queued``). Two settlers of the same
-partition both bump ``partitions.<p>.seq`` and so conflict; the loser retries and
-finds the jobs already done. A redelivered doorbell therefore finds nothing to do.
+effects, and that transaction read it as ``queued`` (snapshot isolation turns a
+concurrent change into a write conflict). Two settlers of the same partition both
+bump ``partitions.<p>.seq`` under a ``seq`` guard and so conflict; the loser retries
+and finds the jobs already done. ``transactions.jobId`` is unique as a last line.
+A redelivered doorbell therefore finds nothing to do.
 """
 
 from __future__ import annotations
@@ -260,7 +262,12 @@ def _job_update(job: dict[str, Any], outcome: Outcome, now: datetime) -> UpdateO
     else:
         fields = {"status": FAILED, "settledAt": now, "result": None,
                   "error": {"code": outcome.code, "message": outcome.message}}
-    return UpdateOne({"_id": job["_id"], "status": QUEUED}, {"$set": fields, "$inc": {"attempts": 1}})
+    # Filtered on _id alone on purpose: the job was read as queued inside this same
+    # transaction, so a concurrent change to it is a WriteConflict (snapshot isolation),
+    # and every status change also moves the partition's seq under a guard. An extra
+    # ``status`` predicate would add nothing but costs the embedded store its _id
+    # point-lookup fast path: 0.8 instead of 1.35 ms per job (docs/performance.md).
+    return UpdateOne({"_id": job["_id"]}, {"$set": fields, "$inc": {"attempts": 1}})
 
 
 def _bulk(db: Database, name: str, ops: list, session: ClientSession) -> None:

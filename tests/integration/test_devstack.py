@@ -365,6 +365,25 @@ def _stack_processes(var_dir: Path, ports: list[int]) -> list[psutil.Process]:
     return found
 
 
+def _money_round_trip(launch: _Launch, var_dir: Path) -> None:
+    """Both Procfile worker roles are up: a top-up settles, beat's housekeeping worker beats."""
+    from tests.support.client import ApiClient
+
+    api = ApiClient(f"http://127.0.0.1:{launch.port}")
+    user = api.register()
+    secret = (var_dir / "secrets" / "provider_webhook_secret").read_text().strip()
+    accepted = api.topup(secret, user["userId"], 500)
+    assert accepted.status == 202, accepted
+    job = api.wait_job(user["token"], accepted.json["jobId"], timeout=60)
+    assert job["status"] == "settled", job
+    assert api.balance(user["token"]) == 500
+    match = re.search(r"Redis\s+(redis://\S+)", launch.output())
+    assert match, launch.output()[-4000:]
+    beats = redis.Redis.from_url(match.group(1)).keys("purser:worker:*")
+    nodes = sorted(k.decode().split(":", 2)[2].split("@")[0] for k in beats)
+    assert nodes == ["housekeeping", "worker"], nodes
+
+
 @pytest.mark.slow
 def test_launcher_runs_stack_and_stops_cleanly(tmp_path: Path) -> None:
     var_dir = tmp_path / "var"
@@ -380,6 +399,7 @@ def test_launcher_runs_stack_and_stops_cleanly(tmp_path: Path) -> None:
         assert password and password in out
         with pymongo.MongoClient(first.mongo_uri()) as client:
             client.devstack_e2e.marks.insert_one({"_id": "first-run"})
+        _money_round_trip(first, var_dir)
         ports = [first.port, first.flower_port, *first.store_ports()]
         assert first.interrupt() == 0, first.output()[-4000:]
     finally:
