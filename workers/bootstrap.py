@@ -85,11 +85,11 @@ HEARTBEAT_TTL = 15
 _heartbeat_stop = None
 
 
-def _heartbeat_loop(name: str, stop: Any) -> None:
+def _heartbeat_loop(name: str, queues: str, stop: Any) -> None:
     from infra.redis_client import get_redis
     while not stop.is_set():
         try:
-            get_redis().set(HEARTBEAT_PREFIX + name, "1", ex=HEARTBEAT_TTL)
+            get_redis().set(HEARTBEAT_PREFIX + name, queues, ex=HEARTBEAT_TTL)
         except Exception:  # noqa: BLE001 - Redis may be down; readiness will say so
             log.debug("worker heartbeat failed", exc_info=True)
         stop.wait(HEARTBEAT_TTL / 3)
@@ -97,12 +97,20 @@ def _heartbeat_loop(name: str, stop: Any) -> None:
 
 @signals.worker_ready.connect
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
-    """Readiness sees a worker through this key, without a broadcast round trip."""
+    """Readiness sees a worker through this key, without a broadcast round trip.
+
+    The value lists the queues the node consumes, so readiness can tell a ledger
+    worker from the housekeeping one (which alone would leave money unsettled).
+    """
     import threading
     global _heartbeat_stop
     name = getattr(sender, "hostname", None) or "worker"
+    try:
+        queues = ",".join(sorted(sender.app.amqp.queues.consume_from)) or "*"
+    except AttributeError:
+        queues = "*"
     _heartbeat_stop = threading.Event()
-    threading.Thread(target=_heartbeat_loop, args=(name, _heartbeat_stop), daemon=True,
+    threading.Thread(target=_heartbeat_loop, args=(name, queues, _heartbeat_stop), daemon=True,
                      name="purser-heartbeat").start()
     try:
         from infra import observability

@@ -44,13 +44,23 @@ def _redis() -> str:
     return "ping ok"
 
 
+def _settles(queues: str) -> bool:
+    """Whether a heartbeat's queue list includes ledger queues ("*" or "1": unknown, assume so)."""
+    return queues in ("*", "1") or any(q.startswith("ledger.") for q in queues.split(","))
+
+
 def _worker() -> str:
     redis = get_redis()
-    workers = [k.decode()[len(WORKER_HEARTBEAT_PREFIX):]
-               for k in redis.scan_iter(match=WORKER_HEARTBEAT_PREFIX + "*", count=100)]
-    if not workers:
+    keys = list(redis.scan_iter(match=WORKER_HEARTBEAT_PREFIX + "*", count=100))
+    if not keys:
         raise RuntimeError("no live Celery worker heartbeat")
-    return f"{len(workers)} worker(s): {', '.join(sorted(workers)[:5])}"
+    # A key that expired between the scan and the read comes back None: not a live worker.
+    beats = {k.decode()[len(WORKER_HEARTBEAT_PREFIX):]: (v or b"").decode()
+             for k, v in zip(keys, redis.mget(keys), strict=True)}
+    settlers = sorted(name for name, queues in beats.items() if _settles(queues))
+    if not settlers:
+        raise RuntimeError(f"no live worker consumes the ledger queues (live: {', '.join(sorted(beats)[:5])})")
+    return f"{len(beats)} worker(s), {len(settlers)} settling: {', '.join(sorted(beats)[:5])}"
 
 
 @endpoint(bp, "GET", "/health/ready", summary="Readiness: MongoDB, Redis and a live worker",
