@@ -20,101 +20,87 @@ from ledger.money import coins
 from ledger.timeutil import iso, parse_iso
 
 
+class _Routed:
+    """Names the wallet that decides the operation's partition (``wallet_field``)."""
+
+    wallet_field: ClassVar[str]
+
+    @property
+    def wallet(self) -> str:
+        return getattr(self, self.wallet_field)
+
+
+class _Amounted(_Routed):
+    """An operation carrying an ``amount``: refused on construction unless valid coins."""
+
+    amount: int
+
+    def __post_init__(self) -> None:
+        coins(self.amount)
+
+
 @dataclass(frozen=True)
-class Transfer:
+class Transfer(_Amounted):
     kind: ClassVar[str] = "transfer"
+    wallet_field: ClassVar[str] = "sender"
     sender: str
     receiver: str
     amount: int
     note: str | None = None
 
-    def __post_init__(self) -> None:
-        coins(self.amount)
-
-    @property
-    def wallet(self) -> str:
-        return self.sender
-
 
 @dataclass(frozen=True)
-class Unlock:
+class Unlock(_Routed):
     kind: ClassVar[str] = "unlock"
+    wallet_field: ClassVar[str] = "user"
     user: str
     content_id: str
 
-    @property
-    def wallet(self) -> str:
-        return self.user
-
 
 @dataclass(frozen=True)
-class Subscribe:
+class Subscribe(_Routed):
     kind: ClassVar[str] = "subscribe"
+    wallet_field: ClassVar[str] = "subscriber"
     subscriber: str
     creator: str
     auto_renew: bool = True
 
-    @property
-    def wallet(self) -> str:
-        return self.subscriber
-
 
 @dataclass(frozen=True)
-class Renew:
+class Renew(_Routed):
     kind: ClassVar[str] = "renew"
+    wallet_field: ClassVar[str] = "subscriber"
     subscriber: str
     subscription_id: str
     period_end: datetime
 
-    @property
-    def wallet(self) -> str:
-        return self.subscriber
-
 
 @dataclass(frozen=True)
-class Gift:
+class Gift(_Amounted):
     kind: ClassVar[str] = "gift"
+    wallet_field: ClassVar[str] = "sender"
     sender: str
     creator: str
     amount: int
     message: str | None = None
 
-    def __post_init__(self) -> None:
-        coins(self.amount)
-
-    @property
-    def wallet(self) -> str:
-        return self.sender
-
 
 @dataclass(frozen=True)
-class TopUp:
+class TopUp(_Amounted):
     kind: ClassVar[str] = "topup"
+    wallet_field: ClassVar[str] = "user"
     user: str
     amount: int
     provider_tx_id: str
 
-    def __post_init__(self) -> None:
-        coins(self.amount)
-
-    @property
-    def wallet(self) -> str:
-        return self.user
-
 
 @dataclass(frozen=True)
-class Credit:
+class Credit(_Amounted):
     kind: ClassVar[str] = "credit"
+    wallet_field: ClassVar[str] = "user"
     user: str
     amount: int
     reason: str
-
-    def __post_init__(self) -> None:
-        coins(self.amount)
-
-    @property
-    def wallet(self) -> str:
-        return self.user
 
 
 Operation = Transfer | Unlock | Subscribe | Renew | Gift | TopUp | Credit

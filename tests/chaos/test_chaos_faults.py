@@ -53,19 +53,25 @@ def _disarm(db: Any) -> None:
     db.client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
 
 
+def _start_loaded(chaos: Any, scale: Any, worker_env: dict[str, str] | None = None) -> tuple:
+    """The stack with a sweeping beat, a funded world and the mixed load warmed up."""
+    stack, db = chaos
+    stack.start(beat=sweeper_env(), worker=worker_env)
+    http, tally = stack.http, Tally()
+    world = build_world(db, http, tally, scale)
+    load = Load(http, tally, world, scale.clients, think=scale.think).start()
+    load.run_for(scale.warmup)
+    return stack, db, http, tally, world, load
+
+
 # ----------------------------------------------------------------------------- workers
 
 
 def test_sigkill_pool_children_mid_batch_then_the_whole_worker(chaos, chaos_scale, report):
     """SIGKILL pool processes while batches run, then the whole worker; a new worker
     takes over and the sweeper re-rings what the dead one held."""
-    stack, db = chaos
     started = time.monotonic()
-    stack.start(beat=sweeper_env())
-    http, tally = stack.http, Tally()
-    world = build_world(db, http, tally, chaos_scale)
-    load = Load(http, tally, world, chaos_scale.clients, think=chaos_scale.think).start()
-    load.run_for(chaos_scale.warmup)
+    stack, db, http, tally, world, load = _start_loaded(chaos, chaos_scale)
 
     worker = stack.workers[0]
     rng = random.Random(3)
@@ -104,13 +110,8 @@ def test_sigkill_pool_children_mid_batch_then_the_whole_worker(chaos, chaos_scal
 def test_redis_stops_and_starts_empty(chaos, chaos_scale, report):
     """Every queued message, ring flag and kombu binding is gone; workers and beat must
     reconnect, and the sweeper re-rings the partitions whose doorbells were lost."""
-    stack, db = chaos
     started = time.monotonic()
-    stack.start(beat=sweeper_env())
-    http, tally = stack.http, Tally()
-    world = build_world(db, http, tally, chaos_scale)
-    load = Load(http, tally, world, chaos_scale.clients, think=chaos_scale.think).start()
-    load.run_for(chaos_scale.warmup)
+    stack, db, http, tally, world, load = _start_loaded(chaos, chaos_scale)
 
     redis = stack.redis
     before = load.count()
@@ -139,13 +140,8 @@ def test_redis_stops_and_starts_empty(chaos, chaos_scale, report):
 
 
 def test_secantusdb_stops_and_starts_on_the_same_data(chaos, chaos_scale, report):
-    stack, db = chaos
     started = time.monotonic()
-    stack.start(beat=sweeper_env())
-    http, tally = stack.http, Tally()
-    world = build_world(db, http, tally, chaos_scale)
-    load = Load(http, tally, world, chaos_scale.clients, think=chaos_scale.think).start()
-    load.run_for(chaos_scale.warmup)
+    stack, db, http, tally, world, load = _start_loaded(chaos, chaos_scale)
 
     mongo = stack.mongo
     stop_started = time.monotonic()
@@ -193,16 +189,6 @@ INSERT_FAULTS: list[tuple[str, dict[str, Any]]] = [
 ]
 # "Node is shutting down" also makes pymongo drop the server for up to serverSelectionTimeoutMS (5 s).
 INSERT_NOT_PRIMARY = ("insert_not_primary", {"failCommands": ["insert"], "errorCode": 91})
-
-
-def _start_loaded(chaos: Any, scale: Any, worker_env: dict[str, str] | None = None) -> tuple:
-    stack, db = chaos
-    stack.start(beat=sweeper_env(), worker=worker_env)
-    http, tally = stack.http, Tally()
-    world = build_world(db, http, tally, scale)
-    load = Load(http, tally, world, scale.clients, think=scale.think).start()
-    load.run_for(scale.warmup)
-    return stack, db, http, tally, world, load
 
 
 def _cycle(db: Any, load: Load, scale: Any, faults: list[tuple[str, dict[str, Any]]], armed: dict) -> None:

@@ -32,6 +32,7 @@ from api.routes.payments import sign
 from infra.config import get_settings
 from ledger.money import EXTERNAL_FUNDING, PLATFORM_PROCESSING, PLATFORM_REVENUE
 from ledger.timeutil import utcnow
+from tests.support.client import prepare
 
 PASSWORD = "correct-horse-9"
 TERMINAL = ("settled", "failed")
@@ -122,16 +123,7 @@ class Http:
     def request(self, method: str, path: str, *, json_body: Any = None, data: bytes | None = None,
                 headers: dict[str, str] | None = None, token: str | None = None, key: str | None = None,
                 content_type: str | None = None, timeout: float | None = None) -> Reply:
-        headers = dict(headers or {})
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        if key:
-            headers["Idempotency-Key"] = key
-        if json_body is not None:
-            data = json.dumps(json_body).encode()
-            content_type = content_type or "application/json"
-        if content_type:
-            headers["Content-Type"] = content_type
+        data, headers = prepare(json_body, data, headers, token, key, content_type)
         try:
             r = self._session().request(method, self.base_url + path, data=data, headers=headers,
                                         timeout=timeout or self.timeout)

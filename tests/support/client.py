@@ -26,6 +26,23 @@ class Response:
         return f"<Response {self.status} {self.body[:300]!r}>"
 
 
+def prepare(json_body: Any = None, data: bytes | None = None, headers: dict[str, str] | None = None,
+            token: str | None = None, key: str | None = None,
+            content_type: str | None = None) -> tuple[bytes | None, dict[str, str]]:
+    """The body and headers of a Purser request: bearer token, idempotency key, JSON."""
+    headers = dict(headers or {})
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if key:
+        headers["Idempotency-Key"] = key
+    if json_body is not None:
+        data = json.dumps(json_body).encode()
+        content_type = content_type or "application/json"
+    if content_type:
+        headers["Content-Type"] = content_type
+    return data, headers
+
+
 class ApiClient:
     """Speaks to ``base_url`` over HTTP (requests) or to a Flask app's test client."""
 
@@ -38,16 +55,7 @@ class ApiClient:
     def request(self, method: str, path: str, *, json_body: Any = None, data: bytes | None = None,
                 headers: dict[str, str] | None = None, token: str | None = None,
                 key: str | None = None, content_type: str | None = None) -> Response:
-        headers = dict(headers or {})
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        if key:
-            headers["Idempotency-Key"] = key
-        if json_body is not None:
-            data = json.dumps(json_body).encode()
-            content_type = content_type or "application/json"
-        if content_type:
-            headers["Content-Type"] = content_type
+        data, headers = prepare(json_body, data, headers, token, key, content_type)
         if self.flask is not None:
             r = self.flask.open(path, method=method, data=data, headers=headers)
             return Response(r.status_code, r.headers, r.get_data())
