@@ -28,6 +28,19 @@ def stale_partitions(db: Database, partitions: int, cutoff: datetime) -> list[in
             if db.jobs.find_one({"partition": p, "status": "queued", "createdAt": {"$lt": cutoff}}, {"_id": 1})]
 
 
+def stranded_partition(db: Database, partitions: int) -> int | None:
+    """A partition at or beyond ``partitions`` that still holds a queued job, if any.
+
+    Jobs keep the partition they were hashed to; after ``LEDGER_PARTITIONS`` was
+    lowered with jobs queued, no worker consumes those and the sweep never rings them.
+    """
+    # Hinted: a range on the index's first field plus an equality is answered with a
+    # collection scan by some planners (SecantusDB's), every sweep.
+    doc = db.jobs.find_one({"partition": {"$gte": partitions}, "status": "queued"}, {"partition": 1},
+                           hint="partition_queue")
+    return None if doc is None else doc["partition"]
+
+
 @app.task(name="ledger.sweep", acks_late=True, ignore_result=True)
 def sweep() -> list[int]:
     """Re-ring every partition holding a queued job older than a few seconds.
@@ -44,6 +57,11 @@ def sweep() -> list[int]:
         ring_safely(_force_ring, partition, None)
     if partitions:
         log.info("sweeper re-rang partitions", extra={"partitions": partitions})
+    stranded = stranded_partition(db, settings.ledger_partitions)
+    if stranded is not None:
+        # ERROR reaches Sentry: money accepted but unreachable until an operator acts.
+        log.error("jobs queued on a partition beyond LEDGER_PARTITIONS; restore the old value to drain them",
+                  extra={"partition": stranded, "ledgerPartitions": settings.ledger_partitions})
     try:
         from infra import metrics
         metrics.observe_queue(db)

@@ -170,6 +170,10 @@ def test_every_hot_query_is_served_by_an_index(db):
             _assert_ixscan(cursor.explain(), indexes, label)
         except AssertionError as exc:
             failures.append(str(exc))
+    # The sweep's stranded-partition probe names its index (a range on the first field
+    # plus an equality is otherwise a COLLSCAN in SecantusDB).
+    stranded = db.jobs.find({"partition": {"$gte": 4}, "status": "queued"}, {"partition": 1}).hint("partition_queue")
+    _assert_ixscan(stranded.explain(), {"partition_queue"}, "stranded partitions")
     assert not failures, "\n".join(failures)
 
     assert_money_invariants(db)
