@@ -380,7 +380,6 @@ def _run_batch(
         except _Conflict as exc:
             if attempt >= MAX_CONFLICT_RETRIES:
                 raise
-            result.retries += 1
             log.debug("settle conflict, retrying", extra={"partition": partition, "reason": str(exc)})
             time.sleep(min(0.002 * attempt, 0.05) * (1 + random.random()))
         except OperationFailure as exc:
@@ -393,14 +392,13 @@ def _run_batch(
                     duplicates += 1
                     if duplicates >= DUPLICATE_RETRIES:
                         raise PersistentDuplicate(str(exc)) from exc
-                result.retries += 1
                 time.sleep(min(0.002 * attempt, 0.05) * (1 + random.random()))
                 continue
             raise
 
-    # A WriteConflict inside the callback is retried by with_transaction itself and
-    # never reaches the loop above; count those re-runs too, or contention is invisible.
-    result.retries = max(result.retries, calls - 1)
+    # Every re-run of the callback is a retry: this loop's own and those with_transaction
+    # makes itself on a WriteConflict, which never reach this loop (contention stays visible).
+    result.retries = calls - 1
     for job, outcome in zip(holder.get("jobs", []), holder.get("outcomes", []), strict=True):
         result.outcomes.append((job, outcome))
         if outcome.ok:
