@@ -22,7 +22,9 @@ def test_test_error_route_raises_outside_production_and_is_absent_in_production(
     assert _app("production").test_client().get("/api/test/error").status_code == 404
 
 
-def test_debug_task_is_only_loaded_outside_production() -> None:
+def test_debug_task_is_only_loaded_outside_production(stack_env: dict[str, str]) -> None:
+    # stack_env first: importing workers.celery_app creates the process's Celery app on
+    # the broker of that moment, and later tests in this process ring through it.
     from workers.celery_app import create_celery
 
     assert "tasks.debug" in create_celery(dataclasses.replace(get_settings(), app_env="test")).conf.include
