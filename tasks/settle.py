@@ -10,9 +10,10 @@ from pymongo.errors import PyMongoError
 from infra import context
 from infra.config import get_settings
 from infra.mongo import get_db
+from infra.queues import partition_queue
 from infra.redis_client import get_redis
 from services.settlement import BatchResult, settle_partition
-from workers.celery_app import app, partition_queue
+from workers.celery_app import app
 
 log = logging.getLogger("purser.settle")
 

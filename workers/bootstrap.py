@@ -12,6 +12,7 @@ from infra import context
 from infra.config import get_settings
 from infra.logging_setup import setup_logging
 from infra.mongo import reset_client
+from infra.queues import UNKNOWN_QUEUES, WORKER_HEARTBEAT_PREFIX, WORKER_HEARTBEAT_TTL
 from infra.redis_client import reset_redis
 
 log = logging.getLogger("purser.worker")
@@ -80,8 +81,6 @@ def _unbind_task_context(task: Any = None, **_: Any) -> None:
             pass
 
 
-HEARTBEAT_PREFIX = "purser:worker:"
-HEARTBEAT_TTL = 15
 _heartbeat_stop = None
 
 
@@ -89,10 +88,10 @@ def _heartbeat_loop(name: str, queues: str, stop: Any) -> None:
     from infra.redis_client import get_redis
     while not stop.is_set():
         try:
-            get_redis().set(HEARTBEAT_PREFIX + name, queues, ex=HEARTBEAT_TTL)
+            get_redis().set(WORKER_HEARTBEAT_PREFIX + name, queues, ex=WORKER_HEARTBEAT_TTL)
         except Exception:  # noqa: BLE001 - Redis may be down; readiness will say so
             log.debug("worker heartbeat failed", exc_info=True)
-        stop.wait(HEARTBEAT_TTL / 3)
+        stop.wait(WORKER_HEARTBEAT_TTL / 3)
 
 
 @signals.worker_ready.connect
@@ -106,9 +105,9 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     global _heartbeat_stop
     name = getattr(sender, "hostname", None) or "worker"
     try:
-        queues = ",".join(sorted(sender.app.amqp.queues.consume_from)) or "*"
+        queues = ",".join(sorted(sender.app.amqp.queues.consume_from)) or UNKNOWN_QUEUES[0]
     except AttributeError:
-        queues = "*"
+        queues = UNKNOWN_QUEUES[0]
     _heartbeat_stop = threading.Event()
     threading.Thread(target=_heartbeat_loop, args=(name, queues, _heartbeat_stop), daemon=True,
                      name="purser-heartbeat").start()
@@ -125,6 +124,6 @@ def _stop_heartbeat(sender: Any = None, **_: Any) -> None:
         _heartbeat_stop.set()
     try:
         from infra.redis_client import get_redis
-        get_redis().delete(HEARTBEAT_PREFIX + (getattr(sender, "hostname", None) or "worker"))
+        get_redis().delete(WORKER_HEARTBEAT_PREFIX + (getattr(sender, "hostname", None) or "worker"))
     except Exception:  # noqa: BLE001
         pass

@@ -8,12 +8,7 @@ from celery import Celery
 from kombu import Queue
 
 from infra.config import Settings, settings_or_exit
-
-DEFAULT_QUEUE = "purser.default"
-
-
-def partition_queue(partition: int) -> str:
-    return f"ledger.{partition}"
+from infra.queues import DEFAULT_QUEUE, partition_queue
 
 
 def create_celery(settings: Settings) -> Celery:

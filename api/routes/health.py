@@ -10,11 +10,10 @@ from flask import Blueprint, jsonify
 from api.schemas import HealthOut
 from api.spec import endpoint
 from infra.mongo import get_client
+from infra.queues import WORKER_HEARTBEAT_PREFIX, consumes_ledger
 from infra.redis_client import get_redis
 
 bp = Blueprint("health", __name__, url_prefix="/api")
-
-WORKER_HEARTBEAT_PREFIX = "purser:worker:"  # written by workers.bootstrap (not imported: no Celery in web)
 
 
 @endpoint(bp, "GET", "/health", summary="Liveness: the process answers; touches no dependency",
@@ -44,11 +43,6 @@ def _redis() -> str:
     return "ping ok"
 
 
-def _settles(queues: str) -> bool:
-    """Whether a heartbeat's queue list includes ledger queues ("*" or "1": unknown, assume so)."""
-    return queues in ("*", "1") or any(q.startswith("ledger.") for q in queues.split(","))
-
-
 def _worker() -> str:
     redis = get_redis()
     keys = list(redis.scan_iter(match=WORKER_HEARTBEAT_PREFIX + "*", count=100))
@@ -57,7 +51,7 @@ def _worker() -> str:
     # A key that expired between the scan and the read comes back None: not a live worker.
     beats = {k.decode()[len(WORKER_HEARTBEAT_PREFIX):]: (v or b"").decode()
              for k, v in zip(keys, redis.mget(keys), strict=True)}
-    settlers = sorted(name for name, queues in beats.items() if _settles(queues))
+    settlers = sorted(name for name, queues in beats.items() if consumes_ledger(queues))
     if not settlers:
         raise RuntimeError(f"no live worker consumes the ledger queues (live: {', '.join(sorted(beats)[:5])})")
     return f"{len(beats)} worker(s), {len(settlers)} settling: {', '.join(sorted(beats)[:5])}"

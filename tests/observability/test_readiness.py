@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from api.routes import health
+from infra.queues import consumes_ledger
 from infra.redis_client import get_redis
 
 
@@ -66,5 +67,5 @@ def test_real_workers_beat_the_queues_they_consume(celery_worker_proc: Any, stac
         time.sleep(0.2)
     assert beats[housekeeping.nodename] == "purser.default"
     assert beats[ledger.nodename] == "ledger.0,ledger.1"
-    assert not health._settles(beats[housekeeping.nodename])
-    assert health._settles(beats[ledger.nodename])
+    assert not consumes_ledger(beats[housekeeping.nodename])
+    assert consumes_ledger(beats[ledger.nodename])
