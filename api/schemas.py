@@ -119,7 +119,9 @@ class TokenOut(BaseModel):
 class BalanceOut(BaseModel):
     walletId: str
     userId: str
-    balance: int
+    balance: int = Field(description="Spendable now")
+    incoming: int = Field(description="Settled for this wallet by another partition, not yet applied: "
+                                      "spendable within about a second")
     currency: Literal["COIN"]
     status: Literal["active", "frozen"]
 

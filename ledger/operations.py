@@ -12,12 +12,37 @@ one partition, in acceptance order.
 from __future__ import annotations
 
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
 from ledger.money import coins
 from ledger.timeutil import iso, parse_iso
+
+
+@dataclass
+class Reads:
+    """The stored state an operation's decision depends on (loaded by the service).
+
+    Derived reads are the loader's job: a content brings its creator's wallet and the
+    user's unlock of it; a subscription brings its creator's wallet and plan.
+    """
+
+    wallets: set[str] = field(default_factory=set)
+    contents: set[str] = field(default_factory=set)
+    unlocks: set[tuple[str, str]] = field(default_factory=set)  # (user, content)
+    plans: set[str] = field(default_factory=set)  # creator ids
+    subscriptions: set[str] = field(default_factory=set)  # subscription ids
+    subscriber_pairs: set[tuple[str, str]] = field(default_factory=set)  # (subscriber, creator)
+
+    def update(self, other: Reads) -> Reads:
+        self.wallets |= other.wallets
+        self.contents |= other.contents
+        self.unlocks |= other.unlocks
+        self.plans |= other.plans
+        self.subscriptions |= other.subscriptions
+        self.subscriber_pairs |= other.subscriber_pairs
+        return self
 
 
 class _Routed:
@@ -28,6 +53,10 @@ class _Routed:
     @property
     def wallet(self) -> str:
         return getattr(self, self.wallet_field)
+
+    def reads(self) -> Reads:
+        """What the decision reads; every operation reads its routing wallet."""
+        return Reads(wallets={self.wallet})
 
 
 class _Amounted(_Routed):
@@ -48,6 +77,9 @@ class Transfer(_Amounted):
     amount: int
     note: str | None = None
 
+    def reads(self) -> Reads:
+        return Reads(wallets={self.sender, self.receiver})
+
 
 @dataclass(frozen=True)
 class Unlock(_Routed):
@@ -55,6 +87,9 @@ class Unlock(_Routed):
     wallet_field: ClassVar[str] = "user"
     user: str
     content_id: str
+
+    def reads(self) -> Reads:
+        return Reads(wallets={self.user}, contents={self.content_id}, unlocks={(self.user, self.content_id)})
 
 
 @dataclass(frozen=True)
@@ -65,6 +100,10 @@ class Subscribe(_Routed):
     creator: str
     auto_renew: bool = True
 
+    def reads(self) -> Reads:
+        return Reads(wallets={self.subscriber, self.creator}, plans={self.creator},
+                     subscriber_pairs={(self.subscriber, self.creator)})
+
 
 @dataclass(frozen=True)
 class Renew(_Routed):
@@ -73,6 +112,9 @@ class Renew(_Routed):
     subscriber: str
     subscription_id: str
     period_end: datetime
+
+    def reads(self) -> Reads:
+        return Reads(wallets={self.subscriber}, subscriptions={self.subscription_id})
 
 
 @dataclass(frozen=True)
@@ -83,6 +125,9 @@ class Gift(_Amounted):
     creator: str
     amount: int
     message: str | None = None
+
+    def reads(self) -> Reads:
+        return Reads(wallets={self.sender, self.creator})
 
 
 @dataclass(frozen=True)

@@ -531,7 +531,7 @@ def _settle_in_process(db: Any, partitions: int, batch_max: int, threads: int) -
     def run(mine: list[int]) -> None:
         try:
             for p in mine:
-                drained = settlement.settle_partition(db, p, batch_max=batch_max)
+                drained = settlement.settle_partition(db, p, partitions=partitions, batch_max=batch_max)
                 with lock:
                     batches.extend(drained.batches)
         except BaseException as exc:  # noqa: BLE001 - reported by the caller

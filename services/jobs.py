@@ -11,12 +11,13 @@ from bson import ObjectId
 from pymongo.database import Database
 
 from ledger.operations import Operation, partition_of, to_params
+from ledger.states import TERMINAL_JOB_STATUSES, JobStatus
 from ledger.timeutil import iso, utcnow
 
 log = logging.getLogger("purser.jobs")
 
-QUEUED, SETTLED, FAILED = "queued", "settled", "failed"
-TERMINAL = (SETTLED, FAILED)
+QUEUED, SETTLED, FAILED = JobStatus.QUEUED, JobStatus.SETTLED, JobStatus.FAILED
+TERMINAL = TERMINAL_JOB_STATUSES
 
 # ring(partition, request_id) publishes a doorbell; provided by the task layer.
 Ringer = Callable[[int, str | None], None]

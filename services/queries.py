@@ -10,6 +10,7 @@ from typing import Any
 from pymongo.database import Database
 
 from ledger.money import SYSTEM_WALLETS
+from ledger.operations import partition_of
 from ledger.timeutil import iso
 
 
@@ -57,13 +58,13 @@ def _page(db: Database, collection: str, base: dict[str, Any], limit: int,
 
 def wallet_history(db: Database, wallet_id: str, limit: int,
                    cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
-    txs, next_cursor = _page(db, "transactions", {"entries.walletId": wallet_id}, limit, cursor)
+    txs, next_cursor = _page(db, "transactions", {"parties": wallet_id}, limit, cursor)
     items = []
     for tx in txs:
         mine = sum(e["amount"] for e in tx["entries"] if e["walletId"] == wallet_id)
         others = [e["walletId"] for e in tx["entries"]
                   if e["walletId"] != wallet_id and e["walletId"] not in SYSTEM_WALLETS]
-        items.append({"txId": tx["txId"], "jobId": tx["jobId"], "type": tx["type"], "amount": mine,
+        items.append({"txId": tx["_id"], "jobId": tx["_id"], "type": tx["type"], "amount": mine,
                       "counterpartyId": others[0] if others else None, "createdAt": iso(tx["createdAt"])})
     return items, next_cursor
 
@@ -96,3 +97,37 @@ def subscription_view(sub: dict[str, Any]) -> dict[str, Any]:
 def content_view(content: dict[str, Any]) -> dict[str, Any]:
     return {"contentId": content["_id"], "creatorId": content["creatorId"], "title": content["title"],
             "price": content["price"]}
+
+
+def incoming_credits(db: Database, wallet_id: str, partitions: int) -> int:
+    """Credits settled for ``wallet_id`` that its owner partition has not applied yet.
+
+    Bounded by the owner's unapplied credits (applied within a batch of arriving), never
+    by history: one range of the ``inbound`` index.
+    """
+    owner = partition_of(wallet_id, partitions)
+    total = 0
+    # Filtered here, not by ``amounts.walletId``: with it some planners (SecantusDB's)
+    # leave the index for a collection scan; the range itself is small.
+    for credit in db.credits.find({"to": owner, "applied": False}, {"amounts": 1}):
+        total += sum(row["amount"] for row in credit["amounts"] if row["walletId"] == wallet_id)
+    return total
+
+
+def audit_entry_of(db: Database, job_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The audit entry that vouches for a job and the job's record in it.
+
+    Two point reads: the job's ``audit`` pointer, then ``(partition, seq)`` on the
+    chain's unique index. ``None`` for a job that is not terminal yet.
+    """
+    job = db.jobs.find_one({"_id": job_id}, {"audit": 1})
+    pointer = (job or {}).get("audit")
+    if not pointer:
+        return None
+    entry = db.auditlogs.find_one({"partition": pointer["partition"], "seq": pointer["seq"]})
+    if entry is None:
+        return None
+    if "jobs" not in entry:  # a per-job entry written before audit blocks
+        return entry, entry
+    record = next((r for r in entry["jobs"] if r["jobId"] == job_id), None)
+    return None if record is None else (entry, record)

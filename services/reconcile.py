@@ -1,30 +1,46 @@
 """Reconciliation and audit verification: the checks an auditor would run.
 
-``reconcile`` recomputes every wallet balance from the ledger (``transactions``)
-and compares; ``verify_audit`` walks every partition's hash chain. Both are read
-only: they report drift, they never "fix" money.
+``reconcile`` recomputes every balance from the ledger (``transactions``) and checks,
+for every wallet, ``balance + unapplied credits to it == sum of its ledger entries``
+(system wallets: per partition bucket), and that everything sums to zero.
+``verify_audit`` walks every partition's hash chain and checks that every terminal
+job is listed by exactly the audit entry it points to. Both are read only: they
+report drift, they never "fix" money.
+
+Memory stays bounded whatever the history: the per-wallet sums are computed by the
+store (aggregation) and consumed as streams sorted by wallet id, merged with the
+wallets and the unapplied credits in one pass; only system buckets (three per
+partition) and capped lists of findings are held.
 """
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Any
 
 from pymongo.database import Database
 
 from ledger import audit
-from ledger.money import may_go_negative
-from services.jobs import QUEUED
+from ledger.money import SYSTEM_WALLETS, may_go_negative
+from ledger.routing import parse_bucket
+from ledger.states import TERMINAL_JOB_STATUSES, JobStatus
+
+REPORT_CAP = 1000  # findings kept per kind; the counts stay exact
 
 
 @dataclass
 class ReconcileReport:
     wallets: int = 0
-    total_balance: int = 0
-    drift: dict[str, dict[str, int]] = field(default_factory=dict)  # wallet -> {balance, ledger}
+    total_balance: int = 0  # sum of every balance plus every unapplied credit: must be 0
+    unapplied_credits: int = 0
+    drift: dict[str, dict[str, int]] = field(default_factory=dict)  # wallet -> {balance, incoming, ledger}
+    drift_count: int = 0
     negative: list[str] = field(default_factory=list)
     unbalanced_transactions: list[str] = field(default_factory=list)
-    jobs_without_outcome: list[str] = field(default_factory=list)  # settled/failed but inconsistent
+    jobs_without_outcome: list[str] = field(default_factory=list)  # settled without tx, tx without settled job
 
     @property
     def ok(self) -> bool:
@@ -33,58 +49,125 @@ class ReconcileReport:
 
     @property
     def drift_total(self) -> int:
-        return sum(abs(d["balance"] - d["ledger"]) for d in self.drift.values())
+        return sum(abs(d["balance"] + d.get("incoming", 0) - d["ledger"]) for d in self.drift.values())
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "wallets": self.wallets, "totalBalance": self.total_balance,
-                "drift": self.drift, "negative": self.negative,
-                "unbalancedTransactions": self.unbalanced_transactions,
+                "unappliedCredits": self.unapplied_credits, "drift": self.drift, "driftCount": self.drift_count,
+                "negative": self.negative, "unbalancedTransactions": self.unbalanced_transactions,
                 "jobsWithoutOutcome": self.jobs_without_outcome}
 
+    def _drift(self, wallet_id: str, balance: int, incoming: int, ledger: int) -> None:
+        self.drift_count += 1
+        if len(self.drift) < REPORT_CAP:
+            self.drift[wallet_id] = {"balance": balance, "incoming": incoming, "ledger": ledger}
 
-def ledger_balances(db: Database) -> dict[str, int]:
+
+def _ledger_rows(db: Database) -> Iterator[tuple[str, int | None, int]]:
+    """(wallet, partition, sum of entries) sorted by wallet then partition, from the store."""
     pipeline = [
         {"$unwind": "$entries"},
-        {"$group": {"_id": "$entries.walletId", "sum": {"$sum": "$entries.amount"}}},
+        {"$group": {"_id": {"w": "$entries.walletId", "p": "$partition"}, "sum": {"$sum": "$entries.amount"}}},
+        {"$sort": {"_id.w": 1, "_id.p": 1}},
     ]
-    return {row["_id"]: row["sum"] for row in db.transactions.aggregate(pipeline)}
+    for row in db.transactions.aggregate(pipeline, allowDiskUse=True):
+        yield row["_id"]["w"], row["_id"].get("p"), row["sum"]
+
+
+def _user_ledger(rows: Iterable[tuple[str, int | None, int]], buckets: dict[tuple[str, int], int]
+                 ) -> Iterator[tuple[str, str, int]]:
+    """Fold per-partition rows into one sum per user wallet; divert system rows to ``buckets``."""
+    for wallet_id, group in groupby(rows, key=lambda r: r[0]):
+        if wallet_id in SYSTEM_WALLETS:
+            for _, partition, amount in group:
+                key = (wallet_id, int(partition or 0))
+                buckets[key] = buckets.get(key, 0) + amount
+            continue
+        yield wallet_id, "ledger", sum(amount for _, _, amount in group)
+
+
+def _incoming(db: Database) -> Iterator[tuple[str, str, int]]:
+    pipeline = [
+        {"$match": {"applied": False}},
+        {"$unwind": "$amounts"},
+        {"$group": {"_id": "$amounts.walletId", "sum": {"$sum": "$amounts.amount"}}},
+        {"$sort": {"_id": 1}},
+    ]
+    for row in db.credits.aggregate(pipeline, allowDiskUse=True):
+        yield row["_id"], "incoming", row["sum"]
+
+
+def _balances(db: Database) -> Iterator[tuple[str, str, int]]:
+    for wallet in db.wallets.find({"system": {"$exists": False}}, {"balance": 1}).sort("_id", 1):
+        yield wallet["_id"], "balance", wallet["balance"]
 
 
 def reconcile(db: Database) -> ReconcileReport:
     report = ReconcileReport()
-    from_ledger = ledger_balances(db)
-    seen = set()
-    for wallet in db.wallets.find({}, {"balance": 1}):
-        wid, balance = wallet["_id"], wallet["balance"]
-        seen.add(wid)
+    ledger_buckets: dict[tuple[str, int], int] = {}
+    bucket_balances: dict[tuple[str, int], int] = {}
+    for wallet in db.wallets.find({"system": {"$exists": True}}, {"balance": 1}):
+        bucket = parse_bucket(wallet["_id"])
+        key = bucket if bucket is not None else (wallet["_id"], -1)  # a pre-bucket document: drift
+        bucket_balances[key] = wallet["balance"]
         report.wallets += 1
-        report.total_balance += balance
-        expected = from_ledger.get(wid, 0)
-        if balance != expected:
-            report.drift[wid] = {"balance": balance, "ledger": expected}
-        if balance < 0 and not may_go_negative(wid):
-            report.negative.append(wid)
-    for wid, amount in from_ledger.items():
-        if wid not in seen and amount:
-            report.drift[wid] = {"balance": 0, "ledger": amount}
+        report.total_balance += wallet["balance"]
+    # User wallets, their ledger sums and their unapplied credits merge as three streams
+    # sorted by wallet id (byte order, the store's for these ASCII ids).
+    streams = heapq.merge(_balances(db), _user_ledger(_ledger_rows(db), ledger_buckets), _incoming(db),
+                          key=lambda r: r[0])
+    for wallet_id, group in groupby(streams, key=lambda r: r[0]):
+        values = {source: amount for _, source, amount in group}
+        balance, incoming, ledger = values.get("balance", 0), values.get("incoming", 0), values.get("ledger", 0)
+        if "balance" in values:
+            report.wallets += 1
+        report.total_balance += balance + incoming
+        report.unapplied_credits += incoming
+        if balance + incoming != ledger:
+            report._drift(wallet_id, balance, incoming, ledger)
+        if balance < 0 and not may_go_negative(wallet_id) and len(report.negative) < REPORT_CAP:
+            report.negative.append(wallet_id)
+    for key in sorted(set(bucket_balances) | set(ledger_buckets)):
+        balance, ledger = bucket_balances.get(key, 0), ledger_buckets.get(key, 0)
+        name = f"{key[0]}#{key[1]}"
+        if balance != ledger:
+            report._drift(name, balance, 0, ledger)
+        if balance < 0 and not may_go_negative(key[0]) and len(report.negative) < REPORT_CAP:
+            report.negative.append(name)
+
     for tx in db.transactions.aggregate([
         {"$project": {"total": {"$sum": "$entries.amount"}}}, {"$match": {"total": {"$ne": 0}}}
     ]):
-        report.unbalanced_transactions.append(tx["_id"])
-    # Every settled job has exactly one transaction; no failed or queued job has one.
-    settled_ids = {j["_id"] for j in db.jobs.find({"status": "settled"}, {"_id": 1})}
-    tx_jobs = [t["jobId"] for t in db.transactions.find({}, {"jobId": 1})]
-    if len(tx_jobs) != len(set(tx_jobs)):
-        report.jobs_without_outcome.append("duplicate transaction for one job")
-    for missing in sorted(settled_ids.symmetric_difference(tx_jobs))[:100]:
-        report.jobs_without_outcome.append(missing)
+        if len(report.unbalanced_transactions) < REPORT_CAP:
+            report.unbalanced_transactions.append(tx["_id"])
+    _match_jobs_and_transactions(db, report)
     return report
+
+
+def _match_jobs_and_transactions(db: Database, report: ReconcileReport) -> None:
+    """Every settled job has exactly one transaction (``_id`` = job id) and nothing else has one."""
+    settled = ((j["_id"], "job") for j in db.jobs.find({"status": JobStatus.SETTLED}, {"_id": 1}).sort("_id", 1))
+    txs = ((t["_id"], "tx" if t.get("jobId", t["_id"]) == t["_id"] else "tx-mismatch")
+           for t in db.transactions.find({}, {"jobId": 1}).sort("_id", 1))
+    for job_id, group in groupby(heapq.merge(settled, txs, key=lambda r: r[0]), key=lambda r: r[0]):
+        kinds = sorted(kind for _, kind in group)
+        if kinds != ["job", "tx"] and len(report.jobs_without_outcome) < 100:
+            report.jobs_without_outcome.append(job_id)
+
+
+def system_balances(db: Database) -> dict[str, int]:
+    """The platform's figure per system wallet: the sum of its buckets."""
+    totals = dict.fromkeys(SYSTEM_WALLETS, 0)
+    for row in db.wallets.aggregate([{"$match": {"system": {"$in": list(SYSTEM_WALLETS)}}},
+                                     {"$group": {"_id": "$system", "sum": {"$sum": "$balance"}}}]):
+        totals[row["_id"]] = row["sum"]
+    return totals
 
 
 @dataclass
 class AuditReport:
     partitions: dict[int, audit.ChainReport] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)  # terminal jobs without exactly one entry
+    missing: list[str] = field(default_factory=list)  # terminal jobs not listed by exactly their entry
 
     @property
     def ok(self) -> bool:
@@ -96,6 +179,28 @@ class AuditReport:
                                         "reason": r.reason} for p, r in self.partitions.items()}}
 
 
+def listed_jobs(entry: dict[str, Any]) -> list[str]:
+    """The job ids an audit entry vouches for: a batch block's records or a legacy per-job entry."""
+    if "jobs" in entry:
+        return [record["jobId"] for record in entry["jobs"]]
+    return [entry["jobId"]] if entry.get("jobId") else []
+
+
+def _check_pointers(db: Database, partition: int, entries: Iterable[dict[str, Any]],
+                    report: AuditReport) -> Iterator[dict[str, Any]]:
+    """Pass entries through, checking that each listed job points back at its entry."""
+    for entry in entries:
+        ids = listed_jobs(entry)
+        if ids:
+            found = {j["_id"]: j for j in db.jobs.find({"_id": {"$in": ids}}, {"status": 1, "audit": 1})}
+            for job_id in ids:
+                job = found.get(job_id)
+                if job is None or job.get("status") not in TERMINAL_JOB_STATUSES \
+                        or job.get("audit") != {"partition": partition, "seq": entry.get("seq")}:
+                    report.missing.append(job_id)
+        yield entry
+
+
 def verify_audit(db: Database) -> AuditReport:
     report = AuditReport()
     heads = {part["_id"]: part for part in db.partitions.find({})}
@@ -104,8 +209,8 @@ def verify_audit(db: Database) -> AuditReport:
     for p in sorted(set(db.auditlogs.distinct("partition")) - set(heads)):
         report.partitions[p] = audit.ChainReport(False, 0, None, "audit entries without a partition head")
     for p, part in sorted(heads.items()):
-        chain = report.partitions[p] = audit.verify_chain(
-            db.auditlogs.find({"partition": p}, {"_id": 0}).sort("seq", 1))
+        entries = db.auditlogs.find({"partition": p}, {"_id": 0}).sort("seq", 1)
+        chain = report.partitions[p] = audit.verify_chain(_check_pointers(db, p, entries, report))
         if chain.ok and chain.checked != part.get("auditSeq", 0):
             report.partitions[p] = audit.ChainReport(False, chain.checked, None,
                                                      f"head says {part.get('auditSeq')} entries")
@@ -114,11 +219,8 @@ def verify_audit(db: Database) -> AuditReport:
             if last is None or last["hash"] != part["auditHead"]:
                 report.partitions[p] = audit.ChainReport(False, chain.checked, part["auditSeq"],
                                                          "chain head does not match the partition")
-    counts: dict[str, int] = {}
-    for row in db.auditlogs.aggregate([{"$group": {"_id": "$jobId", "n": {"$sum": 1}}}]):
-        counts[row["_id"]] = row["n"]
-    for job in db.jobs.find({"status": {"$ne": QUEUED}}, {"_id": 1}):
-        if counts.pop(job["_id"], 0) != 1:
-            report.missing.append(job["_id"])
-    report.missing += [j for j in counts]  # entries for jobs that are not terminal
+    # A terminal job that no entry points at (its outcome was written without an audit).
+    for job in db.jobs.find({"status": {"$in": list(TERMINAL_JOB_STATUSES)}, "audit": {"$exists": False}},
+                            {"_id": 1}).limit(REPORT_CAP):
+        report.missing.append(job["_id"])
     return report

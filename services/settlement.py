@@ -1,9 +1,12 @@
 """Settle the queued jobs of one partition: batched, exactly once, in order.
 
-One batch = one MongoDB transaction that reads the queued jobs and the state they
-touch, asks :func:`ledger.decide.decide_batch`, and writes every effect: ledger
-transactions, merged wallet increments, entitlements, subscription changes, chained
-audit entries, job outcomes and the partition's sequence number.
+One batch = one MongoDB transaction that reads the partition's inbound credits, its
+queued jobs and the state they touch, asks :func:`ledger.decide.decide_batch`, and
+writes every effect: ledger transactions, merged increments of the wallets this
+partition owns (``ledger.routing``: single writer per balance, system wallets as
+per-partition buckets), insert-only credits for wallets other partitions own, the
+inbound credits marked applied, entitlements, subscription changes, ONE hash-chained
+audit block listing the batch's jobs, job outcomes and the partition's sequence.
 
 Exactly once: a job leaves ``queued`` only in the transaction that applies its
 effects, and that transaction read it as ``queued`` (snapshot isolation turns a
@@ -46,8 +49,10 @@ from ledger.decide import (
     decide_batch,
     failed,
 )
-from ledger.money import SYSTEM_WALLETS
-from ledger.operations import Gift, Operation, Renew, Subscribe, Transfer, Unlock, from_params
+from ledger.money import SYSTEM_WALLETS, is_system_wallet
+from ledger.operations import Operation, Reads, from_params
+from ledger.routing import Router, merge_credits, parse_bucket, route
+from ledger.states import ACTIVE, SubscriptionStatus, WalletStatus
 from ledger.timeutil import utcnow
 from services.jobs import FAILED, QUEUED, SETTLED
 
@@ -55,6 +60,9 @@ log = logging.getLogger("purser.settlement")
 
 Clock = Callable[[], datetime]
 MAX_CONFLICT_RETRIES = 50
+# Inbound credit documents applied per batch: bounds the transaction, not correctness
+# (the rest are applied by the next batch, which the drain loop runs at once).
+CREDIT_BATCH_MAX = 500
 
 
 class _Conflict(Exception):
@@ -86,6 +94,10 @@ class BatchResult:
     outcomes: list[tuple[dict[str, Any], Outcome]] = field(default_factory=list)
     retries: int = 0
     duration: float = 0.0
+    credits_applied: int = 0  # inbound credit documents applied by this batch
+    documents: int = 0  # documents written by the committed attempt
+    credit_targets: set[int] = field(default_factory=set)  # partitions owed a doorbell
+    stages: dict[str, float] = field(default_factory=dict)  # read / decide / write seconds
 
     @property
     def size(self) -> int:
@@ -107,11 +119,17 @@ class DrainResult:
 
 
 def ensure_partition(db: Database, partition: int) -> None:
-    db.partitions.update_one(
-        {"_id": partition},
-        {"$setOnInsert": {"seq": 0, "auditSeq": 0, "auditHead": audit.GENESIS}},
-        upsert=True,
-    )
+    """Create the partition's head document once (a read when it exists).
+
+    The partition's system-wallet buckets are created by the migration and, for a
+    partition added later, upserted by its own first batch (their only writer).
+    """
+    if db.partitions.find_one({"_id": partition}, {"_id": 1}) is None:
+        db.partitions.update_one(
+            {"_id": partition},
+            {"$setOnInsert": {"seq": 0, "auditSeq": 0, "auditHead": audit.GENESIS}},
+            upsert=True,
+        )
 
 
 def _queued(db: Database, partition: int, limit: int, session: ClientSession | None) -> list[dict]:
@@ -121,6 +139,12 @@ def _queued(db: Database, partition: int, limit: int, session: ClientSession | N
         .limit(limit)
     )
     return list(cursor)
+
+
+def _inbound(db: Database, partition: int, session: ClientSession | None) -> list[dict]:
+    """Deferred credits addressed to ``partition`` and not applied yet, oldest first."""
+    return list(db.credits.find({"to": partition, "applied": False}, session=session)
+                .sort([("createdAt", 1), ("_id", 1)]).limit(CREDIT_BATCH_MAX))
 
 
 def has_queued(db: Database, partition: int) -> bool:
@@ -134,68 +158,67 @@ def _operation(job: dict[str, Any]) -> Operation:
         raise PoisonJob(f"job {job['_id']}: {exc}") from exc
 
 
-def load_snapshot(db: Database, ops: Sequence[Operation], session: ClientSession | None = None) -> Snapshot:
-    """Read exactly the state that ``ops`` can touch."""
-    wallet_ids: set[str] = set(SYSTEM_WALLETS)
-    content_ids: set[str] = set()
-    plan_creators: set[str] = set()
-    sub_ids: set[str] = set()
-    sub_pairs: set[tuple[str, str]] = set()
+def credit_amounts(credit: dict[str, Any]) -> dict[str, int]:
+    """A deferred credit document's amounts per wallet."""
+    return {row["walletId"]: row["amount"] for row in credit["amounts"]}
+
+
+def load_snapshot(db: Database, ops: Sequence[Operation], router: Router,
+                  session: ClientSession | None = None, extra_wallets: Sequence[str] = ()) -> Snapshot:
+    """Read exactly the state that ``ops`` can touch (each operation declares its reads).
+
+    System wallets appear under their own names with this partition's bucket
+    balance. Wallets owned by other partitions are read for their status only (a
+    receiver must exist and not be frozen); their balance is never written here.
+    """
+    reads = Reads(wallets=set(extra_wallets))
     for op in ops:
-        wallet_ids.add(op.wallet)
-        if isinstance(op, Transfer):
-            wallet_ids.add(op.receiver)
-        elif isinstance(op, Gift):
-            wallet_ids.add(op.creator)
-        elif isinstance(op, Unlock):
-            content_ids.add(op.content_id)
-        elif isinstance(op, Subscribe):
-            wallet_ids.add(op.creator)
-            plan_creators.add(op.creator)
-            sub_pairs.add((op.subscriber, op.creator))
-        elif isinstance(op, Renew):
-            sub_ids.add(op.subscription_id)
+        reads.update(op.reads())
 
     snap = Snapshot()
-    if content_ids:
-        for doc in db.contents.find({"_id": {"$in": sorted(content_ids)}}, session=session):
+    if reads.contents:
+        for doc in db.contents.find({"_id": {"$in": sorted(reads.contents)}}, session=session):
             snap.contents[doc["_id"]] = ContentInfo(doc["_id"], doc["creatorId"], doc["price"],
                                                     bool(doc.get("isActive", True)))
-            wallet_ids.add(doc["creatorId"])
-        pairs = {(op.user, op.content_id) for op in ops if isinstance(op, Unlock)}
+            reads.wallets.add(doc["creatorId"])
+    if reads.unlocks:
         # One index range on the leading field; two $in fields at once are answered
         # with a collection scan by some planners (SecantusDB's among them).
-        for doc in db.unlocks.find({"userId": {"$in": sorted({u for u, _ in pairs})}},
+        for doc in db.unlocks.find({"userId": {"$in": sorted({u for u, _ in reads.unlocks})}},
                                    {"userId": 1, "contentId": 1}, session=session):
-            if (doc["userId"], doc["contentId"]) in pairs:
+            if (doc["userId"], doc["contentId"]) in reads.unlocks:
                 snap.unlocks.add((doc["userId"], doc["contentId"]))
 
     sub_docs: list[dict[str, Any]] = []
-    if sub_ids:
-        sub_docs += db.subscriptions.find({"_id": {"$in": sorted(sub_ids)}}, session=session)
-    if sub_pairs:
-        # The subscribers' subscriptions by the index's leading field, narrowed here
-        # (see the unlocks above: one $in per query keeps it an index range).
-        creators = {c for _, c in sub_pairs}
+    if reads.subscriptions:
+        sub_docs += db.subscriptions.find({"_id": {"$in": sorted(reads.subscriptions)}}, session=session)
+    if reads.subscriber_pairs:
+        # The subscribers' subscriptions by the index's leading field, narrowed here.
+        creators = {c for _, c in reads.subscriber_pairs}
         sub_docs += [doc for doc in db.subscriptions.find(
-            {"subscriberId": {"$in": sorted({s for s, _ in sub_pairs})}}, session=session)
-            if doc["status"] == "active" and doc["creatorId"] in creators]
+            {"subscriberId": {"$in": sorted({s for s, _ in reads.subscriber_pairs})}}, session=session)
+            if doc["status"] == SubscriptionStatus.ACTIVE and doc["creatorId"] in creators]
     for doc in sub_docs:
-            snap.subscriptions[doc["_id"]] = SubscriptionState(
-                doc["_id"], doc["subscriberId"], doc["creatorId"], doc["price"], doc["periodDays"],
-                doc["status"], bool(doc.get("autoRenew")), doc["expiresAt"], doc.get("renewals", 0))
+        snap.subscriptions[doc["_id"]] = SubscriptionState(
+            doc["_id"], doc["subscriberId"], doc["creatorId"], doc["price"], doc["periodDays"],
+            doc["status"], bool(doc.get("autoRenew")), doc["expiresAt"], doc.get("renewals", 0))
     for sub in snap.subscriptions.values():
-        plan_creators.add(sub.creator_id)
-        wallet_ids.add(sub.creator_id)
+        reads.plans.add(sub.creator_id)
+        reads.wallets.add(sub.creator_id)
 
-    if plan_creators:
-        for doc in db.plans.find({"_id": {"$in": sorted(plan_creators)}}, session=session):
+    if reads.plans:
+        for doc in db.plans.find({"_id": {"$in": sorted(reads.plans)}}, session=session):
             snap.plans[doc["_id"]] = Plan(doc["_id"], doc["price"], doc["periodDays"],
                                           bool(doc.get("isActive", True)))
 
-    for doc in db.wallets.find({"_id": {"$in": sorted(wallet_ids)}}, {"balance": 1, "status": 1},
+    user_ids = sorted(w for w in reads.wallets if not is_system_wallet(w))
+    buckets = {router.doc_id(w): w for w in SYSTEM_WALLETS}
+    for doc in db.wallets.find({"_id": {"$in": user_ids + sorted(buckets)}}, {"balance": 1, "status": 1},
                                session=session):
-        snap.wallets[doc["_id"]] = WalletState(doc["balance"], doc.get("status", "active"))
+        name = buckets.get(doc["_id"], doc["_id"])
+        snap.wallets[name] = WalletState(doc["balance"], doc.get("status", ACTIVE))
+    for name in SYSTEM_WALLETS:
+        snap.wallets.setdefault(name, WalletState(0))  # a bucket its first batch creates
     return snap
 
 
@@ -208,27 +231,24 @@ def _actor(job: dict[str, Any]) -> dict[str, str]:
     return {"type": kind, "id": owner}
 
 
-def _audit_body(job: dict[str, Any], outcome: Outcome, partition: int, seq: int, now: datetime) -> dict:
-    body: dict[str, Any] = {
-        "partition": partition,
-        "seq": seq,
+def _audit_record(job: dict[str, Any], outcome: Outcome, router: Router) -> dict[str, Any]:
+    """One job's line in its batch's audit block: who, what, and the balances it moved."""
+    record: dict[str, Any] = {
         "jobId": job["_id"],
         "type": job.get("type"),
         "outcome": SETTLED if outcome.ok else FAILED,
         "actor": _actor(job),
-        "entity": {"type": "job", "id": job["_id"]},
         "requestId": job.get("requestId"),
-        "createdAt": now,
     }
     if isinstance(outcome, Settled):
-        body["txId"] = job["_id"]
-        body["entries"] = [{"walletId": e.wallet_id, "amount": e.amount} for e in outcome.entries]
-        body["balances"] = [{"walletId": w, "before": b, "after": a}
-                            for w, (b, a) in sorted(outcome.balances.items())]
+        record["entries"] = [{"walletId": e.wallet_id, "amount": e.amount} for e in outcome.entries]
+        # Before/after only for balances this partition owns; a foreign wallet's
+        # share is a deferred credit, recorded in the owner's block when applied.
+        record["balances"] = [{"walletId": w, "before": b, "after": a}
+                              for w, (b, a) in sorted(outcome.balances.items()) if router.is_local(w)]
     else:
-        body["txId"] = None
-        body["code"] = outcome.code
-    return body
+        record["code"] = outcome.code
+    return record
 
 
 def _effect_writes(outcome: Outcome, job: dict[str, Any], now: datetime) -> dict[str, list]:
@@ -242,26 +262,29 @@ def _effect_writes(outcome: Outcome, job: dict[str, Any], now: datetime) -> dict
             writes["subscriptions"].append(InsertOne({
                 "_id": effect.subscription_id, "subscriberId": effect.subscriber_id,
                 "creatorId": effect.creator_id, "price": effect.price, "periodDays": effect.period_days,
-                "status": "active", "autoRenew": effect.auto_renew, "startedAt": effect.started_at,
-                "expiresAt": effect.expires_at, "renewals": 0, "jobId": job["_id"], "createdAt": now}))
+                "status": SubscriptionStatus.ACTIVE, "autoRenew": effect.auto_renew,
+                "startedAt": effect.started_at, "expiresAt": effect.expires_at, "renewals": 0,
+                "jobId": job["_id"], "createdAt": now}))
         elif isinstance(effect, ExtendSubscription):
             writes["subscriptions"].append(UpdateOne(
-                {"_id": effect.subscription_id, "status": "active", "expiresAt": effect.old_expires_at},
+                {"_id": effect.subscription_id, "status": SubscriptionStatus.ACTIVE,
+                 "expiresAt": effect.old_expires_at},
                 {"$set": {"expiresAt": effect.new_expires_at, "lastRenewedAt": now},
                  "$inc": {"renewals": 1}}))
         elif isinstance(effect, ExpireSubscription):
             writes["subscriptions"].append(UpdateOne(
-                {"_id": effect.subscription_id, "status": "active"},
-                {"$set": {"status": "expired", "endedReason": effect.reason, "endedAt": now}}))
+                {"_id": effect.subscription_id, "status": SubscriptionStatus.ACTIVE},
+                {"$set": {"status": SubscriptionStatus.EXPIRED, "endedReason": effect.reason, "endedAt": now}}))
     return writes
 
 
-def _job_update(job: dict[str, Any], outcome: Outcome, now: datetime) -> UpdateOne:
+def _job_update(job: dict[str, Any], outcome: Outcome, now: datetime, pointer: dict[str, int]) -> UpdateOne:
     if isinstance(outcome, Settled):
         fields = {"status": SETTLED, "settledAt": now, "result": outcome.result, "error": None}
     else:
         fields = {"status": FAILED, "settledAt": now, "result": None,
                   "error": {"code": outcome.code, "message": outcome.message}}
+    fields["audit"] = pointer  # the audit block that lists this job
     # Filtered on _id alone on purpose: the job was read as queued inside this same
     # transaction, so a concurrent change to it is a WriteConflict (snapshot isolation),
     # and every status change also moves the partition's seq under a guard. An extra
@@ -270,78 +293,140 @@ def _job_update(job: dict[str, Any], outcome: Outcome, now: datetime) -> UpdateO
     return UpdateOne({"_id": job["_id"]}, {"$set": fields, "$inc": {"attempts": 1}})
 
 
-def _bulk(db: Database, name: str, ops: list, session: ClientSession) -> None:
+def _bulk(db: Database, name: str, ops: list, session: ClientSession) -> int:
     if not ops:
-        return
+        return 0
     res = db[name].bulk_write(ops, ordered=True, session=session)
     expected_updates = sum(1 for op in ops if isinstance(op, UpdateOne))
-    if res.matched_count != expected_updates:
+    if res.matched_count + res.upserted_count != expected_updates:
         raise _Conflict(f"{name}: {res.matched_count} of {expected_updates} conditional updates matched")
+    return len(ops)
+
+
+def _parties(entries: Sequence[Any]) -> list[str]:
+    """The user wallets of a transaction: what its owner's history is looked up by."""
+    return sorted({e.wallet_id for e in entries if not is_system_wallet(e.wallet_id)})
+
+
+@dataclass
+class _Plan:
+    """Everything one batch writes, built before the first write."""
+
+    jobs: list[InsertOne | UpdateOne] = field(default_factory=list)
+    transactions: list[InsertOne] = field(default_factory=list)
+    unlocks: list = field(default_factory=list)
+    subscriptions: list = field(default_factory=list)
+    credits: list[InsertOne | UpdateOne] = field(default_factory=list)
+    wallets: list[UpdateOne] = field(default_factory=list)
+    targets: set[int] = field(default_factory=set)
 
 
 def _write_batch(
     db: Database,
-    partition: int,
+    router: Router,
     jobs: list[dict[str, Any]],
     outcomes: list[Outcome],
     deltas: dict[str, int],
+    inbound: list[dict[str, Any]],
     part_doc: dict[str, Any],
     now: datetime,
     session: ClientSession,
-) -> None:
-    tx_docs, audit_docs, job_updates = [], [], []
-    unlocks: list = []
-    subs: list = []
-    seq, head = part_doc["auditSeq"], part_doc["auditHead"]
+) -> tuple[int, set[int]]:
+    """Write one decided batch; return (documents written, partitions owed a doorbell).
+
+    Every document written here has this partition as its only writer: its jobs,
+    their ledger records, its audit block and head, its own wallets and buckets,
+    and the credits addressed to it (marked applied). Credits for wallets owned by
+    other partitions are inserted, never updated, so they cannot conflict either.
+    """
+    partition = router.partition
+    batch_seq = part_doc["seq"] + 1
+    block_seq = part_doc["auditSeq"] + 1
+    pointer = {"partition": partition, "seq": block_seq}
+    plan = _Plan()
+    records = []
     for job, outcome in zip(jobs, outcomes, strict=True):
         if isinstance(outcome, Settled):
             tx = {"_id": job["_id"], "txId": job["_id"], "jobId": job["_id"], "type": job["type"],
-                  "ownerId": job.get("ownerId"), "partition": partition,
+                  "ownerId": job.get("ownerId"), "partition": partition, "auditSeq": block_seq,
                   "entries": [{"walletId": e.wallet_id, "amount": e.amount} for e in outcome.entries],
-                  "requestId": job.get("requestId"), "createdAt": now}
+                  "parties": _parties(outcome.entries), "requestId": job.get("requestId"), "createdAt": now}
             if "providerTxId" in outcome.result:
                 tx["providerTxId"] = outcome.result["providerTxId"]
-            tx_docs.append(InsertOne(tx))
-        seq += 1
-        entry = audit.seal(_audit_body(job, outcome, partition, seq, now), head)
-        head = entry["hash"]
-        audit_docs.append(InsertOne(entry))
+            plan.transactions.append(InsertOne(tx))
+        records.append(_audit_record(job, outcome, router))
         effects = _effect_writes(outcome, job, now)
-        unlocks += effects["unlocks"]
-        subs += effects["subscriptions"]
-        job_updates.append(_job_update(job, outcome, now))
+        plan.unlocks += effects["unlocks"]
+        plan.subscriptions += effects["subscriptions"]
+        plan.jobs.append(_job_update(job, outcome, now, pointer))
 
-    # Partition-private documents first, shared hot wallets last: a write conflict
-    # on a wallet credited by many partitions is detected as late as possible, so
-    # the window in which two partitions collide stays short.
-    _bulk(db, "jobs", job_updates, session)
-    _bulk(db, "transactions", tx_docs, session)
-    _bulk(db, "unlocks", unlocks, session)
-    _bulk(db, "subscriptions", subs, session)
-    _bulk(db, "auditlogs", audit_docs, session)
+    routed = route(deltas, router)
+    applied = merge_credits(credit_amounts(c) for c in inbound)
+    for credit in inbound:
+        plan.credits.append(UpdateOne({"_id": credit["_id"], "applied": False},
+                                      {"$set": {"applied": True, "appliedAt": now, "appliedIn": batch_seq}}))
+    credits_out = []
+    for target, amounts in sorted(routed.deferred.items()):
+        credit_id = f"{partition}:{batch_seq}:{target}"
+        rows = [{"walletId": w, "amount": a} for w, a in sorted(amounts.items())]
+        plan.credits.append(InsertOne({"_id": credit_id, "to": target, "from": partition, "batch": batch_seq,
+                                       "amounts": rows, "applied": False, "createdAt": now}))
+        credits_out.append({"creditId": credit_id, "to": target, "amounts": rows})
+        plan.targets.add(target)
+
+    block = {"partition": partition, "seq": block_seq, "batch": batch_seq, "createdAt": now, "jobs": records,
+             "creditsIn": [{"creditId": c["_id"], "from": c["from"], "amounts": c["amounts"]} for c in inbound],
+             "creditsOut": credits_out}
+    block = audit.seal(block, part_doc["auditHead"])
+
+    local = dict(routed.local)
+    for wallet_id, amount in applied.items():
+        if not router.is_local(wallet_id):
+            raise _Conflict(f"credit for {wallet_id} addressed to partition {partition}")
+        local[wallet_id] = local.get(wallet_id, 0) + amount
+    for doc_id, delta in sorted(local.items()):
+        if not delta:
+            continue
+        update: dict[str, Any] = {"$inc": {"balance": delta, "version": 1}, "$set": {"lastTransactionAt": now}}
+        bucket = parse_bucket(doc_id)
+        if delta < 0 and bucket is None:
+            # Second guard behind the domain rule: never take a user wallet below zero.
+            plan.wallets.append(UpdateOne({"_id": doc_id, "balance": {"$gte": -delta}}, update))
+        elif bucket is not None:
+            update["$setOnInsert"] = {"system": bucket[0], "partition": bucket[1],
+                                      "status": WalletStatus.ACTIVE, "createdAt": now}
+            plan.wallets.append(UpdateOne({"_id": doc_id}, update, upsert=True))
+        else:
+            plan.wallets.append(UpdateOne({"_id": doc_id}, update))
+
+    written = 0
+    written += _bulk(db, "jobs", plan.jobs, session)
+    written += _bulk(db, "transactions", plan.transactions, session)
+    written += _bulk(db, "unlocks", plan.unlocks, session)
+    written += _bulk(db, "subscriptions", plan.subscriptions, session)
+    written += _bulk(db, "credits", plan.credits, session)
+    db.auditlogs.insert_one(block, session=session)
     res = db.partitions.update_one(
         {"_id": partition, "seq": part_doc["seq"]},
-        {"$set": {"auditSeq": seq, "auditHead": head, "lastSettledAt": now}, "$inc": {"seq": 1}},
+        {"$set": {"auditSeq": block_seq, "auditHead": block["hash"], "lastSettledAt": now}, "$inc": {"seq": 1}},
         session=session,
     )
     if res.matched_count != 1:
         raise _Conflict("partition sequence moved")
-    debits, credits = [], []
-    for wallet_id, delta in sorted(deltas.items()):
-        update = {"$inc": {"balance": delta, "version": 1}, "$set": {"lastTransactionAt": now}}
-        if delta < 0 and wallet_id not in SYSTEM_WALLETS:
-            # Second guard behind the domain rule: never take a user wallet below zero.
-            debits.append(UpdateOne({"_id": wallet_id, "balance": {"$gte": -delta}}, update))
-        else:
-            credits.append(UpdateOne({"_id": wallet_id}, update))
-    _bulk(db, "wallets", debits, session)
-    _bulk(db, "wallets", credits, session)
+    written += 2 + _bulk(db, "wallets", plan.wallets, session)
+    return written, plan.targets
+
+
+class _Deadline(Exception):
+    """The batch kept conflicting until the drain's time budget ran out: try again later."""
 
 
 def _run_batch(
-    db: Database, partition: int, limit: int, clock: Clock, only: str | None
+    db: Database, router: Router, limit: int, clock: Clock, only: str | None,
+    deadline: float | None = None,
 ) -> BatchResult:
     """Decide and write one batch in one transaction, retrying on conflicts."""
+    partition = router.partition
     client = db.client
     started = time.perf_counter()
     result = BatchResult()
@@ -356,22 +441,34 @@ def _run_batch(
             nonlocal calls
             calls += 1
             holder.clear()
+            t0 = time.perf_counter()
             if only is not None:
                 jobs = list(db.jobs.find({"_id": only, "status": QUEUED}, session=session))
+                inbound: list[dict[str, Any]] = []
             else:
                 jobs = _queued(db, partition, limit, session)
-            if not jobs:
+                inbound = _inbound(db, partition, session)
+            if not jobs and not inbound:
                 return
             part_doc = db.partitions.find_one({"_id": partition}, session=session)
             if part_doc is None:
                 raise _Conflict("partition document missing")
             holder["seq"] = part_doc["seq"]
             ops = [(job["_id"], _operation(job)) for job in jobs]
+            credited = merge_credits(credit_amounts(c) for c in inbound)
+            snapshot = load_snapshot(db, [op for _, op in ops], router, session, sorted(credited))
+            for wallet_id, amount in credited.items():
+                # Credits are applied before this batch's own jobs are decided: they are spendable now.
+                snapshot.wallets.setdefault(wallet_id, WalletState(0)).balance += amount
+            t1 = time.perf_counter()
             now = clock()
-            decision = decide_batch(ops, load_snapshot(db, [op for _, op in ops], session), now)
-            _write_batch(db, partition, jobs, decision.outcomes, decision.deltas, part_doc, now, session)
-            holder["jobs"] = jobs
-            holder["outcomes"] = decision.outcomes
+            decision = decide_batch(ops, snapshot, now)
+            t2 = time.perf_counter()
+            written, targets = _write_batch(db, router, jobs, decision.outcomes, decision.deltas, inbound,
+                                            part_doc, now, session)
+            holder.update(jobs=jobs, outcomes=decision.outcomes, written=written, targets=targets,
+                          credits=len(inbound), stages={"read": t1 - t0, "decide": t2 - t1,
+                                                        "write": time.perf_counter() - t2})
 
         try:
             with client.start_session() as session:
@@ -381,20 +478,21 @@ def _run_batch(
             if attempt >= MAX_CONFLICT_RETRIES:
                 raise
             log.debug("settle conflict, retrying", extra={"partition": partition, "reason": str(exc)})
-            time.sleep(min(0.002 * attempt, 0.05) * (1 + random.random()))
         except OperationFailure as exc:
             # A duplicate key or write conflict surfacing as a plain error means another
             # settler committed first; deciding again finds the jobs already done.
-            if _is_conflict(exc) and attempt < MAX_CONFLICT_RETRIES:
-                if _is_duplicate(exc) and _partition_unchanged(db, partition, holder.get("seq")):
-                    # No other settler committed in this partition since this attempt
-                    # read it: the batch collides with itself or with settled history.
-                    duplicates += 1
-                    if duplicates >= DUPLICATE_RETRIES:
-                        raise PersistentDuplicate(str(exc)) from exc
-                time.sleep(min(0.002 * attempt, 0.05) * (1 + random.random()))
-                continue
-            raise
+            if not (_is_conflict(exc) and attempt < MAX_CONFLICT_RETRIES):
+                raise
+            if _is_duplicate(exc) and _partition_unchanged(db, partition, holder.get("seq")):
+                # No other settler committed in this partition since this attempt
+                # read it: the batch collides with itself or with settled history.
+                duplicates += 1
+                if duplicates >= DUPLICATE_RETRIES:
+                    raise PersistentDuplicate(str(exc)) from exc
+        if deadline is not None and time.monotonic() > deadline:
+            # Bounded: a batch that keeps conflicting must not outlive the task's limits.
+            raise _Deadline(f"partition {partition}: still conflicting after {attempt} attempts")
+        time.sleep(min(0.002 * attempt, 0.05) * (1 + random.random()))
 
     # Every re-run of the callback is a retry: this loop's own and those with_transaction
     # makes itself on a WriteConflict, which never reach this loop (contention stays visible).
@@ -405,13 +503,18 @@ def _run_batch(
             result.settled += 1
         else:
             result.failed += 1
+    result.credits_applied = holder.get("credits", 0)
+    result.documents = holder.get("written", 0)
+    result.credit_targets = set(holder.get("targets", ()))
+    result.stages = holder.get("stages", {})
     result.duration = time.perf_counter() - started
     return result
 
 
-def fail_job(db: Database, partition: int, job: dict[str, Any], code: str, message: str,
+def fail_job(db: Database, router: Router, job: dict[str, Any], code: str, message: str,
              clock: Clock = utcnow) -> BatchResult:
-    """Fail one job with an audit entry, in a transaction, without touching balances."""
+    """Fail one job with an audit record, in a transaction, without touching balances."""
+    partition = router.partition
     outcome: Failed = failed(job["_id"], job.get("type", "unknown"), code, message)
     for attempt in range(1, MAX_CONFLICT_RETRIES + 1):
         try:
@@ -421,7 +524,7 @@ def fail_job(db: Database, partition: int, job: dict[str, Any], code: str, messa
                     current = db.jobs.find_one({"_id": job["_id"], "status": QUEUED}, session=session)
                     if current is None or part_doc is None:
                         raise _Gone
-                    _write_batch(db, partition, [current], [outcome], {}, part_doc, clock(), session)
+                    _write_batch(db, router, [current], [outcome], {}, [], part_doc, clock(), session)
                 session.with_transaction(body)
             return BatchResult(failed=1, outcomes=[(job, outcome)])
         except _Gone:
@@ -461,17 +564,22 @@ def settle_partition(
     db: Database,
     partition: int,
     *,
+    partitions: int,
     batch_max: int,
     clock: Clock = utcnow,
     on_batch: Callable[[BatchResult], None] | None = None,
     time_budget: float | None = None,
+    transient: tuple[type[BaseException], ...] = (),
 ) -> DrainResult:
-    """Settle batches until the partition has no queued job left.
+    """Settle batches (inbound credits first) until the partition has nothing left.
 
     With ``time_budget`` (seconds) it stops between batches once the budget is
     spent and sets ``DrainResult.more``: the caller rings again instead of running
-    into a hard time limit, which would otherwise look like a poison job.
+    into a hard time limit. ``transient`` names exceptions that say the *worker*
+    is in trouble, not a job (Celery's ``SoftTimeLimitExceeded``): they propagate
+    and never fail a job.
     """
+    router = Router(partition, partitions)
     ensure_partition(db, partition)
     drained = DrainResult()
     deadline = None if time_budget is None else time.monotonic() + time_budget
@@ -480,16 +588,19 @@ def settle_partition(
             drained.more = True
             break
         try:
-            batch = _run_batch(db, partition, batch_max, clock, None)
-        except (PyMongoError, _Conflict):
-            # Store trouble (unreachable, too many conflicts): nothing of this batch
+            batch = _run_batch(db, router, batch_max, clock, None, deadline)
+        except _Deadline:
+            drained.more = True
+            break
+        except (PyMongoError, _Conflict, *transient):
+            # Store trouble, contention or the worker's own limits: nothing of this batch
             # was applied. The task layer retries; the sweeper is the backstop.
             raise
         except Exception:  # noqa: BLE001 - a poison job must not block its partition
             log.exception("batch failed unexpectedly; isolating jobs one by one",
                           extra={"partition": partition})
-            batch = _isolate(db, partition, batch_max, clock)
-        if batch.size == 0:
+            batch = _isolate(db, router, batch_max, clock, deadline, transient)
+        if batch.size == 0 and batch.credits_applied == 0:
             break
         drained.batches.append(batch)
         if on_batch is not None:
@@ -497,20 +608,46 @@ def settle_partition(
     return drained
 
 
-def _isolate(db: Database, partition: int, batch_max: int, clock: Clock) -> BatchResult:
-    """Retry a failing batch one job at a time; a job that still raises is failed."""
+ISOLATION_ATTEMPTS = 2
+
+
+def _isolate(db: Database, router: Router, batch_max: int, clock: Clock, deadline: float | None,
+             transient: tuple[type[BaseException], ...]) -> BatchResult:
+    """Retry a failing batch one job at a time; fail only a job that raises deterministically.
+
+    A job is failed when settling it *alone* raises the same exception type on every
+    one of ``ISOLATION_ATTEMPTS`` tries (or its parameters cannot be read at all).
+    Store errors, conflicts, the time budget and ``transient`` exceptions say nothing
+    about the job: they propagate or stop the isolation, and the job stays queued.
+    """
     total = BatchResult()
-    for job in _queued(db, partition, batch_max, None):
-        try:
-            one = _run_batch(db, partition, 1, clock, job["_id"])
-        except (PyMongoError, _Conflict):
-            # Store trouble or contention is not the job's fault: never fail it for that.
-            raise
-        except Exception as exc:  # noqa: BLE001
-            log.exception("job failed with an unexpected error", extra={
-                "partition": partition, "jobId": job["_id"], "requestId": job.get("requestId")})
-            one = fail_job(db, partition, job, INTERNAL_ERROR, f"{type(exc).__name__}", clock)
+    for job in _queued(db, router.partition, batch_max, None):
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        errors: list[type[BaseException]] = []
+        one: BatchResult | None = None
+        exc: Exception | None = None
+        for _ in range(ISOLATION_ATTEMPTS):
+            try:
+                one = _run_batch(db, router, 1, clock, job["_id"], deadline)
+                break
+            except (PyMongoError, _Conflict, _Deadline, *transient):
+                raise
+            except PoisonJob as poison:
+                exc, errors = poison, [PoisonJob] * ISOLATION_ATTEMPTS
+                break
+            except Exception as err:  # noqa: BLE001
+                exc = err
+                errors.append(type(err))
+        if one is None:
+            if len(errors) < ISOLATION_ATTEMPTS or len(set(errors)) != 1:
+                continue  # not reproducible: leave it queued, the next ring tries again
+            log.error("job failed with an unexpected error", exc_info=exc, extra={
+                "partition": router.partition, "jobId": job["_id"], "requestId": job.get("requestId")})
+            one = fail_job(db, router, job, INTERNAL_ERROR, f"{type(exc).__name__}", clock)
         total.settled += one.settled
         total.failed += one.failed
         total.outcomes += one.outcomes
+        total.documents += one.documents
+        total.credit_targets |= one.credit_targets
     return total

@@ -23,9 +23,13 @@ def _force_ring(partition: int, request_id: str | None) -> None:
 
 
 def stale_partitions(db: Database, partitions: int, cutoff: datetime) -> list[int]:
-    """Partitions holding a queued job accepted before ``cutoff``: one index probe each."""
+    """Partitions holding a queued job or an unapplied credit older than ``cutoff``.
+
+    At most two index probes per partition, whatever the history.
+    """
     return [p for p in range(partitions)
-            if db.jobs.find_one({"partition": p, "status": "queued", "createdAt": {"$lt": cutoff}}, {"_id": 1})]
+            if db.jobs.find_one({"partition": p, "status": "queued", "createdAt": {"$lt": cutoff}}, {"_id": 1})
+            or db.credits.find_one({"to": p, "applied": False, "createdAt": {"$lt": cutoff}}, {"_id": 1})]
 
 
 def stranded_partition(db: Database, partitions: int) -> int | None:

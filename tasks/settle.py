@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+from celery.exceptions import SoftTimeLimitExceeded
 from pymongo.errors import PyMongoError
 
 from infra import context
@@ -12,6 +13,7 @@ from infra.config import get_settings
 from infra.mongo import get_db
 from infra.queues import partition_queue
 from infra.redis_client import get_redis
+from services.jobs import ring_safely
 from services.settlement import BatchResult, settle_partition
 from workers.celery_app import app
 
@@ -45,6 +47,10 @@ def ring(partition: int, request_id: str | None = None, *, force: bool = False) 
 
 
 def _record(batch: BatchResult) -> None:
+    # Credits this batch deferred to other partitions: ring their owners now, so a
+    # receiver's money is spendable well under a second later (the sweeper backs it up).
+    for target in sorted(batch.credit_targets):
+        ring_safely(ring, target, None)
     try:
         from infra import metrics
         metrics.record_batch(batch)
@@ -71,8 +77,15 @@ def settle(self, partition: int) -> dict[str, int]:  # type: ignore[no-untyped-d
         except Exception:  # noqa: BLE001 - the flag is an optimisation only
             log.warning("could not clear the ring flag", exc_info=True)
         try:
-            drained = settle_partition(get_db(), partition, batch_max=settings.settle_batch_max,
-                                       on_batch=_record, time_budget=SETTLE_TIME_BUDGET)
+            drained = settle_partition(get_db(), partition, partitions=settings.ledger_partitions,
+                                       batch_max=settings.settle_batch_max, on_batch=_record,
+                                       time_budget=SETTLE_TIME_BUDGET, transient=(SoftTimeLimitExceeded,))
+        except SoftTimeLimitExceeded:
+            # The worker's limit, not a job's fault: nothing of the open batch was committed.
+            # Hand the partition to a fresh task; never fail a job for being slow.
+            log.warning("settle reached the soft time limit; ringing again")
+            ring(partition, None, force=True)
+            return {"settled": 0, "failed": 0}
         except PyMongoError as exc:
             log.warning("store unavailable while settling; retrying", extra={"error": str(exc)})
             raise self.retry(countdown=min(2 ** min(self.request.retries, 5), 30), exc=exc) from exc

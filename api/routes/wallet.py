@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, current_app, jsonify
 
 from api.auth import current
 from api.errors import ApiError
@@ -15,7 +15,7 @@ from api.schemas import BalanceOut, JobOut, PageQuery, TransferIn, TxPage
 from api.spec import endpoint
 from infra.mongo import get_db
 from ledger.operations import Transfer
-from services.queries import BadCursor, wallet_history
+from services.queries import BadCursor, incoming_credits, wallet_history
 
 bp = Blueprint("wallet", __name__, url_prefix="/api/wallet")
 
@@ -26,8 +26,11 @@ def balance() -> Any:
     wallet = get_db().wallets.find_one({"_id": me})
     if wallet is None:
         raise ApiError(404, "NOT_FOUND", "No wallet for this account.")
-    return jsonify(walletId=wallet["_id"], userId=me, balance=wallet["balance"], currency="COIN",
-                   status=wallet.get("status", "active"))
+    # ``balance`` is spendable now; ``incoming`` was settled for this wallet by another
+    # partition's batch and becomes spendable when the owner applies it (sub-second).
+    incoming = incoming_credits(get_db(), me, current_app.config["PURSER"].ledger_partitions)
+    return jsonify(walletId=wallet["_id"], userId=me, balance=wallet["balance"], incoming=incoming,
+                   currency="COIN", status=wallet.get("status", "active"))
 
 
 @endpoint(bp, "GET", "/transactions", summary="The caller's ledger history, newest first",

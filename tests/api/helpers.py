@@ -138,8 +138,9 @@ class Api:
         return self.client.balance(user.token)
 
     def system_balance(self, wallet_id: str) -> int:
-        doc = self.db.wallets.find_one({"_id": wallet_id})
-        return doc["balance"] if doc else 0
+        from services.reconcile import system_balances
+
+        return system_balances(self.db)[wallet_id]
 
     def job_count(self, **query: Any) -> int:
         return self.db.jobs.count_documents(query)

@@ -9,11 +9,13 @@ from datetime import timedelta
 import pytest
 
 from ledger import audit
-from ledger.operations import Credit, Gift, TopUp, Transfer
+from ledger.operations import Credit, Gift, TopUp, Transfer, partition_of
 from ledger.timeutil import utcnow
+from services.queries import audit_entry_of
 from tests.settlement.settle_helpers import (
     add_user,
     add_users,
+    apply_credits_here,
     balance,
     balances,
     doorbell,
@@ -23,6 +25,7 @@ from tests.settlement.settle_helpers import (
     live_ring,
     new_id,
     noop_ring,
+    partitions,
     queue_jobs,
     submit,
     wait_jobs,
@@ -63,18 +66,22 @@ def test_submitted_job_is_settled_by_a_worker_with_exact_effects(db):
     assert entries_of(topup_tx) == sorted([("external:funding", -1000), (fan, 1000)])
     assert topup_tx["providerTxId"] == "ptx-1"
 
-    entries = list(db.auditlogs.find({"jobId": gift["_id"]}))
-    assert len(entries) == 1
-    entry = entries[0]
-    assert entry["partition"] == gift["partition"] and entry["outcome"] == "settled"
-    assert entry["actor"] == {"type": "user", "id": fan}
-    assert entry["entity"] == {"type": "job", "id": gift["_id"]}
-    assert entry["requestId"] == "req-gift-1" and entry["txId"] == gift["_id"]
-    assert {b["walletId"]: (b["before"], b["after"]) for b in entry["balances"]} == {
-        fan: (1000, 667), creator: (0, 266), "platform:revenue": (0, 50), "platform:processing": (0, 17)}
+    assert db.auditlogs.count_documents({"jobs.jobId": gift["_id"]}) == 1
+    entry, record = audit_entry_of(db, gift["_id"])
+    assert entry["partition"] == gift["partition"] and record["outcome"] == "settled"
+    assert record["actor"] == {"type": "user", "id": fan}
+    assert record["requestId"] == "req-gift-1" and tx["auditSeq"] == entry["seq"]
+    # Before/after for the balances this partition owns; the creator's share is a
+    # deferred credit unless the creator hashes to the same partition.
+    expected = {fan: (1000, 667), "platform:revenue": (0, 50), "platform:processing": (0, 17)}
+    if partition_of(creator, partitions()) == gift["partition"]:
+        expected[creator] = (0, 266)
+    else:
+        assert entry["creditsOut"][0]["amounts"] == [{"walletId": creator, "amount": 266}]
+    assert {b["walletId"]: (b["before"], b["after"]) for b in record["balances"]} == expected
     # Chained to the previous entry of the same partition (the top-up shares the fan's partition).
     previous = db.auditlogs.find_one({"partition": entry["partition"], "seq": entry["seq"] - 1})
-    assert previous["jobId"] == topup["_id"] and entry["prevHash"] == previous["hash"]
+    assert [r["jobId"] for r in previous["jobs"]] == [topup["_id"]] and entry["prevHash"] == previous["hash"]
     assert entry["hash"] == audit.entry_hash(entry, previous["hash"])
     part = db.partitions.find_one({"_id": gift["partition"]})
     assert part["auditSeq"] == entry["seq"] and part["auditHead"] == entry["hash"]
@@ -98,7 +105,7 @@ def test_the_same_doorbell_delivered_five_times_applies_the_job_once(db):
     assert done["status"] == "settled" and done["attempts"] == 1
     assert balances(db, [sender, receiver]) == {sender: 380, receiver: 120}
     assert db.transactions.count_documents({"jobId": job["_id"]}) == 1
-    assert db.auditlogs.count_documents({"jobId": job["_id"]}) == 1
+    assert db.auditlogs.count_documents({"jobs.jobId": job["_id"]}) == 1
     # One batch applied it; the other deliveries found nothing and wrote nothing.
     assert db.partitions.find_one({"_id": p})["seq"] == seq_before + 1
     assert_money_invariants(db)
@@ -129,10 +136,11 @@ def test_twenty_transfers_from_one_wallet_settle_in_acceptance_order(db):
     assert {j["error"]["code"] for j in ordered[15:]} == {"INSUFFICIENT_FUNDS"}
     settled_at = [j["settledAt"] for j in ordered]
     assert settled_at == sorted(settled_at)
-    audit_entries = {e["jobId"]: e for e in db.auditlogs.find({"jobId": {"$in": [j["_id"] for j in jobs]}})}
-    seqs = [audit_entries[j["_id"]]["seq"] for j in jobs]
-    assert seqs == sorted(seqs) and len(set(seqs)) == 20
-    befores = [next(b["before"] for b in audit_entries[j["_id"]]["balances"] if b["walletId"] == sender)
+    # Audit order = acceptance order: by block, then by position in the block.
+    found = {j["_id"]: audit_entry_of(db, j["_id"]) for j in jobs}
+    order = [(found[j["_id"]][0]["seq"], found[j["_id"]][0]["jobs"].index(found[j["_id"]][1])) for j in jobs]
+    assert order == sorted(order) and len(set(order)) == 20
+    befores = [next(b["before"] for b in found[j["_id"]][1]["balances"] if b["walletId"] == sender)
                for j in jobs[:15]]
     assert befores == list(range(150, 0, -10))
     assert balances(db, [sender, receiver]) == {sender: 0, receiver: 150}
@@ -209,12 +217,12 @@ def test_concurrent_settlers_of_one_partition_conflict_and_the_loser_finds_nothi
     results = {}
 
     def run_a():
-        results["a"] = settle_partition(db, 2, batch_max=50, clock=clock_a)
+        results["a"] = settle_partition(db, 2, partitions=partitions(), batch_max=50, clock=clock_a)
 
     thread = threading.Thread(target=run_a)
     thread.start()
     assert a_decided.wait(60)
-    results["b"] = settle_partition(db, 2, batch_max=50)
+    results["b"] = settle_partition(db, 2, partitions=partitions(), batch_max=50)
     b_done.set()
     thread.join(60)
 
@@ -223,6 +231,7 @@ def test_concurrent_settlers_of_one_partition_conflict_and_the_loser_finds_nothi
     # A decided on the same jobs but its writes conflicted with B's commit: on retry
     # it found the partition empty and applied nothing.
     assert len(calls) == 1
+    apply_credits_here(db)  # the receiver's partition applies its credit (its doorbell's work)
     assert balances(db, [sender, receiver]) == {sender: 10, receiver: 90}
     assert {j["status"] for j in wait_jobs(db, [j["_id"] for j in jobs]).values()} == {"settled"}
     assert_money_invariants(db)
@@ -304,7 +313,8 @@ def test_a_poison_job_fails_internal_error_without_blocking_its_partition(db, ki
     assert done[later[0]["_id"]]["status"] == "settled"
     assert done[poison["_id"]]["status"] == "failed"
     assert done[poison["_id"]]["error"]["code"] == "INTERNAL_ERROR"
-    assert db.auditlogs.count_documents({"jobId": poison["_id"], "outcome": "failed"}) == 1
+    assert audit_entry_of(db, poison["_id"])[1]["outcome"] == "failed"
+    assert db.auditlogs.count_documents({"jobs.jobId": poison["_id"]}) == 1
     assert db.transactions.count_documents({"jobId": poison["_id"]}) == 0
     assert balances(db, [sender, receiver]) == {sender: 75, receiver: 125}
     assert_money_invariants(db)
@@ -357,7 +367,7 @@ def test_an_unknown_commit_result_still_settles_the_job_exactly_once(db, fault):
     try:
         client.admin.command("configureFailPoint", "failCommand", mode={"times": 1},
                              data={"failCommands": ["commitTransaction"], "appName": app_name, **fault})
-        drained = settle_partition(client[settings.mongodb_db], 3, batch_max=50)
+        drained = settle_partition(client[settings.mongodb_db], 3, partitions=settings.ledger_partitions, batch_max=50)
     finally:
         client.admin.command("configureFailPoint", "failCommand", mode="off")
         client.close()

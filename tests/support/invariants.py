@@ -11,12 +11,14 @@ from services.reconcile import reconcile, verify_audit
 
 
 def wait_until_drained(db: Database, timeout: float = 60.0, poll: float = 0.1) -> float:
-    """Wait until no job is queued; return the seconds it took."""
+    """Wait until no job is queued and every deferred credit is applied; return the seconds."""
     started = time.monotonic()
-    while db.jobs.count_documents({"status": "queued"}, limit=1):
+    while db.jobs.count_documents({"status": "queued"}, limit=1) or \
+            db.credits.count_documents({"applied": False}, limit=1):
         if time.monotonic() - started > timeout:
             queued = db.jobs.count_documents({"status": "queued"})
-            raise AssertionError(f"{queued} job(s) still queued after {timeout}s")
+            credits = db.credits.count_documents({"applied": False})
+            raise AssertionError(f"{queued} job(s) still queued, {credits} credit(s) unapplied after {timeout}s")
         time.sleep(poll)
     return time.monotonic() - started
 
