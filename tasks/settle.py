@@ -9,6 +9,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from pymongo.errors import PyMongoError
 
 from infra import context
+from infra.announce import announce_batch
 from infra.config import get_settings
 from infra.mongo import get_db
 from infra.queues import partition_queue
@@ -47,6 +48,7 @@ def ring(partition: int, request_id: str | None = None, *, force: bool = False) 
 
 
 def _record(batch: BatchResult) -> None:
+    announce_batch(batch)  # first, after the commit: wakes waiting clients; never raises
     # Credits this batch deferred to other partitions: ring their owners now, so a
     # receiver's money is spendable well under a second later (the sweeper backs it up).
     for target in sorted(batch.credit_targets):
