@@ -1,13 +1,13 @@
-"""Job status polling, with an optional bounded wait (``Prefer: wait=N``)."""
+"""Job status, with an optional bounded wait (``Prefer: wait=N``, see ``api/waits.py``)."""
 
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 from flask import Blueprint, jsonify, request
 
+from api import waits
 from api.auth import Principal, current
 from api.errors import ApiError
 from api.jsonbody import parse_query
@@ -16,10 +16,12 @@ from api.schemas import JobOut, JobPage, JobsQuery
 from api.spec import _stored_role, endpoint
 from infra.mongo import get_db
 from ledger.money import is_user_id
-from services.jobs import TERMINAL, job_view
+from services.jobs import job_view
 from services.queries import BadCursor, user_jobs
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/jobs")
+# A bad JOB_WAIT_MAX_PER_USER stops the app at start-up, not at the first wait.
+bp.record_once(lambda _state: waits.max_waits_per_user())
 
 MAX_WAIT_SECONDS = 10
 _PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait=(\d{1,3})(?:$|[;,\s])")
@@ -43,20 +45,20 @@ def _still_admin(principal: Principal) -> bool:
 @endpoint(bp, "GET", "/<jobId>", summary="A job's status; 'Prefer: wait=N' (N<=10) holds until terminal",
           response=JobOut, errors=(404,), extra_headers={"Prefer": "wait=N"})
 def get_job(jobId: str) -> Any:  # noqa: N803
-    job = _visible_job(jobId)
     match = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
-    headers = {}
-    if match:
-        wait = min(int(match.group(1)), MAX_WAIT_SECONDS)
-        headers["Preference-Applied"] = f"wait={wait}"
-        deadline = time.monotonic() + wait
-        delay = 0.01
-        db = get_db()
-        while job["status"] not in TERMINAL and time.monotonic() < deadline:
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 1.5, 0.1)
-            job = db.jobs.find_one({"_id": jobId}) or job
-    return jsonify(job_view(job)), 200, headers
+    if not match:
+        return jsonify(job_view(_visible_job(jobId))), 200, {}
+    wait = min(int(match.group(1)), MAX_WAIT_SECONDS)
+    headers = {"Preference-Applied": f"wait={wait}"}
+    if wait == 0 or not is_user_id(jobId):
+        return jsonify(job_view(_visible_job(jobId))), 200, headers
+    # No thread and no polling while waiting: the settler announces terminal jobs
+    # (api/waits.py); MongoDB is read once now and once when woken or at the deadline.
+    result = waits.wait_for_job(jobId, current().user_id, wait, lambda: _visible_job(jobId),
+                                lambda: get_db().jobs.find_one({"_id": jobId}))
+    if not result.applied:
+        headers = {}  # over the per-user cap: answered at once, the preference not honoured
+    return jsonify(job_view(result.job)), 200, headers
 
 
 @endpoint(bp, "GET", "", summary="The caller's jobs, newest first", query=JobsQuery, response=JobPage)

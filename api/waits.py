@@ -1,0 +1,425 @@
+"""Waiting for a job to end (``GET /api/jobs/<id>`` with ``Prefer: wait=N``) without polling.
+
+One :class:`WaitHub` per web process holds ONE Redis pub/sub subscription to the
+settler's announcements (:mod:`infra.announce`) and a map job id -> waiting
+requests. A waiting request registers an event, reads its job once, and if the job
+is not terminal sleeps on the event until the announcement of its job (or its
+deadline), then answers with the job as read from MongoDB after the announcement:
+the hub reads all announced jobs that have waiters in this process in one query
+(per 50 ids) and hands each waiter its document; a waiter woken by its deadline
+reads its job itself, once. Nothing polls MongoDB, and under gunicorn's gevent
+worker (the default, ``gunicorn.conf.py``) a sleeping request is a parked
+greenlet, not a thread: thousands cost a few MiB.
+
+Lost announcements cannot strand a waiter beyond its deadline: every time the
+subscription is (re)established, all registered waiters are woken to read again
+(anything published while it was down is covered by that read).
+
+Concurrent waits are capped per user across all web processes
+(``JOB_WAIT_MAX_PER_USER``, default 5) with a sorted set in Redis whose entries
+expire at their wait's deadline, so a crashed process leaks nothing. A wait
+beyond the cap (or when Redis cannot count it) is not refused: the request is
+answered at once with the job as it is, without ``Preference-Applied`` (RFC 7240:
+the preference was not honoured), exactly as a client sees a wait that timed out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from infra import announce
+from infra.config import ConfigError, get_settings
+from services.jobs import TERMINAL
+
+log = logging.getLogger("purser.waits")
+
+DEFAULT_MAX_PER_USER = 5
+CAP_GRACE_SECONDS = 5.0  # a cap entry outlives its wait's deadline by this much
+RECONNECT_MIN, RECONNECT_MAX = 0.2, 5.0
+LISTEN_TIMEOUT = 1.0
+
+
+# --- configuration -----------------------------------------------------------------------
+# TODO(issue 15, config): move JOB_WAIT_MAX_PER_USER into infra.config.Settings; read here
+# with the same rules (integer, bounded, named in the error) until then.
+
+
+def max_waits_per_user(env: dict[str, str] | None = None) -> int:
+    """``JOB_WAIT_MAX_PER_USER``: concurrent waits per user, 0 turns waiting off (1000 at most)."""
+    raw = (os.environ if env is None else env).get("JOB_WAIT_MAX_PER_USER", "")
+    if raw.strip() == "":
+        return DEFAULT_MAX_PER_USER
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError("JOB_WAIT_MAX_PER_USER", f"expected an integer, got {raw!r}") from None
+    if not 0 <= value <= 1000:
+        raise ConfigError("JOB_WAIT_MAX_PER_USER", f"must be between 0 and 1000, got {value}")
+    return value
+
+
+# --- metrics -------------------------------------------------------------------------------
+
+
+def _waits_counter() -> Any:
+    return announce.metric("purser_job_waits", "Counter",
+                           "Requests with 'Prefer: wait', by how they ended: terminal (job ended in time), "
+                           "timeout (deadline), capped (answered at once: over the per-user cap or Redis failed)",
+                           labelnames=["outcome"])
+
+
+def _reads_counter() -> Any:
+    return announce.metric("purser_job_wait_store_reads", "Counter",
+                           "MongoDB reads made for waiting requests after their first read: one per "
+                           "announcement with local waiters, plus one per waiter that reads at its deadline")
+
+
+def _active_gauge() -> Any:
+    return announce.metric("purser_job_waits_active", "Gauge", "Requests waiting for their job right now",
+                           multiprocess_mode="livesum")
+
+
+def _lag_histogram() -> Any:
+    return announce.metric("purser_job_wait_answer_lag_seconds", "Histogram",
+                           "From the settler's announcement (just after the commit) to the waiting "
+                           "request's answer being ready in the web process",
+                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+
+
+def _hub_counter() -> Any:
+    return announce.metric("purser_job_wait_hub_events", "Counter",
+                           "Announcement subscriber events: message, subscribed, error",
+                           labelnames=["event"])
+
+
+def _count(get: Callable[[], Any], *labels: str, amount: float = 1) -> None:
+    try:
+        metric = get()
+        (metric.labels(*labels) if labels else metric).inc(amount)
+    except Exception:  # noqa: BLE001 - metrics never break an answer
+        log.debug("could not count", exc_info=True)
+
+
+def _observe(get: Callable[[], Any], value: float) -> None:
+    try:
+        get().observe(max(0.0, value))
+    except Exception:  # noqa: BLE001 - metrics never break an answer
+        log.debug("could not observe", exc_info=True)
+
+
+# --- the per-process hub ------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Waiter:
+    job_id: str
+    event: threading.Event = field(default_factory=threading.Event)
+    woken_at: float | None = None  # time.time() of the announcement that woke it
+    job: dict[str, Any] | None = None  # the job as read from MongoDB after its announcement
+
+    def wake(self, at: float | None = None, job: dict[str, Any] | None = None) -> None:
+        if self.woken_at is None:
+            self.woken_at = at
+        if job is not None:
+            self.job = job
+        self.event.set()
+
+    def take(self) -> dict[str, Any] | None:
+        job, self.job = self.job, None
+        return job
+
+
+# Reads the announced jobs that have local waiters: {job id: document}.
+Fetch = Callable[[list[str]], dict[str, dict[str, Any]]]
+FETCH_CHUNK = 50  # SecantusDB's $in cost grows with the square of its length (loadtest/seed.py)
+
+
+def fetch_jobs(ids: list[str]) -> dict[str, dict[str, Any]]:
+    from infra.mongo import get_db
+
+    found: dict[str, dict[str, Any]] = {}
+    jobs = get_db().jobs
+    for start in range(0, len(ids), FETCH_CHUNK):
+        for doc in jobs.find({"_id": {"$in": ids[start:start + FETCH_CHUNK]}}):
+            found[doc["_id"]] = doc
+    return found
+
+
+class WaitHub:
+    """One subscription to the announcements of one database, dispatching to local waiters.
+
+    Uses ``threading`` only: under gevent's monkey patching the listener is a greenlet
+    and the events are gevent events; under threads (tests with Flask's test client,
+    a gthread worker) a daemon thread.
+    """
+
+    def __init__(self, redis_url: str, channel: str, fetch: Fetch | None = None) -> None:
+        self.redis_url = redis_url
+        self.channel = channel
+        self.fetch = fetch
+        self._waiters: dict[str, set[Waiter]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.subscribed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.messages = 0
+
+    # registry
+    def register(self, job_id: str) -> Waiter:
+        waiter = Waiter(job_id)
+        with self._lock:
+            self._waiters.setdefault(job_id, set()).add(waiter)
+        self._ensure_started()
+        return waiter
+
+    def unregister(self, waiter: Waiter) -> None:
+        with self._lock:
+            group = self._waiters.get(waiter.job_id)
+            if group is not None:
+                group.discard(waiter)
+                if not group:
+                    del self._waiters[waiter.job_id]
+
+    def waiting(self) -> int:
+        with self._lock:
+            return sum(len(group) for group in self._waiters.values())
+
+    def dispatch(self, message: announce.Announcement) -> int:
+        """Wake the local waiters of the announced jobs; the number of waiters.
+
+        With a ``fetch``, the announced jobs that have waiters here are read from
+        MongoDB in ONE query (per 50 ids), off the listener, and each waiter gets its
+        document: a batch of 60 jobs is one read per web process, not 60. Without one
+        (or when it fails) the waiters are woken to read their job themselves.
+        """
+        with self._lock:
+            targets = [w for job_id, _ in message.jobs for w in self._waiters.get(job_id, ())]
+        if not targets:
+            return 0
+        if self.fetch is None:
+            self._wake(targets, message.published_at, {})
+        else:
+            threading.Thread(target=self._fetch_and_wake, args=(targets, message.published_at),
+                             name="purser-wait-fetch", daemon=True).start()
+        return len(targets)
+
+    def _fetch_and_wake(self, targets: list[Waiter], published_at: float) -> None:
+        docs: dict[str, dict[str, Any]] = {}
+        try:
+            assert self.fetch is not None
+            docs = self.fetch(sorted({w.job_id for w in targets}))
+            _count(_reads_counter)
+        except Exception:  # noqa: BLE001 - the waiters read for themselves
+            log.warning("could not read announced jobs; waiters read them one by one", exc_info=True)
+        self._wake(targets, published_at, docs)
+
+    @staticmethod
+    def _wake(targets: list[Waiter], published_at: float, docs: dict[str, dict[str, Any]]) -> None:
+        for waiter in targets:
+            waiter.wake(published_at, docs.get(waiter.job_id))
+
+    def wake_all(self) -> None:
+        with self._lock:
+            targets = [w for group in self._waiters.values() for w in group]
+        for waiter in targets:
+            waiter.wake()
+
+    # listener
+    def _ensure_started(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, name="purser-wait-hub", daemon=True)
+                self._thread.start()
+
+    def start(self) -> WaitHub:
+        self._ensure_started()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.subscribed.clear()
+        self.wake_all()
+
+    def _run(self) -> None:
+        backoff = RECONNECT_MIN
+        while not self._stop.is_set():
+            client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=2, socket_timeout=None,
+                                          socket_keepalive=True, health_check_interval=30)
+            pubsub = client.pubsub(ignore_subscribe_messages=False)
+            try:
+                pubsub.subscribe(self.channel)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=LISTEN_TIMEOUT)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        # Anything announced before this instant is covered by one read of
+                        # every current waiter: no announcement can be lost unseen.
+                        self.subscribed.set()
+                        backoff = RECONNECT_MIN
+                        _count(_hub_counter, "subscribed")
+                        self.wake_all()
+                    elif message["type"] == "message":
+                        self.messages += 1
+                        decoded = announce.decode(message["data"])
+                        if decoded is not None:
+                            self.dispatch(decoded)
+                        _count(_hub_counter, "message")
+            except Exception as exc:  # noqa: BLE001 - reconnect whatever went wrong
+                self.subscribed.clear()
+                _count(_hub_counter, "error")
+                if not self._stop.is_set():
+                    log.warning("announcement subscription lost; reconnecting",
+                                extra={"error": f"{type(exc).__name__}: {exc}"[:300], "retryIn": backoff})
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, RECONNECT_MAX)
+            finally:
+                try:
+                    pubsub.close()
+                    client.close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+
+_hub: WaitHub | None = None
+_hub_key: tuple[int, str, str] | None = None
+_hub_lock = threading.Lock()
+
+
+def get_hub() -> WaitHub:
+    """This process's hub (a new one after fork or when the settings changed)."""
+    global _hub, _hub_key
+    settings = get_settings()
+    key = (os.getpid(), settings.redis_url, announce.channel(settings.mongodb_db))
+    if _hub is not None and _hub_key == key:
+        return _hub
+    with _hub_lock:
+        if _hub is None or _hub_key != key:
+            if _hub is not None and _hub_key is not None and _hub_key[0] == os.getpid():
+                _hub.stop()
+            _hub = WaitHub(key[1], key[2], fetch_jobs)
+            _hub_key = key
+    return _hub
+
+
+# --- the per-user cap -----------------------------------------------------------------------
+
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+_scripts: dict[int, Any] = {}
+
+
+def _cap_key(user_id: str) -> str:
+    return f"purser:waits:{get_settings().mongodb_db}:{user_id}"
+
+
+def acquire_slot(client: redis.Redis, user_id: str, seconds: float, cap: int) -> str | None:
+    """A wait slot for ``user_id`` (its token) or None when ``cap`` waits are running."""
+    if cap <= 0:
+        return None
+    script = _scripts.get(id(client))
+    if script is None:
+        script = _scripts[id(client)] = client.register_script(_ACQUIRE)
+    now_ms = int(time.time() * 1000)
+    expires_ms = now_ms + int((seconds + CAP_GRACE_SECONDS) * 1000)
+    token = uuid.uuid4().hex
+    ok = script(keys=[_cap_key(user_id)], args=[now_ms, expires_ms, token, cap, expires_ms - now_ms])
+    return token if ok == 1 else None
+
+
+def release_slot(client: redis.Redis, user_id: str, token: str) -> None:
+    try:
+        client.zrem(_cap_key(user_id), token)
+    except Exception:  # noqa: BLE001 - the entry expires at its deadline anyway
+        log.debug("could not release a wait slot", exc_info=True)
+
+
+# --- one wait ---------------------------------------------------------------------------------
+
+@dataclass
+class WaitResult:
+    job: dict[str, Any]
+    applied: bool  # False: answered at once (cap reached, Redis failed): no Preference-Applied
+    outcome: str  # terminal | timeout | capped | immediate
+    woken_at: float | None = None
+
+
+def wait_for_job(
+    job_id: str,
+    user_id: str,
+    seconds: float,
+    first_read: Callable[[], dict[str, Any]],
+    reread: Callable[[], dict[str, Any] | None],
+) -> WaitResult:
+    """Wait up to ``seconds`` for job ``job_id`` to become terminal.
+
+    ``first_read`` reads (and authorises) the job: it is called AFTER the waiter is
+    registered, so an announcement made between that read and the sleep still wakes
+    it. ``reread`` reads the job again, once after each wake-up (normally once).
+    Exceptions of ``first_read`` (404) propagate.
+    """
+    deadline = time.monotonic() + seconds
+    hub = get_hub()
+    waiter = hub.register(job_id)
+    try:
+        job = first_read()
+        if job["status"] in TERMINAL:
+            return WaitResult(job, True, "immediate")
+        from infra.redis_client import get_redis
+
+        client = get_redis()
+        try:
+            token = acquire_slot(client, user_id, seconds, max_waits_per_user())
+        except Exception as exc:  # noqa: BLE001 - cannot count waits: do not hold the request
+            log.warning("could not count a wait; answering at once",
+                        extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+            token = None
+        if token is None:
+            _count(_waits_counter, "capped")
+            return WaitResult(job, False, "capped")
+        active = _active_gauge()
+        active.inc()
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining > 0:
+                    waiter.event.wait(remaining)
+                # Cleared before reading: an announcement after this read sets it again.
+                waiter.event.clear()
+                fetched = waiter.take()  # read by the hub after this job's announcement
+                if fetched is not None:
+                    job = fetched
+                else:
+                    _count(_reads_counter)
+                    job = reread() or job
+                if job["status"] in TERMINAL:
+                    _count(_waits_counter, "terminal")
+                    if waiter.woken_at is not None:
+                        _observe(_lag_histogram, time.time() - waiter.woken_at)
+                    return WaitResult(job, True, "terminal", waiter.woken_at)
+                if time.monotonic() >= deadline:
+                    _count(_waits_counter, "timeout")
+                    return WaitResult(job, True, "timeout", waiter.woken_at)
+                # Woken by a (re)subscription, not by this job's announcement: sleep on.
+        finally:
+            active.dec()
+            release_slot(client, user_id, token)
+    finally:
+        hub.unregister(waiter)
