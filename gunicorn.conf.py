@@ -6,9 +6,18 @@ from pathlib import Path
 
 bind = os.environ.get("WEB_BIND") or f"127.0.0.1:{os.environ.get('PORT', '5000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# gevent (default): every request is a greenlet, so a client waiting on its job
+# ('Prefer: wait', api/waits.py) holds no thread; worker_connections bounds the
+# concurrent connections of one process. gthread (WEB_THREADS per process) is kept
+# for comparison: there each waiting client holds one of the threads.
+worker_class = os.environ.get("WEB_WORKER_CLASS", "gevent")
+if worker_class not in ("gevent", "gthread", "sync"):
+    raise SystemExit(f"purser: configuration error: WEB_WORKER_CLASS: expected gevent, gthread or sync, "
+                     f"got {worker_class!r}")
+worker_connections = int(os.environ.get("WEB_WORKER_CONNECTIONS", "1000"))
 threads = int(os.environ.get("WEB_THREADS", "8"))
-# Request handlers mostly wait on MongoDB and Redis, so threads are cheap concurrency.
-worker_class = "gthread" if threads > 1 else "sync"
+if worker_class == "gthread" and threads <= 1:
+    worker_class = "sync"
 timeout = 30
 graceful_timeout = 10
 # The app writes its own structured access log line per request.
@@ -52,6 +61,11 @@ def on_starting(server):
 
 
 def post_fork(server, worker):
+    if worker_class == "gevent":
+        # Before anything below imports pymongo or creates a lock (infra/gevent_support.py).
+        from infra.gevent_support import patch_worker
+
+        patch_worker()
     # PyMongo is not fork-safe: drop any client inherited from the master.
     try:
         from infra.mongo import reset_client
@@ -59,6 +73,16 @@ def post_fork(server, worker):
         server.log.warning("post_fork: MongoDB client not reset (%s)", exc)
         return
     reset_client()
+
+
+def post_worker_init(worker):
+    # Subscribe to job announcements before the first request waits (api/waits.py).
+    try:
+        from api.waits import get_hub
+
+        get_hub().start()
+    except Exception as exc:  # noqa: BLE001 - waits start the hub themselves; never block boot
+        worker.log.warning("post_worker_init: announcement hub not started (%s)", exc)
 
 
 def child_exit(server, worker):
