@@ -209,3 +209,17 @@ class Problem(BaseModel):
     detail: str
     code: str
     requestId: str | None
+
+
+# The request body that asks for each operation kind (None: never requested over HTTP,
+# e.g. renewals, which the subscription tick issues). tests/unit/test_operation_registry.py
+# fails when a kind in ledger.operations.OPERATION_TYPES is missing here.
+OPERATION_REQUESTS: dict[str, type[BaseModel] | None] = {
+    "transfer": TransferIn,
+    "unlock": UnlockIn,
+    "subscribe": SubscribeIn,
+    "renew": None,
+    "gift": GiftIn,
+    "topup": WebhookIn,
+    "credit": CreditIn,
+}

@@ -95,7 +95,16 @@ class ApiClient:
             if r.json["status"] in ("settled", "failed") or time.monotonic() > deadline:
                 return r.json
 
-    def balance(self, token: str) -> int:
-        r = self.request("GET", "/api/wallet/balance", token=token)
-        assert r.status == 200, r
-        return r.json["balance"]
+    def balance(self, token: str, timeout: float = 30.0) -> int:
+        """The spendable balance once every credit settled for the wallet was applied.
+
+        A credit from another partition's batch shows as ``incoming`` until the owner
+        partition applies it (sub-second); the tests assert final balances.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.request("GET", "/api/wallet/balance", token=token)
+            assert r.status == 200, r
+            if r.json.get("incoming", 0) == 0 or time.monotonic() > deadline:
+                return r.json["balance"]
+            time.sleep(0.05)

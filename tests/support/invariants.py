@@ -27,6 +27,9 @@ def assert_money_invariants(db: Database, *, accepted_job_ids: set[str] | None =
     """Sum of balances zero, no negative user wallet, balances equal the ledger,
     every job settled or failed exactly once (one transaction per settled job, one
     audit entry per terminal job), audit chains verify. Returns the figures."""
+    # Credits deferred by the last batches are applied within moments; the figures
+    # below compare balances with the ledger, so they are read once nothing moves.
+    wait_until_drained(db, timeout=30)
     rec = reconcile(db)
     assert rec.total_balance == 0, f"sum of balances is {rec.total_balance}"
     assert not rec.negative, f"negative user wallets: {rec.negative}"

@@ -1,0 +1,189 @@
+"""Issue 18: single-writer partitions, system-wallet buckets and deferred credits.
+
+Settled in this process (no doorbell is published, so the session worker leaves
+these partitions alone): the interleavings are chosen by the test, not by timing.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from pymongo import MongoClient, monitoring
+
+from ledger.money import SYSTEM_WALLETS
+from ledger.operations import Gift, Transfer, partition_of
+from ledger.routing import parse_bucket
+from services.queries import audit_entry_of, incoming_credits
+from services.reconcile import reconcile, system_balances
+from services.settlement import settle_partition
+from tests.settlement.settle_helpers import (
+    add_user,
+    apply_credits_here,
+    balances,
+    fund_here,
+    partitions,
+    queue_jobs,
+)
+from tests.support.invariants import assert_money_invariants
+
+
+def _settle(db: Any, partition: int) -> Any:
+    return settle_partition(db, partition, partitions=partitions(), batch_max=200)
+
+
+def test_a_cross_partition_credit_is_incoming_until_its_owner_applies_it(db):
+    sender, receiver = add_user(db, partition=0), add_user(db, partition=1)
+    fund_here(db, [sender], 100)
+    job = queue_jobs(db, [Transfer(sender, receiver, 30)])[0]
+
+    drained = _settle(db, 0)
+    assert drained.settled == 1 and drained.batches[0].credit_targets == {1}
+    # Settled and in the ledger, but not yet in the receiver's balance: it is "incoming".
+    assert db.jobs.find_one({"_id": job["_id"]})["status"] == "settled"
+    assert balances(db, [sender, receiver]) == {sender: 70, receiver: 0}
+    assert incoming_credits(db, receiver, partitions()) == 30
+    credit = db.credits.find_one({"to": 1, "applied": False})
+    assert credit["from"] == 0 and credit["amounts"] == [{"walletId": receiver, "amount": 30}]
+    # The ledger is true at this instant too: balance + unapplied credits == ledger.
+    mid = reconcile(db)
+    assert mid.ok, mid.as_dict()
+    assert mid.unapplied_credits == 30 and mid.total_balance == 0
+
+    applied = _settle(db, 1)
+    assert applied.batches[0].credits_applied == 1 and applied.settled == 0
+    assert balances(db, [sender, receiver]) == {sender: 70, receiver: 30}
+    assert incoming_credits(db, receiver, partitions()) == 0
+    assert db.credits.find_one({"_id": credit["_id"]})["applied"] is True
+    # The owner's audit block records the credit it applied.
+    block = db.auditlogs.find_one({"partition": 1, "creditsIn.creditId": credit["_id"]})
+    assert block is not None and block["jobs"] == []
+    assert_money_invariants(db)
+
+
+def test_a_credit_is_applied_exactly_once_by_concurrent_and_repeated_settlers(db):
+    sender, receiver = add_user(db, partition=2), add_user(db, partition=3)
+    fund_here(db, [sender], 500)
+    queue_jobs(db, [Transfer(sender, receiver, 7) for _ in range(20)])
+    _settle(db, 2)
+    seq_before = db.partitions.find_one({"_id": 3})["seq"] if db.partitions.find_one({"_id": 3}) else 0
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            for _ in range(3):
+                _settle(db, 3)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert balances(db, [sender, receiver]) == {sender: 360, receiver: 140}
+    assert db.credits.count_documents({"to": 3, "applied": True}) == 1
+    # One batch applied it; the eleven other drains found nothing and wrote nothing.
+    assert db.partitions.find_one({"_id": 3})["seq"] == seq_before + 1
+    assert_money_invariants(db)
+
+
+def test_system_wallets_are_per_partition_buckets_summing_to_the_platform_figure(db):
+    creator = add_user(db, partition=0)
+    fans = [add_user(db, partition=p) for p in range(4)]
+    fund_here(db, fans, 1000)
+    queue_jobs(db, [Gift(fan, creator, 333) for fan in fans])
+    for p in range(4):
+        _settle(db, p)
+    apply_credits_here(db)
+
+    buckets = {parse_bucket(w["_id"]): w["balance"] for w in db.wallets.find({"system": "platform:revenue"})}
+    # 333 coins split 8000/1500/500 -> creator 266, revenue 50, processing 17 (table, not split()).
+    assert {k: v for k, v in buckets.items()} == {("platform:revenue", p): 50 for p in range(4)}
+    totals = system_balances(db)
+    assert totals["platform:revenue"] == 200 and totals["platform:processing"] == 68
+    assert totals["external:funding"] == -4000
+    assert balances(db, [creator])[creator] == 4 * 266
+    assert set(totals) == set(SYSTEM_WALLETS)
+    assert_money_invariants(db)
+
+
+class _WalletWrites(monitoring.CommandListener):
+    """Records the wallet ids each ``update`` command on ``wallets`` targets."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "update" and event.command.get("update") == "wallets":
+            self.targets += [u["q"]["_id"] for u in event.command["updates"]]
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_a_partition_writes_only_the_balances_it_owns(db):
+    n = partitions()
+    creators = [add_user(db, partition=p) for p in range(n)]
+    fans = [add_user(db, partition=p) for p in range(n)]
+    fund_here(db, fans, 1000)
+    queue_jobs(db, [Gift(fan, creators[(i + 1) % n], 100) for i, fan in enumerate(fans)]
+               + [Transfer(fan, creators[(i + 2) % n], 10) for i, fan in enumerate(fans)])
+    listener = _WalletWrites()
+    client: MongoClient = MongoClient(db.client.address[0], db.client.address[1], retryWrites=False,
+                                      directConnection=True, event_listeners=[listener], tz_aware=True)
+    try:
+        mine = client[db.name]
+        for p in range(n):
+            listener.targets.clear()
+            _settle(mine, p)
+            owned = {w for w in listener.targets if (parse_bucket(w) or (None, partition_of(w, n)))[1] == p}
+            assert listener.targets and set(listener.targets) == owned, (p, listener.targets)
+    finally:
+        client.close()
+    apply_credits_here(db)
+    assert sum(balances(db, creators).values()) == n * (80 + 10)
+    assert_money_invariants(db)
+
+
+def test_settlers_of_different_partitions_never_conflict(db):
+    """Four settlers at once, every job crediting one creator and the platform: 0 retries."""
+    creator = add_user(db, partition=0)
+    fans = [add_user(db, partition=p) for p in (0, 1, 2, 3) for _ in range(5)]
+    fund_here(db, fans, 1000)
+    queue_jobs(db, [Gift(fan, creator, 10 + i) for i, fan in enumerate(fans) for _ in range(6)])
+    results: dict[int, Any] = {}
+    barrier = threading.Barrier(4)
+
+    def run(p: int) -> None:
+        barrier.wait()
+        results[p] = settle_partition(db, p, partitions=partitions(), batch_max=5)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sum(r.settled for r in results.values()) == len(fans) * 6
+    assert sum(b.retries for r in results.values() for b in r.batches) == 0
+    apply_credits_here(db)
+    assert_money_invariants(db)
+
+
+def test_a_job_points_at_the_audit_block_that_lists_it(db):
+    sender, receiver = add_user(db, partition=1), add_user(db, partition=1)
+    fund_here(db, [sender], 50)
+    jobs = queue_jobs(db, [Transfer(sender, receiver, 20) for _ in range(3)])
+    _settle(db, 1)
+    blocks = {audit_entry_of(db, j["_id"])[0]["seq"] for j in jobs}
+    assert len(blocks) == 1  # one batch, one block
+    entry, record = audit_entry_of(db, jobs[2]["_id"])
+    assert [r["outcome"] for r in entry["jobs"]] == ["settled", "settled", "failed"]
+    assert record["code"] == "INSUFFICIENT_FUNDS"
+    assert db.transactions.find_one({"_id": jobs[0]["_id"]})["auditSeq"] == entry["seq"]
+    assert_money_invariants(db)
