@@ -105,7 +105,9 @@ def init_sentry(process: str, settings: Settings | None = None) -> bool:
         before_send=before_send,
         before_breadcrumb=before_breadcrumb,
     )
-    sentry_sdk.set_tag("process", process)
+    # On the global scope: a gevent request greenlet starts with an empty context and
+    # would not see a tag set on this (main greenlet's) isolation scope.
+    sentry_sdk.get_global_scope().set_tag("process", process)
     _sentry_process = process
     log.info("sentry enabled", extra={"environment": settings.app_env, "release": settings.release})
     return True
