@@ -12,8 +12,10 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, g
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import PyMongoError
 from werkzeug.exceptions import HTTPException
+
+from services.idempotency import outcome_unknown
 
 log = logging.getLogger("purser.api")
 
@@ -85,9 +87,13 @@ def register_error_handlers(app: Flask) -> None:
             headers["Allow"] = ", ".join(sorted(valid))
         return problem(status, code, detail, title=title, headers=headers)
 
-    @app.errorhandler(ConnectionFailure)
-    def _store_unavailable(exc: ConnectionFailure) -> Response:
-        log.warning("store unreachable: %s", type(exc).__name__)
+    @app.errorhandler(PyMongoError)
+    def _store_unavailable(exc: PyMongoError) -> Response:
+        if not outcome_unknown(exc):
+            return _unexpected(exc)
+        # Unreachable, timed out or a write whose outcome is unknown: the client must
+        # retry with the same key (the idempotency claim was kept for exactly that).
+        log.warning("store unreachable or outcome unknown: %s", type(exc).__name__)
         return problem(503, "SERVICE_UNAVAILABLE", "A dependency is unavailable; retry with the same "
                        "Idempotency-Key.", headers={"Retry-After": "2"})
 

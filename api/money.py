@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Response, current_app, g, request
 from pydantic import BaseModel
-from pymongo.errors import ConnectionFailure, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 from api.errors import ApiError
 from infra.mongo import get_db
@@ -108,13 +108,12 @@ def accept(op: Operation, body: BaseModel | dict[str, Any], *, owner_id: str,
         body_text, headers = _job_response(job)
         if record is not None:
             idempotency.set_response(db, record, _stored(body_text, headers))
-    except ConnectionFailure:
-        # Outcome unknown: the server may have applied the insert. Keep the claim, so a
-        # retry with this key replays that job or, 30 s on, re-inserts the SAME job id;
-        # releasing it here would let a retry create a second job and charge twice.
-        raise
-    except Exception:
-        if record is not None:
+    except Exception as exc:
+        # Outcome unknown (network error, timeout, write concern error): the server may
+        # have applied the insert. Keep the claim, so a retry with this key replays that
+        # job or, 30 s on, re-inserts the SAME job id; releasing it would let a retry
+        # create a second job and charge twice. Known failures free the key.
+        if record is not None and not idempotency.outcome_unknown(exc):
             idempotency.release(db, record)
         raise
     ring_safely(ring, job["partition"], g.request_id, job["_id"])

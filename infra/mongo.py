@@ -18,6 +18,15 @@ from infra.config import get_settings
 _lock = threading.Lock()
 _client: MongoClient | None = None
 _pid: int | None = None
+_app_name = "purser"
+
+
+def set_app_name(name: str) -> None:
+    """Name this process's connections (server logs, ``currentOp``, fail points scoped by
+    ``appName``) and drop the current client so the next :func:`get_db` uses the name."""
+    global _app_name
+    _app_name = name
+    reset_client()
 
 
 def get_client() -> MongoClient:
@@ -33,7 +42,7 @@ def get_client() -> MongoClient:
                 connect=False,
                 serverSelectionTimeoutMS=5000,
                 connectTimeoutMS=3000,
-                appname="purser",
+                appname=_app_name,
             )
             _pid = os.getpid()
     return _client

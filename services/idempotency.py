@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, ExecutionTimeout, PyMongoError, WriteConcernError
 
 from ledger.timeutil import utcnow
 
@@ -68,3 +68,22 @@ def set_response(db: Database, record: dict[str, Any], response: dict[str, Any])
 def release(db: Database, record: dict[str, Any]) -> None:
     """Forget a claim whose job could not be stored, so the client may retry the key."""
     db.idempotency_keys.delete_one({"_id": record["_id"], "jobId": record["jobId"]})
+
+
+_UNKNOWN_LABELS = ("RetryableWriteError", "UnknownTransactionCommitResult", "NetworkError")
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """True when a failed write may nevertheless have been applied by the server.
+
+    A network error or timeout (the reply was lost), a write concern error (the write
+    ran, its replication is in doubt) or an error labelled as retryable says nothing
+    about whether the document exists. Only then must an idempotency claim be KEPT:
+    a retry with the same key then replays that job or, once the claim is stale,
+    re-inserts the SAME job id, and can never create a second job.
+    """
+    if isinstance(exc, ConnectionFailure | WriteConcernError | ExecutionTimeout):
+        return True
+    if isinstance(exc, PyMongoError):
+        return any(exc.has_error_label(label) for label in _UNKNOWN_LABELS)
+    return False
