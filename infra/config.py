@@ -3,6 +3,10 @@
 Every process (web, worker, beat, CLI) calls :func:`get_settings`. A bad value
 raises :class:`ConfigError` naming the variable; entry points turn it into a
 one-line message and exit status 2 instead of a traceback.
+
+``APP_ENV`` unset means ``production`` (fail closed): store URLs and secrets are
+required and nothing is generated. The dev launcher, the test suites and the
+benchmark stack set ``development``/``test`` explicitly.
 """
 
 from __future__ import annotations
@@ -32,9 +36,22 @@ class ConfigError(Exception):
         self.problem = problem
 
 
+# With APP_ENV unset a process runs as production: secrets and store URLs are
+# required and nothing is generated (fail closed). Dev and test set it explicitly.
+DEFAULT_APP_ENV = "production"
+
+# Test-only switches that must never reach a production process.
+TEST_ONLY_VARIABLES = ("PURSER_DUPLICATE_DOORBELLS",)
+
+# OWASP Password Storage Cheat Sheet, argon2id minimum: m = 19 MiB, t = 2, p = 1.
+ARGON2_MEMORY_KIB = 19 * 1024
+ARGON2_TIME_COST = 2
+ARGON2_PARALLELISM = 1
+
+
 @dataclass(frozen=True)
 class Settings:
-    app_env: str = "development"
+    app_env: str = DEFAULT_APP_ENV
     mongodb_uri: str = "mongodb://127.0.0.1:27017/?retryWrites=false"
     mongodb_db: str = "purser"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -52,6 +69,8 @@ class Settings:
     rate_limits_premium: str = "100/minute"
     rate_limits_creator: str = "500/minute"
     rate_limits_auth: str = "5/minute"
+    rate_limits_login_email: str = "5/15minutes"
+    rate_limits_login_address: str = "100/15minutes"
     rate_limits_webhook: str = "600/minute"
     trusted_proxies: int = 0
     idempotency_enabled: bool = True
@@ -68,6 +87,11 @@ class Settings:
     metrics_port: int = 9808
     metrics_address: str = "127.0.0.1"
     max_amount: int = 1_000_000_000
+    argon2_memory_kib: int = ARGON2_MEMORY_KIB
+    argon2_time_cost: int = ARGON2_TIME_COST
+    argon2_parallelism: int = ARGON2_PARALLELISM
+    password_hash_concurrency: int = 2
+    role_cache_seconds: int = 5
 
     @property
     def is_production(self) -> bool:
@@ -122,15 +146,19 @@ def _dev_secret(name: str, nbytes: int = 32) -> str:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build and validate :class:`Settings` from ``env`` (default ``os.environ``)."""
     env = os.environ if env is None else env
-    app_env = (env.get("APP_ENV") or "development").strip().lower()
+    app_env = (env.get("APP_ENV") or "").strip().lower() or DEFAULT_APP_ENV
     if app_env not in ENVIRONMENTS:
         raise ConfigError("APP_ENV", f"must be one of {', '.join(ENVIRONMENTS)}, got {app_env!r}")
     prod = app_env == "production"
+    if prod:
+        for name in TEST_ONLY_VARIABLES:
+            if env.get(name):
+                raise ConfigError(name, "is a test-only switch; unset it in production (APP_ENV unset = production)")
 
     mongodb_uri = (env.get("MONGODB_URI") or "").strip()
     if not mongodb_uri:
         if prod:
-            raise ConfigError("MONGODB_URI", "is required in production")
+            raise ConfigError("MONGODB_URI", "is required in production (APP_ENV unset = production)")
         mongodb_uri = Settings.mongodb_uri
     if not mongodb_uri.startswith(("mongodb://", "mongodb+srv://")):
         raise ConfigError("MONGODB_URI", "must start with mongodb:// or mongodb+srv://")
@@ -138,7 +166,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     redis_url = (env.get("REDIS_URL") or "").strip()
     if not redis_url:
         if prod:
-            raise ConfigError("REDIS_URL", "is required in production")
+            raise ConfigError("REDIS_URL", "is required in production (APP_ENV unset = production)")
         redis_url = Settings.redis_url
     if not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("REDIS_URL", "must start with redis://, rediss:// or unix://")
@@ -146,7 +174,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     jwt_secret = env.get("JWT_SECRET") or ""
     if prod:
         if not jwt_secret:
-            raise ConfigError("JWT_SECRET", "is required in production")
+            raise ConfigError("JWT_SECRET", "is required in production (APP_ENV unset = production)")
         if len(jwt_secret) < 32:
             raise ConfigError("JWT_SECRET", "must be at least 32 characters in production")
     elif not jwt_secret:
@@ -155,7 +183,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     webhook_secret = env.get("PROVIDER_WEBHOOK_SECRET") or ""
     if not webhook_secret:
         if prod:
-            raise ConfigError("PROVIDER_WEBHOOK_SECRET", "is required in production")
+            raise ConfigError("PROVIDER_WEBHOOK_SECRET", "is required in production (APP_ENV unset = production)")
         webhook_secret = _dev_secret("provider_webhook_secret")
     elif prod and len(webhook_secret) < 16:
         raise ConfigError("PROVIDER_WEBHOOK_SECRET", "must be at least 16 characters in production")
@@ -163,6 +191,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     flower_auth = env.get("FLOWER_BASIC_AUTH") or None
     if flower_auth is not None and (":" not in flower_auth or flower_auth.startswith(":")):
         raise ConfigError("FLOWER_BASIC_AUTH", "expected user:password")
+
+    argon2_parallelism = _int(env, "ARGON2_PARALLELISM", ARGON2_PARALLELISM, 1, 64)
+    # argon2 needs at least 8 KiB per lane; below 1 MiB is no protection at all.
+    argon2_memory_kib = _int(env, "ARGON2_MEMORY_KIB", ARGON2_MEMORY_KIB, max(1024, 8 * argon2_parallelism), 4 * 2**20)
 
     log_level = (env.get("LOG_LEVEL") or "INFO").strip().upper()
     if log_level not in LOG_LEVELS:
@@ -190,6 +222,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rate_limits_premium=_rate(env, "RATE_LIMITS_PREMIUM", "100/minute"),
         rate_limits_creator=_rate(env, "RATE_LIMITS_CREATOR", "500/minute"),
         rate_limits_auth=_rate(env, "RATE_LIMITS_AUTH", "5/minute"),
+        rate_limits_login_email=_rate(env, "RATE_LIMITS_LOGIN_EMAIL", "5/15minutes"),
+        rate_limits_login_address=_rate(env, "RATE_LIMITS_LOGIN_ADDRESS", "100/15minutes"),
         rate_limits_webhook=_rate(env, "RATE_LIMITS_WEBHOOK", "600/minute"),
         trusted_proxies=_int(env, "TRUSTED_PROXIES", 0, 0, 10),
         idempotency_enabled=_bool(env, "IDEMPOTENCY_ENABLED", True),
@@ -206,6 +240,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         metrics_port=_int(env, "WORKER_METRICS_PORT", 9808, 0, 65535),
         metrics_address=(env.get("WORKER_METRICS_ADDRESS") or "127.0.0.1").strip(),
         max_amount=_int(env, "MAX_AMOUNT", 1_000_000_000, 1, 10**15),
+        argon2_memory_kib=argon2_memory_kib,
+        argon2_time_cost=_int(env, "ARGON2_TIME_COST", ARGON2_TIME_COST, 1, 100),
+        argon2_parallelism=argon2_parallelism,
+        password_hash_concurrency=_int(env, "PASSWORD_HASH_CONCURRENCY", 2, 1, 256),
+        role_cache_seconds=_int(env, "ROLE_CACHE_SECONDS", 5, 0, 5),
     )
 
 
@@ -226,10 +265,10 @@ def reset_settings() -> None:
     _settings = None
 
 
-def settings_or_exit() -> Settings:
-    """Entry-point helper: one line on stderr and exit 2 on a configuration error."""
+def settings_or_exit(status: int = 2) -> Settings:
+    """Entry-point helper: one line on stderr and exit ``status`` (2) on a configuration error."""
     try:
         return get_settings()
     except ConfigError as exc:
-        print(f"purser: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        print(f"purser: configuration error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(status) from None

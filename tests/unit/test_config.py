@@ -190,3 +190,70 @@ def test_settings_or_exit_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     assert "JWT_SECRET" in lines[0]
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+# --- fail closed (issue 15) -------------------------------------------------------------
+
+
+def test_app_env_unset_is_production(var_dir: Path) -> None:
+    env = {k: v for k, v in PRODUCTION.items() if k != "APP_ENV"}
+    settings = load_settings(env)
+    assert settings.app_env == "production" and settings.is_production
+    assert load_settings({**env, "APP_ENV": ""}).is_production
+    assert not any(var_dir.iterdir()), "nothing may be generated in production"
+
+
+@pytest.mark.parametrize("name", ["MONGODB_URI", "REDIS_URL", "JWT_SECRET", "PROVIDER_WEBHOOK_SECRET"])
+def test_app_env_unset_requires_stores_and_secrets(name: str, var_dir: Path) -> None:
+    env = {k: v for k, v in PRODUCTION.items() if k not in ("APP_ENV", name)}
+    error = _error(env)
+    assert error.variable == name and "production" in error.problem
+    assert not (var_dir / "secrets").exists(), "no secret may be generated without APP_ENV"
+
+
+def test_empty_environment_names_the_first_missing_variable(var_dir: Path) -> None:
+    assert _error({}).variable == "MONGODB_URI"
+
+
+def test_duplicate_doorbells_switch_is_refused_in_production() -> None:
+    error = _error({**PRODUCTION, "PURSER_DUPLICATE_DOORBELLS": "1"})
+    assert error.variable == "PURSER_DUPLICATE_DOORBELLS"
+    env = {k: v for k, v in PRODUCTION.items() if k != "APP_ENV"}
+    assert _error({**env, "PURSER_DUPLICATE_DOORBELLS": "1"}).variable == "PURSER_DUPLICATE_DOORBELLS"
+
+
+def test_duplicate_doorbells_switch_is_allowed_in_test(var_dir: Path) -> None:
+    assert load_settings({"APP_ENV": "test", "PURSER_DUPLICATE_DOORBELLS": "1"}).app_env == "test"
+
+
+# --- password hashing, login limits, role cache -----------------------------------------
+
+
+def test_argon2_defaults_are_the_owasp_minimum(var_dir: Path) -> None:
+    settings = load_settings({"APP_ENV": "test"})
+    assert (settings.argon2_memory_kib, settings.argon2_time_cost, settings.argon2_parallelism) == (19456, 2, 1)
+    assert settings.password_hash_concurrency == 2
+    assert settings.role_cache_seconds == 5
+
+
+def test_argon2_parameters_are_read_and_bounded(var_dir: Path) -> None:
+    settings = load_settings({"APP_ENV": "test", "ARGON2_MEMORY_KIB": "47104", "ARGON2_TIME_COST": "1",
+                              "ARGON2_PARALLELISM": "2", "PASSWORD_HASH_CONCURRENCY": "4"})
+    assert (settings.argon2_memory_kib, settings.argon2_time_cost, settings.argon2_parallelism) == (47104, 1, 2)
+    assert settings.password_hash_concurrency == 4
+    for name, raw in (("ARGON2_MEMORY_KIB", "512"), ("ARGON2_TIME_COST", "0"), ("ARGON2_PARALLELISM", "0"),
+                      ("PASSWORD_HASH_CONCURRENCY", "0"), ("ARGON2_MEMORY_KIB", "lots")):
+        assert _error({"APP_ENV": "test", name: raw}).variable == name
+
+
+def test_role_cache_is_at_most_five_seconds(var_dir: Path) -> None:
+    assert load_settings({"APP_ENV": "test", "ROLE_CACHE_SECONDS": "0"}).role_cache_seconds == 0
+    assert _error({"APP_ENV": "test", "ROLE_CACHE_SECONDS": "6"}).variable == "ROLE_CACHE_SECONDS"
+
+
+def test_login_limits_have_defaults_and_are_validated(var_dir: Path) -> None:
+    settings = load_settings({"APP_ENV": "test"})
+    assert settings.rate_limits_login_email == "5/15minutes"
+    assert settings.rate_limits_login_address == "100/15minutes"
+    for name in ("RATE_LIMITS_LOGIN_EMAIL", "RATE_LIMITS_LOGIN_ADDRESS"):
+        assert _error({"APP_ENV": "test", name: "five"}).variable == name
