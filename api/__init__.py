@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 from flask import Flask, Response, g, request
@@ -18,9 +19,16 @@ MAX_BODY_BYTES = 16 * 1024
 
 access_log = logging.getLogger("purser.access")
 
+# Gunicorn's "App failed to load" status: a worker exiting with it makes the master
+# stop too, where any other status only gets the worker respawned, forever.
+GUNICORN_APP_LOAD_ERROR = 4
+
 
 def create_app(settings: Settings | None = None) -> Flask:
-    settings = settings or settings_or_exit()
+    """The Flask app; a configuration error is one line on stderr and the process stops."""
+    if settings is None:
+        under_gunicorn = "gunicorn.arbiter" in sys.modules
+        settings = settings_or_exit(GUNICORN_APP_LOAD_ERROR if under_gunicorn else 2)
     setup_logging(settings.log_level, settings.log_file, process="web",
                   max_bytes=settings.log_file_max_bytes, backups=settings.log_file_backups)
     app = Flask(__name__)

@@ -137,6 +137,8 @@ def banner(
 def build_env(root: Path, environ: Mapping[str, str]) -> tuple[dict[str, str], Path]:
     env = dict(environ)
     if not env.get("APP_ENV"):
+        # Unset means production to every Purser process (fail closed); the dev stack
+        # says development explicitly (generated dev secrets, debug route and tasks).
         env["APP_ENV"] = "development"
     var_dir = Path(env.get("PURSER_VAR_DIR") or root / "var").absolute()
     env["PURSER_VAR_DIR"] = str(var_dir)

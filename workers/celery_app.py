@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
 
 from celery import Celery
 from kombu import Queue
 
-from infra.config import Settings, settings_or_exit
+from infra.config import ConfigError, Settings, settings_or_exit
 from infra.queues import DEFAULT_QUEUE, partition_queue
+
+TASK_MODULES = ("tasks.settle", "tasks.maintenance", "tasks.subscriptions")
+# Registered only outside production (APP_ENV=development or test): debug.boom fails on
+# purpose (error-reporting checks), bench.noop measures the queue ceiling (make bench).
+TEST_TASK_MODULES = ("tasks.debug", "tasks.bench")
+
+
+def task_modules(settings: Settings) -> list[str]:
+    """The task modules a worker of ``settings`` loads: the test-only ones never in production."""
+    return list(TASK_MODULES) + ([] if settings.is_production else list(TEST_TASK_MODULES))
+
+
+def _check_flower(settings: Settings, argv: list[str]) -> None:
+    """Flower in production needs FLOWER_BASIC_AUTH (the Procfile passes it to --basic-auth)."""
+    if "flower" in argv[1:] and settings.is_production and not settings.flower_basic_auth:
+        error = ConfigError("FLOWER_BASIC_AUTH", "is required in production to run Flower (user:password)")
+        print(f"purser: configuration error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
 
 
 def create_celery(settings: Settings) -> Celery:
-    include = ["tasks.settle", "tasks.maintenance", "tasks.subscriptions", "tasks.bench"]
-    if not settings.is_production:
-        include.append("tasks.debug")  # debug.boom: fails on purpose, for error-reporting checks
-    app = Celery("purser", broker=settings.redis_url, include=include)
+    app = Celery("purser", broker=settings.redis_url, include=task_modules(settings))
     queues = [Queue(DEFAULT_QUEUE)] + [Queue(partition_queue(p)) for p in range(settings.ledger_partitions)]
     app.conf.update(
         # Money settings: a message is acknowledged only after its work committed, and
@@ -58,7 +74,9 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
-app = create_celery(settings_or_exit())
+_settings = settings_or_exit()
+_check_flower(_settings, sys.argv)
+app = create_celery(_settings)
 
 # Signal handlers (per-process clients, logging, Sentry, metrics) register on import.
 from workers import bootstrap  # noqa: E402,F401

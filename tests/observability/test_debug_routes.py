@@ -1,4 +1,4 @@
-"""The deliberate-failure route and task exist outside production only."""
+"""The deliberate-failure route and the test-only tasks exist outside production only."""
 
 from __future__ import annotations
 
@@ -27,8 +27,12 @@ def test_debug_task_is_only_loaded_outside_production(stack_env: dict[str, str])
     # the broker of that moment, and later tests in this process ring through it.
     from workers.celery_app import create_celery
 
-    assert "tasks.debug" in create_celery(dataclasses.replace(get_settings(), app_env="test")).conf.include
-    assert "tasks.debug" not in create_celery(dataclasses.replace(get_settings(), app_env="production")).conf.include
+    for app_env in ("test", "development"):
+        include = create_celery(dataclasses.replace(get_settings(), app_env=app_env)).conf.include
+        assert "tasks.debug" in include and "tasks.bench" in include
+    include = create_celery(dataclasses.replace(get_settings(), app_env="production")).conf.include
+    assert "tasks.debug" not in include and "tasks.bench" not in include
+    assert "tasks.settle" in include
 
 
 def test_metrics_and_debug_routes_are_not_in_the_openapi_document() -> None:
