@@ -67,10 +67,11 @@ def _register_hooks(app: Flask) -> None:
         g.request_id = context.clean_request_id(request.headers.get("X-Request-ID"))
         g.ctx_token = context.bind(requestId=g.request_id)
         g.principal = None
-        # Authenticate early so the rate limiter can key on the caller's tier. A bad
-        # token on a public route is still refused: a client should know it is broken.
+        # Authenticate early so the rate limiter can key on the caller's tier. The role
+        # is the stored one (cached <= ROLE_CACHE_SECONDS), never the token's claim:
+        # authorization and the admin exemption from rate limits follow a demotion.
         try:
-            g.principal = auth.bearer_principal(get_settings_for_app())
+            g.principal = auth.request_principal(get_settings_for_app())
         except ApiError as exc:
             # Public routes (login, register, webhook, health) ignore a broken token so a
             # client holding an expired one can still log in; protected routes raise it.

@@ -1,19 +1,33 @@
-"""JWT bearer authentication (HS256, algorithm pinned on verify)."""
+"""JWT bearer authentication (HS256, algorithm pinned on verify) and the stored role.
+
+The token proves who the caller is; what the caller may do comes from the role
+stored in the ``users`` collection, read through a small per-process cache
+(:func:`stored_role`, ``ROLE_CACHE_SECONDS``, at most 5 s). The request hook in
+``api/__init__.py`` builds ``g.principal`` with that stored role, so every
+authorization decision and the rate limiter's admin exemption follow a demotion
+within the cache time, however long the token still runs.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import dataclass
 
 import jwt
 from flask import g, request
+from pymongo.errors import PyMongoError
 
 from api.errors import ApiError
 from infra.config import Settings
 from ledger.money import is_user_id
 
+log = logging.getLogger("purser.auth")
+
 ALGORITHM = "HS256"
 _ROLES = {"free", "premium", "creator", "admin"}
+ROLE_CACHE_MAX_ENTRIES = 10_000
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,100 @@ def bearer_principal(settings: Settings) -> Principal | None:
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("Use 'Authorization: Bearer <token>'.")
     return decode_token(settings, token.strip())
+
+
+class RoleCache:
+    """Stored roles by user id for up to ``ttl`` seconds, per process, thread-safe.
+
+    ``None`` (no such user, or an account that is not active) is cached too, so a
+    token of a deleted account cannot make every request read MongoDB.
+    """
+
+    def __init__(self, max_entries: int = ROLE_CACHE_MAX_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[str | None, float]] = {}
+
+    def get(self, user_id: str, ttl: float) -> tuple[bool, str | None]:
+        """``(hit, role)``: a hit is an entry younger than ``ttl`` seconds."""
+        if ttl <= 0:
+            return False, None
+        with self._lock:
+            entry = self._entries.get(user_id)
+        if entry is not None and time.monotonic() - entry[1] < ttl:
+            return True, entry[0]
+        return False, None
+
+    def put(self, user_id: str, role: str | None, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if len(self._entries) >= self.max_entries and user_id not in self._entries:
+                self._entries = {k: v for k, v in self._entries.items() if now - v[1] < ttl}
+                if len(self._entries) >= self.max_entries:
+                    self._entries.clear()
+            self._entries[user_id] = (role, now)
+
+    def forget(self, user_id: str) -> None:
+        with self._lock:
+            self._entries.pop(user_id, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+ROLE_CACHE = RoleCache()
+
+
+def load_stored_role(user_id: str) -> str | None:
+    """The role stored for ``user_id``, or None (no such user, account not active, unknown role)."""
+    from infra.mongo import get_db
+
+    user = get_db().users.find_one({"_id": user_id}, {"role": 1, "accountStatus": 1})
+    if user is None or user.get("accountStatus", "active") != "active":
+        return None
+    role = user.get("role")
+    return role if role in _ROLES else None
+
+
+def stored_role(user_id: str, ttl: float) -> str | None:
+    """The stored role of ``user_id``, at most ``ttl`` seconds old (0: always read)."""
+    hit, role = ROLE_CACHE.get(user_id, ttl)
+    if hit:
+        return role
+    role = load_stored_role(user_id)
+    ROLE_CACHE.put(user_id, role, ttl)
+    return role
+
+
+def forget_role(user_id: str) -> None:
+    """Drop the cached role of ``user_id`` in this process (after a role change here)."""
+    ROLE_CACHE.forget(user_id)
+
+
+def with_stored_role(settings: Settings, principal: Principal) -> Principal:
+    """``principal`` with the stored role instead of the token's claim.
+
+    An account that no longer exists (or is not active) is 401; a store that cannot
+    be read is 503, never a fall back to the token's role.
+    """
+    try:
+        role = stored_role(principal.user_id, settings.role_cache_seconds)
+    except PyMongoError as exc:
+        log.warning("could not read the caller's stored role", extra={"error": type(exc).__name__})
+        raise ApiError(503, "SERVICE_UNAVAILABLE", "A dependency is unavailable; retry shortly.",
+                       headers={"Retry-After": "2"}) from None
+    if role is None:
+        raise _unauthorized("The account no longer exists.")
+    return principal if role == principal.role else Principal(principal.user_id, role)
+
+
+def request_principal(settings: Settings) -> Principal | None:
+    """The caller of this request with the stored role, or None when anonymous."""
+    principal = bearer_principal(settings)
+    return with_stored_role(settings, principal) if principal is not None else None
 
 
 def current() -> Principal:

@@ -79,12 +79,9 @@ def endpoint(
         @functools.wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             if auth_required:
-                principal = auth.current()
-                if roles:
-                    # The stored role is authoritative for privileged routes, so a
-                    # demotion takes effect before the caller's token expires.
-                    principal = auth.Principal(principal.user_id, _stored_role(principal.user_id))
-                auth.require_roles(principal, roles)
+                # g.principal carries the stored role (api/__init__.py), so a demotion
+                # takes effect before the caller's token expires.
+                auth.require_roles(auth.current(), roles)
             if idempotent:
                 # Checked before the body so a client learns about the key first.
                 from api.money import idempotency_key
@@ -116,11 +113,13 @@ def endpoint(
 
 
 def _stored_role(user_id: str) -> str:
-    from infra.mongo import get_db
-    user = get_db().users.find_one({"_id": user_id}, {"role": 1})
-    if user is None:
+    """The stored role of ``user_id`` (cached briefly, see :func:`api.auth.stored_role`); 401 if none."""
+    from api import get_settings_for_app
+
+    role = auth.stored_role(user_id, get_settings_for_app().role_cache_seconds)
+    if role is None:
         raise auth.ApiError(401, "UNAUTHORIZED", "The account no longer exists.")
-    return user["role"]
+    return role
 
 
 _PATH_PARAM = re.compile(r"<(?:[a-z]+:)?([A-Za-z_]+)>")

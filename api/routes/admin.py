@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
-from api.auth import current
+from api.auth import current, forget_role
 from api.errors import ApiError
 from api.jsonbody import parse_body
 from api.money import accept
@@ -35,6 +35,7 @@ def set_role(userId: str) -> Any:  # noqa: N803
     user = users.set_role(get_db(), _user_id(userId), body.role)
     if user is None:
         raise ApiError(404, "USER_NOT_FOUND", "No such user.")
+    forget_role(userId)  # this process at once; the others within ROLE_CACHE_SECONDS
     return jsonify(users.user_view(user))
 
 
