@@ -9,10 +9,11 @@ from typing import Any
 from celery import signals
 
 from infra import context
+from infra import queues as heartbeats
 from infra.config import get_settings
 from infra.logging_setup import setup_logging
 from infra.mongo import reset_client
-from infra.queues import UNKNOWN_QUEUES, WORKER_HEARTBEAT_PREFIX, WORKER_HEARTBEAT_TTL
+from infra.queues import UNKNOWN_QUEUES, WORKER_HEARTBEAT_TTL
 from infra.redis_client import reset_redis
 
 log = logging.getLogger("purser.worker")
@@ -88,7 +89,7 @@ def _heartbeat_loop(name: str, queues: str, stop: Any) -> None:
     from infra.redis_client import get_redis
     while not stop.is_set():
         try:
-            get_redis().set(WORKER_HEARTBEAT_PREFIX + name, queues, ex=WORKER_HEARTBEAT_TTL)
+            heartbeats.beat(get_redis(), name, queues)
         except Exception:  # noqa: BLE001 - Redis may be down; readiness will say so
             log.debug("worker heartbeat failed", exc_info=True)
         stop.wait(WORKER_HEARTBEAT_TTL / 3)
@@ -96,10 +97,11 @@ def _heartbeat_loop(name: str, queues: str, stop: Any) -> None:
 
 @signals.worker_ready.connect
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
-    """Readiness sees a worker through this key, without a broadcast round trip.
+    """Readiness sees a worker through its heartbeat, without a broadcast round trip.
 
-    The value lists the queues the node consumes, so readiness can tell a ledger
-    worker from the housekeeping one (which alone would leave money unsettled).
+    The node beats into the sorted set of its role, chosen from the queues it
+    consumes, so readiness can tell a ledger worker from the housekeeping one
+    (which alone would leave money unsettled) with one ZCOUNT (infra/queues.py).
     """
     import threading
     global _heartbeat_stop
@@ -124,6 +126,6 @@ def _stop_heartbeat(sender: Any = None, **_: Any) -> None:
         _heartbeat_stop.set()
     try:
         from infra.redis_client import get_redis
-        get_redis().delete(WORKER_HEARTBEAT_PREFIX + (getattr(sender, "hostname", None) or "worker"))
+        heartbeats.forget(get_redis(), getattr(sender, "hostname", None) or "worker")
     except Exception:  # noqa: BLE001
         pass

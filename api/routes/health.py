@@ -1,16 +1,24 @@
-"""Liveness and readiness."""
+"""Liveness and readiness.
+
+Readiness tells anyone whether this instance can serve: check names and booleans.
+Timings, worker names and error text are for callers whose *stored* role is admin
+(an exception message can carry host names, store addresses or library versions).
+Every check is bounded: a ping each to MongoDB and Redis, and one ``ZCOUNT`` over
+the ledger workers' heartbeats (``infra/queues.py``), never a keyspace scan.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, g, jsonify
 
 from api.schemas import HealthOut
 from api.spec import endpoint
+from infra import queues
 from infra.mongo import get_client
-from infra.queues import WORKER_HEARTBEAT_PREFIX, consumes_ledger
 from infra.redis_client import get_redis
 
 bp = Blueprint("health", __name__, url_prefix="/api")
@@ -23,7 +31,7 @@ def health() -> Any:
     return jsonify(status="ok", version=VERSION)
 
 
-def _timed(check: Any) -> dict[str, Any]:
+def _timed(check: Callable[[], str]) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         detail = check()
@@ -43,26 +51,34 @@ def _redis() -> str:
     return "ping ok"
 
 
-def _worker() -> str:
-    redis = get_redis()
-    keys = list(redis.scan_iter(match=WORKER_HEARTBEAT_PREFIX + "*", count=100))
-    if not keys:
-        raise RuntimeError("no live Celery worker heartbeat")
-    # A key that expired between the scan and the read comes back None: not a live worker.
-    beats = {k.decode()[len(WORKER_HEARTBEAT_PREFIX):]: (v or b"").decode()
-             for k, v in zip(keys, redis.mget(keys), strict=True)}
-    settlers = sorted(name for name, queues in beats.items() if consumes_ledger(queues))
-    if not settlers:
-        raise RuntimeError(f"no live worker consumes the ledger queues (live: {', '.join(sorted(beats)[:5])})")
-    return f"{len(beats)} worker(s), {len(settlers)} settling: {', '.join(sorted(beats)[:5])}"
+def _worker_check(detailed: bool) -> Callable[[], str]:
+    def check() -> str:
+        live = queues.live_workers(get_redis(), names=queues.HEARTBEAT_NAMES_SHOWN if detailed else 0)
+        if not detailed:
+            if live.ledger < 1:
+                raise RuntimeError("no live worker consumes the ledger queues")
+            return ""
+        names = ", ".join(live.ledger_names + live.other_names)
+        if live.ledger < 1:
+            raise RuntimeError(f"no live worker consumes the ledger queues (live: {names or 'none'})")
+        return f"{live.ledger + (live.other or 0)} worker(s), {live.ledger} settling: {names}"
+    return check
+
+
+def _caller_is_admin() -> bool:
+    principal = getattr(g, "principal", None)  # carries the stored role (api/__init__.py)
+    return principal is not None and principal.is_admin
 
 
 @endpoint(bp, "GET", "/health/ready", summary="Readiness: MongoDB, Redis and a live worker",
           auth_required=False, limited=False, errors=(503,))
 def ready() -> Any:
+    detailed = _caller_is_admin()
     checks = {"mongodb": _timed(_mongo), "redis": _timed(_redis)}
-    checks["worker"] = _timed(_worker) if checks["redis"]["ok"] else {
+    checks["worker"] = _timed(_worker_check(detailed)) if checks["redis"]["ok"] else {
         "ok": False, "ms": 0, "detail": "redis unavailable"}
+    if not detailed:
+        checks = {name: {"ok": c["ok"]} for name, c in checks.items()}
     failing = [name for name, c in checks.items() if not c["ok"]]
     if failing:
         from api.errors import problem

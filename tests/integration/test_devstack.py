@@ -379,9 +379,10 @@ def _money_round_trip(launch: _Launch, var_dir: Path) -> None:
     assert api.balance(user["token"]) == 500
     match = re.search(r"Redis\s+(redis://\S+)", launch.output())
     assert match, launch.output()[-4000:]
-    beats = redis.Redis.from_url(match.group(1)).keys("purser:worker:*")
-    nodes = sorted(k.decode().split(":", 2)[2].split("@")[0] for k in beats)
-    assert nodes == ["housekeeping", "worker"], nodes
+    client = redis.Redis.from_url(match.group(1))
+    roles = {role: sorted(m.decode().split("@")[0] for m in client.zrange(f"purser:heartbeats:{role}", 0, -1))
+             for role in ("ledger", "other")}
+    assert roles == {"ledger": ["worker"], "other": ["housekeeping"]}, roles
 
 
 @pytest.mark.slow
@@ -393,7 +394,8 @@ def test_launcher_runs_stack_and_stops_cleanly(tmp_path: Path) -> None:
     try:
         first.wait_ready()
         out = first.output()
-        for needle in ("/api/health/ready", "/api/openapi.json", "Flower", "Ctrl-C"):
+        # APP_ENV was not given: the launcher says development (unset would be production).
+        for needle in ("/api/health/ready", "/api/openapi.json", "Flower", "Ctrl-C", "APP_ENV=development"):
             assert needle in out, f"banner lacks {needle!r}"
         password = secret_file.read_text().strip().partition(":")[2]
         assert password and password in out
