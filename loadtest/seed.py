@@ -96,9 +96,9 @@ def password_hash() -> str:
     """The argon2 hash of :data:`PASSWORD`, with the hasher settings of ``services.users``."""
     global _hash
     if _hash is None:
-        from services.users import _hasher
+        from services.users import hash_password
 
-        _hash = _hasher.hash(PASSWORD)
+        _hash = hash_password(PASSWORD)
     return _hash
 
 

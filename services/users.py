@@ -1,27 +1,110 @@
-"""Users, their wallets, roles and credentials."""
+"""Users, their wallets, roles and credentials.
+
+Passwords are argon2id with the parameters of the configuration (``ARGON2_*``,
+OWASP's minimum by default: 19 MiB, 2 passes, 1 lane). A hash made with other
+parameters is re-made at the next successful login. Every hash and verification
+takes one of ``PASSWORD_HASH_CONCURRENCY`` slots of this process, so a login
+burst queues for a slot instead of allocating the hash memory once per request
+thread.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 from bson import ObjectId
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from infra.config import Settings, get_settings
 from ledger.timeutil import utcnow
 
+log = logging.getLogger("purser.users")
+
 ROLES = ("free", "premium", "creator", "admin")
-_hasher = PasswordHasher()  # argon2id with the library's current defaults
-# Verifying against a fixed hash for unknown emails keeps the timing of a wrong
-# email and a wrong password alike, so login does not reveal which emails exist.
-_DUMMY_HASH = _hasher.hash("purser-dummy-password")
+# Longest a request waits for a hashing slot before it is answered 503 (busy).
+HASH_WAIT_SECONDS = 10.0
+_DUMMY_PASSWORD = "purser-dummy-password"
+
+_lock = threading.Lock()
+_hashers: dict[tuple[int, int, int], tuple[PasswordHasher, str]] = {}
+_slots: tuple[int, threading.BoundedSemaphore] | None = None
 
 
 class EmailTaken(Exception):
     pass
+
+
+class HashingBusy(Exception):
+    """No password-hashing slot freed within :data:`HASH_WAIT_SECONDS`."""
+
+
+def _params(settings: Settings) -> tuple[int, int, int]:
+    return settings.argon2_memory_kib, settings.argon2_time_cost, settings.argon2_parallelism
+
+
+def _hasher_and_dummy(settings: Settings) -> tuple[PasswordHasher, str]:
+    key = _params(settings)
+    found = _hashers.get(key)
+    if found is None:
+        with _lock:
+            found = _hashers.get(key)
+            if found is None:
+                memory, time_cost, parallelism = key
+                argon = PasswordHasher(time_cost=time_cost, memory_cost=memory, parallelism=parallelism,
+                                       type=Type.ID)
+                # Verifying against a fixed hash of the same parameters for unknown emails keeps
+                # the timing of a wrong email and a wrong password alike (no account discovery).
+                found = (argon, argon.hash(_DUMMY_PASSWORD))
+                _hashers[key] = found
+    return found
+
+
+def hasher(settings: Settings | None = None) -> PasswordHasher:
+    """The argon2id hasher of the configured parameters (one per parameter set)."""
+    return _hasher_and_dummy(settings or get_settings())[0]
+
+
+def _semaphore(size: int) -> threading.BoundedSemaphore:
+    global _slots
+    slots = _slots
+    if slots is None or slots[0] != size:
+        with _lock:
+            if _slots is None or _slots[0] != size:
+                _slots = (size, threading.BoundedSemaphore(size))
+            slots = _slots
+    return slots[1]
+
+
+@contextmanager
+def hashing_slot(settings: Settings | None = None, wait: float | None = None) -> Iterator[None]:
+    """Hold one of the process's ``PASSWORD_HASH_CONCURRENCY`` slots.
+
+    Raises :class:`HashingBusy` when none frees within ``wait`` seconds
+    (default :data:`HASH_WAIT_SECONDS`).
+    """
+    settings = settings or get_settings()
+    semaphore = _semaphore(settings.password_hash_concurrency)
+    if not semaphore.acquire(timeout=HASH_WAIT_SECONDS if wait is None else wait):
+        raise HashingBusy()
+    try:
+        yield
+    finally:
+        semaphore.release()
+
+
+def hash_password(password: str, settings: Settings | None = None) -> str:
+    """An argon2id hash of ``password`` with the configured parameters (takes a hashing slot)."""
+    settings = settings or get_settings()
+    with hashing_slot(settings):
+        return hasher(settings).hash(password)
 
 
 def normalise_email(email: str) -> str:
@@ -29,13 +112,14 @@ def normalise_email(email: str) -> str:
 
 
 def create_user(db: Database, email: str, password: str, *, role: str = "free",
-                display_name: str | None = None, now: datetime | None = None) -> dict[str, Any]:
+                display_name: str | None = None, now: datetime | None = None,
+                settings: Settings | None = None) -> dict[str, Any]:
     """Create the user and the wallet; refuse a taken email."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
     now = now or utcnow()
     user_id = str(ObjectId())
-    user = {"_id": user_id, "email": normalise_email(email), "passwordHash": _hasher.hash(password),
+    user = {"_id": user_id, "email": normalise_email(email), "passwordHash": hash_password(password, settings),
             "role": role, "displayName": display_name, "accountStatus": "active", "createdAt": now}
     try:
         db.users.insert_one(user)
@@ -47,13 +131,35 @@ def create_user(db: Database, email: str, password: str, *, role: str = "free",
     return user
 
 
-def authenticate(db: Database, email: str, password: str) -> dict[str, Any] | None:
+def authenticate(db: Database, email: str, password: str,
+                 settings: Settings | None = None) -> dict[str, Any] | None:
+    """The active user with this email and password, or None; re-hashes an outdated hash."""
+    settings = settings or get_settings()
+    argon, dummy = _hasher_and_dummy(settings)
     user = db.users.find_one({"email": normalise_email(email), "accountStatus": "active"})
-    try:
-        _hasher.verify(user["passwordHash"] if user else _DUMMY_HASH, password)
-    except (VerificationError, InvalidHashError):
-        return None
+    stored = user["passwordHash"] if user else dummy
+    rehashed: str | None = None
+    with hashing_slot(settings):
+        try:
+            argon.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return None
+        if user is None:
+            return None
+        if argon.check_needs_rehash(stored):
+            rehashed = argon.hash(password)
+    if rehashed is not None:
+        _store_rehash(db, user, stored, rehashed)
     return user
+
+
+def _store_rehash(db: Database, user: dict[str, Any], old: str, new: str) -> None:
+    # Conditional on the old hash: a password changed meanwhile is not overwritten.
+    try:
+        db.users.update_one({"_id": user["_id"], "passwordHash": old}, {"$set": {"passwordHash": new}})
+        user["passwordHash"] = new
+    except PyMongoError as exc:  # the login itself succeeded; the next one retries
+        log.warning("could not store a re-hashed password", extra={"error": type(exc).__name__})
 
 
 def get_user(db: Database, user_id: str) -> dict[str, Any] | None:

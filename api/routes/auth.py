@@ -11,31 +11,47 @@ from api.errors import ApiError
 from api.jsonbody import parse_body
 from api.schemas import LoginIn, MeOut, RegisterIn, TokenOut, UserOut
 from api.spec import endpoint
+from infra.config import Settings
 from infra.mongo import get_db
 from services import users
 
 bp = Blueprint("auth", __name__, url_prefix="/api")
 
 
+def _settings() -> Settings:
+    return current_app.config["PURSER"]
+
+
+def _busy() -> ApiError:
+    return ApiError(503, "SERVICE_UNAVAILABLE", "Too many logins in progress; retry shortly.",
+                    headers={"Retry-After": "1"})
+
+
 @endpoint(bp, "POST", "/auth/register", summary="Create an account (role free) and its wallet",
-          body=RegisterIn, response=UserOut, status=201, errors=(409,), auth_required=False)
+          body=RegisterIn, response=UserOut, status=201, errors=(409, 503), auth_required=False)
 def register() -> Any:
     body = parse_body(RegisterIn)
     try:
-        user = users.create_user(get_db(), body.email, body.password, display_name=body.displayName)
+        user = users.create_user(get_db(), body.email, body.password, display_name=body.displayName,
+                                 settings=_settings())
     except users.EmailTaken:
         raise ApiError(409, "EMAIL_TAKEN", "An account with this email already exists.") from None
+    except users.HashingBusy:
+        raise _busy() from None
     return jsonify(users.user_view(user)), 201
 
 
 @endpoint(bp, "POST", "/auth/login", summary="Exchange email and password for a bearer token",
-          body=LoginIn, response=TokenOut, errors=(401,), auth_required=False)
+          body=LoginIn, response=TokenOut, errors=(401, 503), auth_required=False)
 def login() -> Any:
     body = parse_body(LoginIn)
-    user = users.authenticate(get_db(), body.email, body.password)
+    try:
+        user = users.authenticate(get_db(), body.email, body.password, settings=_settings())
+    except users.HashingBusy:
+        raise _busy() from None
     if user is None:
         raise ApiError(401, "INVALID_CREDENTIALS", "Email or password is wrong.")
-    token, ttl = tokens.issue_token(current_app.config["PURSER"], user["_id"], user["role"])
+    token, ttl = tokens.issue_token(_settings(), user["_id"], user["role"])
     return jsonify(accessToken=token, tokenType="Bearer", expiresIn=ttl)
 
 

@@ -229,3 +229,95 @@ def test_create_admin_cli_creates_and_promotes(api, stack_env):
 
     short = _create_admin(stack_env, _email(), "-", stdin="short\n")
     assert short.returncode != 0 and "at least 8" in short.stderr
+
+
+# --- password hashing (issue 15) ----------------------------------------------------
+
+
+OWASP_PREFIX = "$argon2id$v=19$m=19456,t=2,p=1$"
+
+
+def test_passwords_are_hashed_with_the_configured_owasp_minimum(api):
+    email = _email()
+    user_id = _register(api, {"email": email, "password": PASSWORD}).json["userId"]
+    assert api.db.users.find_one({"_id": user_id})["passwordHash"].startswith(OWASP_PREFIX)
+
+
+def test_login_rehashes_a_hash_made_with_other_parameters(api):
+    from argon2 import PasswordHasher
+
+    user = api.user()
+    old = PasswordHasher(memory_cost=65536, time_cost=3, parallelism=4).hash(PASSWORD)  # the former defaults
+    api.db.users.update_one({"_id": user.id}, {"$set": {"passwordHash": old}})
+    # A wrong password proves nothing: the hash stays as it is.
+    assert_problem(_login(api, user.email, PASSWORD + "x"), 401, "INVALID_CREDENTIALS")
+    assert api.db.users.find_one({"_id": user.id})["passwordHash"] == old
+    assert _login(api, user.email, PASSWORD).status == 200
+    rehashed = api.db.users.find_one({"_id": user.id})["passwordHash"]
+    assert rehashed != old and rehashed.startswith(OWASP_PREFIX)
+    assert _login(api, user.email, PASSWORD).status == 200
+    assert api.db.users.find_one({"_id": user.id})["passwordHash"] == rehashed  # no rehash when current
+
+
+def test_concurrent_verifications_are_bounded_per_process(api, monkeypatch):
+    import dataclasses
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from argon2 import PasswordHasher
+
+    from infra.config import get_settings
+    from services import users
+
+    settings = dataclasses.replace(get_settings(), password_hash_concurrency=2)
+    user = api.user()
+    lock, active, peak = threading.Lock(), [0], [0]
+    original = PasswordHasher.verify
+
+    def counting_verify(self, hash, password):  # noqa: A002 - argon2's own parameter name
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.05)
+            return original(self, hash, password)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(PasswordHasher, "verify", counting_verify)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda _: users.authenticate(api.db, user.email, PASSWORD, settings=settings),
+                                range(16)))
+    assert all(r is not None and r["_id"] == user.id for r in results)
+    assert peak[0] == 2
+
+
+def test_login_answers_503_when_no_hashing_slot_frees(api, monkeypatch):
+    import threading
+
+    from infra.config import get_settings
+    from services import users
+
+    user = api.user()
+    monkeypatch.setattr(users, "HASH_WAIT_SECONDS", 0.2)
+    holding, release = threading.Barrier(get_settings().password_hash_concurrency + 1), threading.Event()
+
+    def hold() -> None:
+        with users.hashing_slot(get_settings()):
+            holding.wait()
+            release.wait(10)
+
+    threads = [threading.Thread(target=hold) for _ in range(get_settings().password_hash_concurrency)]
+    for t in threads:
+        t.start()
+    try:
+        holding.wait()
+        r = _login(api, user.email, PASSWORD)
+        assert_problem(r, 503, "SERVICE_UNAVAILABLE")
+        assert r.headers["Retry-After"] == "1"
+    finally:
+        release.set()
+        for t in threads:
+            t.join()
+    assert _login(api, user.email, PASSWORD).status == 200
