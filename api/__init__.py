@@ -53,7 +53,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     # After the request hooks above: the limiter keys on g.principal set by _start.
     from api.limits import init_limits
+    from api.login_throttle import LoginThrottle
     init_limits(app, settings)
+    app.extensions["purser_login_throttle"] = LoginThrottle(settings)
 
     from api.cli import register_cli
     register_cli(app)

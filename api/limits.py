@@ -7,11 +7,13 @@ a window boundary cannot pass twice the limit.
 Which limit applies is decided per view from the declarations of ``api.spec``:
 
 - tier: views of the wallet, premium, subscription, gifts and jobs blueprints
-  declared ``limited=True``; ``RATE_LIMITS_<ROLE>`` by the token's role (admin
-  exempt, anonymous = free), keyed by user id, else client address; one budget
-  per caller across all these routes.
-- ``auth.login`` and ``auth.register``: ``RATE_LIMITS_AUTH`` per route twice,
-  keyed by client address and by the e-mail of the JSON body (hashed).
+  declared ``limited=True``; ``RATE_LIMITS_<ROLE>`` by the caller's *stored* role
+  (``g.principal``, see ``api/auth.py``: admin exempt, anonymous = free), keyed by
+  user id, else client address; one budget per caller across all these routes.
+- ``auth.register``: ``RATE_LIMITS_AUTH`` twice, keyed by client address and by
+  the e-mail of the JSON body (hashed).
+- ``auth.login`` is not limited here: only *failed* logins are throttled, per
+  e-mail and per address, by ``api/login_throttle.py`` (a success never counts).
 - ``payments.webhook``: ``RATE_LIMITS_WEBHOOK`` for the (single) provider.
 - everything else (health, docs, ``/metrics``, admin, me): not limited.
 
@@ -48,7 +50,7 @@ from infra.config import Settings
 log = logging.getLogger("purser.ratelimit")
 
 TIER_BLUEPRINTS = frozenset({"wallet", "premium", "subscription", "gifts", "jobs"})
-AUTH_ENDPOINTS = frozenset({"auth.login", "auth.register"})
+AUTH_ENDPOINTS = frozenset({"auth.register"})
 WEBHOOK_ENDPOINT = "payments.webhook"
 STRATEGY = "moving-window"
 KEY_PREFIX = "purser"
@@ -201,7 +203,7 @@ def build_limiter(app: Flask, settings: Settings) -> PurserLimiter:
     defaults = [
         # One budget per caller across all tier-limited routes ("shared" scope).
         Limit(tier_limit, key_function=_tier_key, scope=SCOPE_TIER, shared=True, exempt_when=not_tier),
-        # Per route (login and register count separately), per address and per e-mail.
+        # Registration, per address and per e-mail (login: api/login_throttle.py).
         Limit(lambda: settings.rate_limits_auth, key_function=_address_key, scope=SCOPE_AUTH_ADDRESS,
               exempt_when=not_auth),
         Limit(lambda: settings.rate_limits_auth, key_function=_email_key, scope=SCOPE_AUTH_EMAIL,

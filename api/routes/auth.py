@@ -9,6 +9,8 @@ from flask import Blueprint, current_app, jsonify
 from api import auth as tokens
 from api.errors import ApiError
 from api.jsonbody import parse_body
+from api.limits import client_address
+from api.login_throttle import LoginThrottle
 from api.schemas import LoginIn, MeOut, RegisterIn, TokenOut, UserOut
 from api.spec import endpoint
 from infra.config import Settings
@@ -20,6 +22,10 @@ bp = Blueprint("auth", __name__, url_prefix="/api")
 
 def _settings() -> Settings:
     return current_app.config["PURSER"]
+
+
+def _throttle() -> LoginThrottle:
+    return current_app.extensions["purser_login_throttle"]  # installed by create_app
 
 
 def _busy() -> ApiError:
@@ -45,12 +51,21 @@ def register() -> Any:
           body=LoginIn, response=TokenOut, errors=(401, 503), auth_required=False)
 def login() -> Any:
     body = parse_body(LoginIn)
+    # Failed attempts are throttled per e-mail and per address (api/login_throttle.py);
+    # successful ones are not counted.
+    attempt = _throttle().reserve(users.normalise_email(body.email), client_address())
     try:
         user = users.authenticate(get_db(), body.email, body.password, settings=_settings())
     except users.HashingBusy:
+        attempt.release()
         raise _busy() from None
+    except BaseException:
+        attempt.release()
+        raise
     if user is None:
+        attempt.failed()
         raise ApiError(401, "INVALID_CREDENTIALS", "Email or password is wrong.")
+    attempt.succeeded()
     token, ttl = tokens.issue_token(_settings(), user["_id"], user["role"])
     return jsonify(accessToken=token, tokenType="Bearer", expiresIn=ttl)
 

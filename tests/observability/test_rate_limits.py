@@ -1,4 +1,4 @@
-"""Rate limits on real Redis: shared by two gunicorn workers, per tier, per address and e-mail.
+"""Rate limits on real Redis: shared by two gunicorn workers, per tier, failed logins, register.
 
 The gunicorn servers of this module trust one proxy hop (``TRUSTED_PROXIES=1``) so
 each test can speak from its own client address through ``X-Forwarded-For``; the
@@ -36,8 +36,9 @@ PASSWORD = "correct-horse-9"
 def _clear_limits(url: str) -> None:
     client = redis.Redis.from_url(url)
     try:
-        for key in client.scan_iter(match="LIMITS:*", count=500):
-            client.delete(key)
+        for pattern in ("LIMITS:*", "purser:login-failures:*"):
+            for key in client.scan_iter(match=pattern, count=500):
+                client.delete(key)
     finally:
         client.close()
 
@@ -88,22 +89,23 @@ def _get(server: WebServer, path: str, token: str | None = None, address: str | 
     return requests.get(server.base_url + path, headers=headers, timeout=10)
 
 
-def _login(server: WebServer, email: str, address: str, *, raw: bytes | None = None) -> requests.Response:
+def _login(server: WebServer, email: str, address: str, *, password: str = "wrong-pass",
+           raw: bytes | None = None, path: str = "/api/auth/login") -> requests.Response:
     headers = {"X-Forwarded-For": address}
     if raw is None:
-        return requests.post(server.base_url + "/api/auth/login", json={"email": email, "password": "wrong-pass"},
+        return requests.post(server.base_url + path, json={"email": email, "password": password},
                              headers=headers, timeout=10)
-    return requests.post(server.base_url + "/api/auth/login", data=raw,
+    return requests.post(server.base_url + path, data=raw,
                          headers={**headers, "Content-Type": "text/plain"}, timeout=10)
 
 
-def _assert_rate_limited(r: requests.Response) -> None:
+def _assert_rate_limited(r: requests.Response, window: int = 60) -> None:
     assert r.status_code == 429, r.text
     assert r.headers["Content-Type"].startswith("application/problem+json")
     body = r.json()
     assert body["code"] == "RATE_LIMITED" and body["status"] == 429
     assert body["requestId"] == r.headers["X-Request-ID"]
-    assert 1 <= int(r.headers["Retry-After"]) <= 60
+    assert 1 <= int(r.headers["Retry-After"]) <= window
     assert r.headers["X-RateLimit-Remaining"] == "0"
 
 
@@ -133,7 +135,7 @@ def test_free_user_gets_exactly_ten_across_two_gunicorn_workers(servers: Servers
     assert samples(text, "purser_rate_limit_refusals_total", limit="tier", tier="free") >= 3
 
 
-def test_limit_follows_the_role_in_the_token_and_admin_is_exempt(servers: Servers) -> None:
+def test_limit_follows_the_stored_role_and_admin_is_exempt(servers: Servers) -> None:
     _, premium = servers.user("premium")
     _, creator = servers.user("creator")
     _, admin = servers.user("admin")
@@ -150,17 +152,43 @@ def test_anonymous_callers_are_limited_by_address(servers: Servers) -> None:
     assert _get(servers.web, "/api/wallet/balance", address="10.7.0.2").status_code == 401
 
 
-# --- login and register ------------------------------------------------------------------------
+# --- login (failed attempts only) and register ---------------------------------------------------
+
+LOCKOUT = 15 * 60  # RATE_LIMITS_LOGIN_EMAIL's window (default 5/15minutes)
 
 
-def test_login_is_limited_per_address(servers: Servers) -> None:
-    answers = [_login(servers.web, f"nobody{i}-{uuid.uuid4().hex[:6]}@example.com", "10.1.0.1") for i in range(6)]
+def test_ten_users_log_in_from_one_address_within_a_minute(servers: Servers) -> None:
+    """An office behind one address: successful logins are not counted at all."""
+    people = [servers.db.users.find_one({"_id": servers.user()[0]})["email"] for _ in range(10)]
+    started = time.monotonic()
+    answers = [_login(servers.web, email, "10.1.0.1", password=PASSWORD) for email in people]
+    assert time.monotonic() - started < 60
+    assert [r.status_code for r in answers] == [200] * 10, [r.text for r in answers if r.status_code != 200]
+    # A few typos from the same office are far from the address bound (100 in 15 minutes).
+    typos = [_login(servers.web, email, "10.1.0.1") for email in people[:6]]
+    assert [r.status_code for r in typos] == [401] * 6
+    assert _login(servers.web, people[6], "10.1.0.1", password=PASSWORD).status_code == 200
+
+
+def test_sixth_wrong_password_for_one_email_is_429_and_locks_the_account(servers: Servers) -> None:
+    user_id, _ = servers.user()
+    email = servers.db.users.find_one({"_id": user_id})["email"]
+    answers = [_login(servers.web, email, "10.2.1.1") for _ in range(6)]
     assert [r.status_code for r in answers] == [401] * 5 + [429]
-    _assert_rate_limited(answers[-1])
-    assert _login(servers.web, "someone-else@example.com", "10.1.0.2").status_code == 401
+    _assert_rate_limited(answers[-1], window=LOCKOUT)
+    assert int(answers[-1].headers["Retry-After"]) > LOCKOUT - 60
+    assert answers[-1].headers["X-RateLimit-Limit"] == "5"
+    # Locked from any address, even with the right password, until the window passes...
+    for address in ("10.2.1.1", "10.2.1.2"):
+        _assert_rate_limited(_login(servers.web, email, address, password=PASSWORD), window=LOCKOUT)
+    # ...while other accounts from the same address are not affected.
+    other = servers.db.users.find_one({"_id": servers.user()[0]})["email"]
+    assert _login(servers.web, other, "10.2.1.1", password=PASSWORD).status_code == 200
+    text = _get(servers.web, "/metrics").text
+    assert samples(text, "purser_rate_limit_refusals_total", limit="login-email") >= 3
 
 
-def test_login_is_limited_per_email_whatever_the_address(servers: Servers) -> None:
+def test_failed_logins_are_limited_per_email_whatever_the_address(servers: Servers) -> None:
     email = f"Victim-{uuid.uuid4().hex[:6]}@Example.com"
     spellings = [email, email.lower(), email.upper(), f"  {email}", email, email]
     answers = [_login(servers.web, spelled, f"10.2.0.{i}") for i, spelled in enumerate(spellings, start=1)]
@@ -168,13 +196,34 @@ def test_login_is_limited_per_email_whatever_the_address(servers: Servers) -> No
     assert _login(servers.web, "another@example.com", "10.2.0.99").status_code == 401
 
 
-def test_a_body_that_is_not_json_is_limited_by_address_only(servers: Servers) -> None:
-    # From six addresses: no shared "no e-mail" bucket, so none is refused...
-    spread = [_login(servers.web, "", f"10.3.0.{i}", raw=b"email=x@example.com") for i in range(1, 7)]
-    assert {r.status_code for r in spread} == {415}
-    # ...from one address, the address limit applies.
+def test_a_successful_login_forgives_the_accounts_earlier_failures(servers: Servers) -> None:
+    user_id, _ = servers.user()
+    email = servers.db.users.find_one({"_id": user_id})["email"]
+    assert [_login(servers.web, email, "10.2.2.1").status_code for _ in range(4)] == [401] * 4
+    assert _login(servers.web, email, "10.2.2.1", password=PASSWORD).status_code == 200
+    answers = [_login(servers.web, email, "10.2.2.1").status_code for _ in range(6)]
+    assert answers == [401] * 5 + [429]
+
+
+def test_a_parallel_burst_of_guesses_cannot_pass_the_bound(servers: Servers) -> None:
+    """Attempts are reserved before the password is checked: 20 at once, exactly 5 verified."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    user_id, _ = servers.user()
+    email = servers.db.users.find_one({"_id": user_id})["email"]
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        statuses = sorted(pool.map(lambda i: _login(servers.web, email, f"10.2.3.{i}").status_code, range(20)))
+    assert statuses == [401] * 5 + [429] * 15
+
+
+def test_a_body_that_is_not_json_is_not_a_login_attempt(servers: Servers) -> None:
+    # Refused before any password is checked: nothing to throttle, nothing counted...
     same = [_login(servers.web, "", "10.3.1.1", raw=b"not json") for _ in range(6)]
-    assert [r.status_code for r in same] == [415] * 5 + [429]
+    assert {r.status_code for r in same} == {415}
+    # ...registration keeps its own limit per address, whatever the body.
+    register = [_login(servers.web, "", "10.3.2.1", raw=b"not json", path="/api/auth/register") for _ in range(6)]
+    assert [r.status_code for r in register] == [415] * 5 + [429]
+    _assert_rate_limited(register[-1])
 
 
 def test_register_has_its_own_budget_per_address(servers: Servers) -> None:
@@ -189,6 +238,44 @@ def test_register_has_its_own_budget_per_address(servers: Servers) -> None:
     _assert_rate_limited(r)
     # Login from the same address is a separate budget.
     assert _login(servers.web, "x@example.com", "10.4.0.1").status_code == 401
+
+
+# --- the stored role decides the exemption ---------------------------------------------------
+
+
+def test_a_demoted_admin_is_limited_and_loses_admin_routes_within_5_s(servers: Servers) -> None:
+    """Demoted in the store by another process: both gunicorn workers follow within
+    ROLE_CACHE_SECONDS (5), although the token still says admin for an hour."""
+    admin_id, token = servers.user("admin")
+    target_id, _ = servers.user()
+    unfreeze = f"/api/admin/wallets/{target_id}/unfreeze"
+
+    def admin_call() -> int:
+        return requests.post(servers.web.base_url + unfreeze, headers={"Authorization": f"Bearer {token}"},
+                             timeout=10).status_code
+
+    # Both workers answer some of these (a new connection each) and cache the role admin.
+    answers = [_get(servers.web, "/api/wallet/balance", token) for _ in range(15)]
+    assert {r.status_code for r in answers} == {200}
+    assert not any("X-RateLimit-Limit" in r.headers for r in answers)
+    assert [admin_call() for _ in range(4)] == [200] * 4
+
+    servers.db.users.update_one({"_id": admin_id}, {"$set": {"role": "free"}})
+    demoted = time.monotonic()
+    seen: list[tuple[float, int]] = []
+    while time.monotonic() - demoted < 5.5:
+        seen.append((time.monotonic() - demoted, admin_call()))
+        time.sleep(0.1)
+    # A worker may have cached the role just before the demotion: it follows within the
+    # cache time (a little request latency aside), never later.
+    last_allowed = max((at for at, status in seen if status == 200), default=0.0)
+    assert last_allowed <= 5.0 + 0.25, [(round(at, 2), status) for at, status in seen]
+    assert {status for at, status in seen if at > 5.25} == {403}, seen
+    # From then on every worker refuses, and the tier limit applies (free: 10).
+    assert [admin_call() for _ in range(4)] == [403] * 4
+    answers = [_get(servers.web, "/api/wallet/balance", token) for _ in range(12)]
+    assert [r.status_code for r in answers] == [200] * 10 + [429] * 2
+    assert {r.headers["X-RateLimit-Limit"] for r in answers} == {"10"}
 
 
 # --- Redis down -----------------------------------------------------------------------------
@@ -239,11 +326,33 @@ def make_app(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iter
 
 
 def test_x_forwarded_for_is_ignored_without_trusted_proxies(make_app: Any) -> None:
-    client, _ = make_app(trusted_proxies=0)
+    client, _ = make_app(trusted_proxies=0, rate_limits_login_address="5/minute")
     statuses = [client.post("/api/auth/login", json={"email": f"p{i}@example.com", "password": "wrong-pass"},
                             headers={"X-Forwarded-For": f"192.0.2.{i}"},
                             environ_overrides={"REMOTE_ADDR": "10.9.0.1"}).status_code for i in range(6)]
     assert statuses == [401] * 5 + [429]
+
+
+def test_failed_logins_per_address_have_their_own_bound(make_app: Any) -> None:
+    """Many accounts guessed from one address: refused at the address bound, while
+    successful logins from that address still pass (they were never counted)."""
+    client, db = make_app(rate_limits_login_address="5/minute")
+    people = [users.create_user(db, f"ad{i}-{uuid.uuid4().hex[:8]}@example.com", PASSWORD)["email"]
+              for i in range(3)]
+    for email in people:
+        r = client.post("/api/auth/login", json={"email": email, "password": PASSWORD},
+                        environ_overrides={"REMOTE_ADDR": "10.9.1.1"})
+        assert r.status_code == 200, r.get_json()
+    statuses = [client.post("/api/auth/login", json={"email": f"g{i}@example.com", "password": "wrong-pass"},
+                            environ_overrides={"REMOTE_ADDR": "10.9.1.1"}).status_code for i in range(6)]
+    assert statuses == [401] * 5 + [429]
+    r = client.post("/api/auth/login", json={"email": people[0], "password": PASSWORD},
+                    environ_overrides={"REMOTE_ADDR": "10.9.1.1"})
+    assert r.status_code == 429 and r.get_json()["code"] == "RATE_LIMITED"
+    assert "address" in r.get_json()["detail"]
+    r = client.post("/api/auth/login", json={"email": people[0], "password": PASSWORD},
+                    environ_overrides={"REMOTE_ADDR": "10.9.1.2"})
+    assert r.status_code == 200
 
 
 def test_webhook_has_its_own_limit(make_app: Any) -> None:

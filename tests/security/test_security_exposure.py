@@ -39,14 +39,19 @@ def _spoof(n: int) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def limited(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Http, Any]]:
-    """Gunicorn with rate limits on, no trusted proxy, its own Redis (the limiter's store)."""
+    """Gunicorn with rate limits on, no trusted proxy, its own Redis (the limiter's store).
+
+    The per-address bound on failed logins is tightened to 5/minute (default 100 in 15
+    minutes) so a few requests show whether spoofed headers reset it.
+    """
     from infra.mongo import get_db
 
     redis = RedisServer(tmp_path_factory.mktemp("limit-redis") / "data").start()
     web = None
     try:
         web = start_web(stack_env, tmp_path_factory.mktemp("limited"),
-                        {"REDIS_URL": redis.url, "RATE_LIMIT_ENABLED": "true", "TRUSTED_PROXIES": "0"})
+                        {"REDIS_URL": redis.url, "RATE_LIMIT_ENABLED": "true", "TRUSTED_PROXIES": "0",
+                         "RATE_LIMITS_LOGIN_ADDRESS": "5/minute"})
         yield Http(web.base_url), get_db()
     finally:
         stop_all([p for p in (web, redis) if p is not None])
@@ -54,9 +59,9 @@ def limited(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
 
 @needs_limits
 def test_rotating_forwarded_headers_does_not_reset_the_login_limit(limited):
-    """Login is limited per client address (5/minute). With no trusted proxy, an attacker
-    rotating X-Forwarded-For & co. (and the email, to dodge the per-email limit) is still
-    one address."""
+    """Failed logins are limited per client address (here 5/minute). With no trusted proxy,
+    an attacker rotating X-Forwarded-For & co. (and the email, to dodge the per-email
+    limit) is still one address."""
     http, _ = limited
     statuses = []
     for n in range(8):
@@ -87,8 +92,8 @@ def test_rotating_forwarded_headers_does_not_reset_the_tier_limit(limited):
 
 @needs_limits
 def test_rotating_forwarded_headers_does_not_reset_the_per_email_login_limit(limited):
-    """The same email from 'different' addresses: the per-email budget still runs out,
-    and the real password stops working for the attacker's window (5/minute)."""
+    """The same email from 'different' addresses: the per-email budget of failures still
+    runs out (5 in 15 minutes), and the real password stops working for the window."""
     http, db = limited
     user = seed_users(db, 1, "free", "target")[0]
     statuses = [http.request("POST", "/api/auth/login", json_body={"email": user.email, "password": "wrong"},
