@@ -3,7 +3,7 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all install run test test-unit lint bench chaos migrate clean
+.PHONY: all install run test test-unit lint bench bench-wait chaos migrate clean
 
 all: test
 
@@ -30,6 +30,11 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	@if [ -f loadtest/bench.py ]; then $(PY) -m loadtest.bench; else echo "bench: not yet (issue 9)"; fi
+	$(PY) -m loadtest.wait_bench
+
+# Only the waiting scenario (issue 15): 500 clients waiting on their jobs, 20 reading balances.
+bench-wait: $(VENV)/.installed
+	$(PY) -m loadtest.wait_bench
 
 chaos: $(VENV)/.installed
 	$(PY) -m pytest tests/chaos -q $(PYTEST_ARGS)
