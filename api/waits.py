@@ -46,6 +46,7 @@ DEFAULT_MAX_PER_USER = 5
 CAP_GRACE_SECONDS = 5.0  # a cap entry outlives its wait's deadline by this much
 RECONNECT_MIN, RECONNECT_MAX = 0.2, 5.0
 LISTEN_TIMEOUT = 1.0
+WARN_EVERY_SECONDS = 60.0  # a Redis outage logs one warning a minute, not one per retry
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -171,6 +172,7 @@ class WaitHub:
         self._stop = threading.Event()
         self.subscribed = threading.Event()
         self._thread: threading.Thread | None = None
+        self._warned = -WARN_EVERY_SECONDS
         self.messages = 0
 
     # registry
@@ -280,7 +282,8 @@ class WaitHub:
             except Exception as exc:  # noqa: BLE001 - reconnect whatever went wrong
                 self.subscribed.clear()
                 _count(_hub_counter, "error")
-                if not self._stop.is_set():
+                if not self._stop.is_set() and time.monotonic() - self._warned > WARN_EVERY_SECONDS:
+                    self._warned = time.monotonic()
                     log.warning("announcement subscription lost; reconnecting",
                                 extra={"error": f"{type(exc).__name__}: {exc}"[:300], "retryIn": backoff})
                 self._stop.wait(backoff)
