@@ -289,7 +289,12 @@ def assert_told_matches_store(db: Database, tally: Tally) -> None:
     for job_id, view in tally.told.items():
         assert stored[job_id]["status"] == view["status"], (job_id, view, stored[job_id])
     expected = tally.expected_balances()
-    actual = {w["_id"]: w["balance"] for w in db.wallets.find({}, {"balance": 1})}
+    actual: Counter = Counter()
+    for w in db.wallets.find({}, {"balance": 1, "system": 1}):
+        actual[w.get("system") or w["_id"]] += w["balance"]  # system buckets fold into their wallet
+    for credit in db.credits.find({"applied": False}, {"amounts": 1}):
+        for row in credit["amounts"]:
+            actual[row["walletId"]] += row["amount"]  # settled, told, about to be applied
     wrong = {w: (actual.get(w, 0), expected.get(w, 0)) for w in set(actual) | set(expected)
              if actual.get(w, 0) != expected.get(w, 0)}
     assert not wrong, f"balances differ from what clients were told (actual, told): {dict(list(wrong.items())[:10])}"
@@ -305,11 +310,19 @@ def doubled(db: Database) -> list[str]:
         {"$match": {"n": {"$gt": 1}}},
     ]):
         found.append(f"key {row['_id']} has {row['n']} jobs")
-    for coll, name in (("transactions", "ledger transactions"), ("auditlogs", "audit entries")):
-        for row in db[coll].aggregate([
-            {"$group": {"_id": "$jobId", "n": {"$sum": 1}}}, {"$match": {"n": {"$gt": 1}}},
-        ]):
-            found.append(f"job {row['_id']} has {row['n']} {name}")
+    for row in db.transactions.aggregate([
+        {"$group": {"_id": "$jobId", "n": {"$sum": 1}}}, {"$match": {"n": {"$gt": 1}}},
+    ]):
+        found.append(f"job {row['_id']} has {row['n']} ledger transactions")
+    for row in db.auditlogs.aggregate([  # audit blocks list their batch's jobs
+        {"$unwind": "$jobs"}, {"$group": {"_id": "$jobs.jobId", "n": {"$sum": 1}}}, {"$match": {"n": {"$gt": 1}}},
+    ]):
+        found.append(f"job {row['_id']} has {row['n']} audit records")
+    for row in db.credits.aggregate([  # one credit document per (batch, target partition)
+        {"$group": {"_id": {"from": "$from", "batch": "$batch", "to": "$to"}, "n": {"$sum": 1}}},
+        {"$match": {"n": {"$gt": 1}}},
+    ]):
+        found.append(f"batch {row['_id']} deferred {row['n']} credit documents")
     for row in db.transactions.aggregate([
         {"$match": {"providerTxId": {"$exists": True}}},
         {"$group": {"_id": "$providerTxId", "n": {"$sum": 1}}}, {"$match": {"n": {"$gt": 1}}},
