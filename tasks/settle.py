@@ -39,12 +39,18 @@ def ring(partition: int, request_id: str | None = None, *, force: bool = False) 
     """
     if not force and not get_redis().set(_ring_flag(partition), 1, nx=True, ex=RING_FLAG_TTL):
         return
-    # TEST-ONLY fault injection (tests/chaos): PURSER_DUPLICATE_DOORBELLS=1 publishes every
-    # doorbell twice, as a broker redelivery or a doubled publish would. Never set in production.
-    copies = 2 if os.environ.get("PURSER_DUPLICATE_DOORBELLS") == "1" else 1
-    for _ in range(copies):
+    for _ in range(_doorbell_copies()):
         settle.apply_async(args=[partition], queue=partition_queue(partition),
                            headers={"requestId": request_id})
+
+
+def _doorbell_copies() -> int:
+    """TEST-ONLY fault injection (tests/chaos): PURSER_DUPLICATE_DOORBELLS=1 publishes every
+    doorbell twice, as a broker redelivery or a doubled publish would. Inert in production,
+    which also refuses to start with the variable set (infra/config.py)."""
+    if get_settings().is_production:
+        return 1
+    return 2 if os.environ.get("PURSER_DUPLICATE_DOORBELLS") == "1" else 1
 
 
 def _record(batch: BatchResult) -> None:
