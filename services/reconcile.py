@@ -38,6 +38,7 @@ class ReconcileReport:
     unapplied_credits: int = 0
     drift: dict[str, dict[str, int]] = field(default_factory=dict)  # wallet -> {balance, incoming, ledger}
     drift_count: int = 0
+    system: dict[str, int] = field(default_factory=dict)  # platform figure per system wallet (sum of buckets)
     negative: list[str] = field(default_factory=list)
     unbalanced_transactions: list[str] = field(default_factory=list)
     jobs_without_outcome: list[str] = field(default_factory=list)  # settled without tx, tx without settled job
@@ -53,7 +54,8 @@ class ReconcileReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "wallets": self.wallets, "totalBalance": self.total_balance,
-                "unappliedCredits": self.unapplied_credits, "drift": self.drift, "driftCount": self.drift_count,
+                "unappliedCredits": self.unapplied_credits, "systemWallets": self.system,
+                "drift": self.drift, "driftCount": self.drift_count,
                 "negative": self.negative, "unbalancedTransactions": self.unbalanced_transactions,
                 "jobsWithoutOutcome": self.jobs_without_outcome}
 
@@ -110,6 +112,7 @@ def reconcile(db: Database) -> ReconcileReport:
         bucket = parse_bucket(wallet["_id"])
         key = bucket if bucket is not None else (wallet["_id"], -1)  # a pre-bucket document: drift
         bucket_balances[key] = wallet["balance"]
+        report.system[key[0]] = report.system.get(key[0], 0) + wallet["balance"]
         report.wallets += 1
         report.total_balance += wallet["balance"]
     # User wallets, their ledger sums and their unapplied credits merge as three streams
