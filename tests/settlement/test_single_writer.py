@@ -187,3 +187,24 @@ def test_a_job_points_at_the_audit_block_that_lists_it(db):
     assert record["code"] == "INSUFFICIENT_FUNDS"
     assert db.transactions.find_one({"_id": jobs[0]["_id"]})["auditSeq"] == entry["seq"]
     assert_money_invariants(db)
+
+
+def test_the_sweeper_rings_the_owner_of_a_credit_whose_doorbell_was_lost(db):
+    """A settler killed between its commit and ringing the credit's owner loses nothing."""
+    import time
+    from datetime import timedelta
+
+    from ledger.timeutil import utcnow
+    from tasks.maintenance import sweep
+
+    sender, receiver = add_user(db, partition=0), add_user(db, partition=1)
+    fund_here(db, [sender], 100)
+    queue_jobs(db, [Transfer(sender, receiver, 45)])
+    _settle(db, 0)  # committed; nobody rings partition 1 (as if the settler died right after)
+    db.credits.update_many({"to": 1}, {"$set": {"createdAt": utcnow() - timedelta(seconds=30)}})
+    sweep.apply_async(queue="purser.default")
+    deadline = time.monotonic() + 60
+    while db.credits.count_documents({"to": 1, "applied": False}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert balances(db, [sender, receiver]) == {sender: 55, receiver: 45}
+    assert_money_invariants(db)
