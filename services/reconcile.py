@@ -138,9 +138,10 @@ def reconcile(db: Database) -> ReconcileReport:
         if balance < 0 and not may_go_negative(key[0]) and len(report.negative) < REPORT_CAP:
             report.negative.append(name)
 
-    for tx in db.transactions.aggregate([
-        {"$project": {"total": {"$sum": "$entries.amount"}}}, {"$match": {"total": {"$ne": 0}}}
-    ]):
+    # $reduce, not {"$sum": "$entries.amount"}: the embedded store resolves that array
+    # path to nothing and summed every transaction to 0 (tests/settlement/test_reconcile_detects.py).
+    total = {"$reduce": {"input": "$entries", "initialValue": 0, "in": {"$add": ["$$value", "$$this.amount"]}}}
+    for tx in db.transactions.aggregate([{"$project": {"total": total}}, {"$match": {"total": {"$ne": 0}}}]):
         if len(report.unbalanced_transactions) < REPORT_CAP:
             report.unbalanced_transactions.append(tx["_id"])
     _match_jobs_and_transactions(db, report)
