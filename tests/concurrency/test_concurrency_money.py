@@ -11,12 +11,12 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections import Counter
+from fractions import Fraction
 from typing import Any
 
 import pytest
 
 from ledger.money import EXTERNAL_FUNDING, PLATFORM_PROCESSING, PLATFORM_REVENUE
-from ledger.splits import rule_for, split
 from tests.concurrency.loadkit import (
     Http,
     Sent,
@@ -73,14 +73,40 @@ def _accepted_all(sent: list[Sent]) -> None:
         assert s.reply.headers["Location"] == f"/api/jobs/{s.job_id}"
 
 
+# The documented revenue share (80 / 15 / 5 %), written out here and computed with exact
+# rationals and the largest-remainder rule (ties to the party listed first), independently
+# of ledger.splits: a wrong split() cannot also move the expected figures.
+_SHARES = (("creator", Fraction(80, 100)), (PLATFORM_REVENUE, Fraction(15, 100)),
+           (PLATFORM_PROCESSING, Fraction(5, 100)))
+
+
+def _expected_split(gross: int) -> dict[str, int]:
+    exact = [(party, gross * share) for party, share in _SHARES]
+    parts = {party: int(value) for party, value in exact}  # floor: values are >= 0
+    leftover = gross - sum(parts.values())
+    by_remainder = sorted(range(len(exact)), key=lambda i: (-(exact[i][1] - int(exact[i][1])), i))
+    for i in by_remainder[:leftover]:
+        parts[exact[i][0]] += 1
+    return parts
+
+
+def test_expected_split_oracle_matches_a_hand_table():
+    assert _expected_split(1) == {"creator": 1, PLATFORM_REVENUE: 0, PLATFORM_PROCESSING: 0}
+    assert _expected_split(7) == {"creator": 6, PLATFORM_REVENUE: 1, PLATFORM_PROCESSING: 0}
+    assert _expected_split(19) == {"creator": 15, PLATFORM_REVENUE: 3, PLATFORM_PROCESSING: 1}
+    assert _expected_split(100) == {"creator": 80, PLATFORM_REVENUE: 15, PLATFORM_PROCESSING: 5}
+
+
 def test_200_users_unlock_the_same_content_at_once(conc):
     stack, db = conc
     http, tally = stack.http, Tally()
     creator = seed_users(db, 1, "creator", "creator")[0]
     fans = seed_users(db, 200, "free", "fan")
     price = 125  # 80 % is exactly 100; 15 % and 5 % need the largest-remainder rule
-    parts = split(price, rule_for("unlock"))
-    assert parts == {"creator": 100, PLATFORM_REVENUE: 19, PLATFORM_PROCESSING: 6}
+    # A literal table, not production split(): 15 % of 125 is 18.75, 5 % is 6.25, and the
+    # leftover coin goes to the larger remainder (platform revenue).
+    parts = {"creator": 100, PLATFORM_REVENUE: 19, PLATFORM_PROCESSING: 6}
+    assert parts == _expected_split(price)
     content_id = _publish(http, creator, price)
     fund(http, tally, fans, 1000)
     wait_drained(db)
@@ -228,11 +254,13 @@ def test_hot_creator_receives_1000_gifts_from_100_fans(conc):
     figures = _finish(db, http, tally, [creator, *fans])
 
     assert tally.outcome_counts() == Counter({"settled": 100 + 1000})
-    rule = rule_for("gift")
-    expected_creator = sum(split(amount, rule)["creator"] for _, amount in gifts)
-    assert _balance(http, creator) == expected_creator
-    assert _wallet(db, PLATFORM_REVENUE) == sum(split(a, rule)[PLATFORM_REVENUE] for _, a in gifts)
-    assert _wallet(db, PLATFORM_PROCESSING) == sum(split(a, rule)[PLATFORM_PROCESSING] for _, a in gifts)
+    expected = Counter()
+    for _, amount in gifts:
+        expected.update(_expected_split(amount))
+    assert sum(expected.values()) == sum(amount for _, amount in gifts)
+    assert _balance(http, creator) == expected["creator"]
+    assert _wallet(db, PLATFORM_REVENUE) == expected[PLATFORM_REVENUE]
+    assert _wallet(db, PLATFORM_PROCESSING) == expected[PLATFORM_PROCESSING]
     spent = Counter()
     for fan, amount in gifts:
         spent[fan.id] += amount
