@@ -1,0 +1,95 @@
+"""Deterministic edge paths of the money path (issue 17, items 2 and 4).
+
+Real store, in this process, no worker: the interleaving is chosen by the test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+import services.settlement as settlement
+from ledger.operations import Transfer
+from ledger.timeutil import utcnow
+from services import idempotency
+from tests.settlement.settle_helpers import add_user, balances, fund_here, partitions, queue_jobs
+from tests.support.invariants import assert_money_invariants
+
+
+@pytest.fixture
+def db(fresh_db: Any) -> Iterator[Any]:
+    """A fresh database and NO worker: every settle below runs in this process."""
+    yield fresh_db
+
+
+def test_debit_guard_refuses_a_decision_made_on_a_stale_balance(db, monkeypatch):
+    """The store-side guard (balance >= debit) is the second line behind the domain rule.
+
+    The first snapshot the settler reads claims the sender has 1000 (stale: the store
+    says 100). The write must not match, the batch retries on a fresh read, and the
+    transfer fails for insufficient funds instead of taking the wallet negative.
+    """
+    sender, receiver = add_user(db, partition=0), add_user(db, partition=0)
+    fund_here(db, [sender], 100)
+    job = queue_jobs(db, [Transfer(sender, receiver, 500)])[0]
+    real = settlement.load_snapshot
+    calls = {"n": 0}
+
+    def stale_once(*args: Any, **kwargs: Any) -> Any:
+        snap = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            snap.wallets[sender].balance = 1000
+        return snap
+
+    monkeypatch.setattr(settlement, "load_snapshot", stale_once)
+    settlement.settle_partition(db, 0, partitions=partitions(), batch_max=200)
+    assert calls["n"] >= 2, "the stale decision was not retried"
+    done = db.jobs.find_one({"_id": job["_id"]})
+    assert done["status"] == "failed" and done["error"]["code"] == "INSUFFICIENT_FUNDS"
+    assert balances(db, [sender, receiver]) == {sender: 100, receiver: 0}
+    monkeypatch.undo()
+    assert_money_invariants(db)
+
+
+def _response(job_id: str) -> dict[str, Any]:
+    return {"status": 202, "body": f'{{"id":"{job_id}"}}', "headers": {"Location": f"/api/jobs/{job_id}"}}
+
+
+def test_a_claim_without_its_job_is_in_use_until_stale(db):
+    t0 = utcnow()
+    first = idempotency.claim(db, "owner-1", "key-1", "fp", "job-a", 24, _response("job-a"), now=t0)
+    assert first.state == idempotency.NEW
+    almost = t0 + idempotency.STALE_AFTER - timedelta(seconds=1)
+    again = idempotency.claim(db, "owner-1", "key-1", "fp", "job-b", 24, _response("job-b"), now=almost)
+    assert again.state == idempotency.IN_USE and again.record["jobId"] == "job-a"
+
+
+def test_stale_claim_is_taken_over_keeping_the_original_job_id(db):
+    t0 = utcnow()
+    idempotency.claim(db, "owner-1", "key-1", "fp", "job-a", 24, _response("job-a"), now=t0)
+    later = t0 + idempotency.STALE_AFTER
+    taken = idempotency.claim(db, "owner-1", "key-1", "fp", "job-b", 24, _response("job-b"), now=later)
+    assert taken.state == idempotency.NEW
+    # The retry must re-insert job-a: a late insert of the first request then collides
+    # with it instead of making a second job (a double charge).
+    assert taken.record["jobId"] == "job-a"
+    stored = db.idempotency_keys.find_one({"ownerId": "owner-1", "key": "key-1"})
+    assert stored["jobId"] == "job-a"
+    # A second concurrent taker of the same stale claim loses (the takeover is atomic).
+    loser = idempotency.claim(db, "owner-1", "key-1", "fp", "job-c", 24, _response("job-c"), now=later)
+    assert loser.state == idempotency.IN_USE
+
+
+def test_claim_with_another_fingerprint_is_a_mismatch_and_with_its_job_a_replay(db):
+    t0 = utcnow()
+    idempotency.claim(db, "owner-1", "key-1", "fp", "job-a", 24, _response("job-a"), now=t0)
+    assert idempotency.claim(db, "owner-1", "key-1", "other", "job-b", 24, {}, now=t0).state == idempotency.MISMATCH
+    # Keys are per owner: another owner's same key is a new claim.
+    assert idempotency.claim(db, "owner-2", "key-1", "fp", "job-c", 24, {}, now=t0).state == idempotency.NEW
+    db.jobs.insert_one({"_id": "job-a", "status": "queued"})
+    assert idempotency.claim(db, "owner-1", "key-1", "fp", "job-d", 24, {}, now=t0).state == idempotency.REPLAY
+    db.jobs.delete_one({"_id": "job-a"})
