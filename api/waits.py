@@ -6,7 +6,7 @@ requests. A waiting request registers an event, reads its job once, and if the j
 is not terminal sleeps on the event until the announcement of its job (or its
 deadline), then answers with the job as read from MongoDB after the announcement:
 the hub reads all announced jobs that have waiters in this process in one query
-(per 50 ids) and hands each waiter its document; a waiter woken by its deadline
+per 25 ids and hands each waiter its document; a waiter woken by its deadline
 reads its job itself, once. Nothing polls MongoDB, and under gunicorn's gevent
 worker (the default, ``gunicorn.conf.py``) a sleeping request is a parked
 greenlet, not a thread: thousands cost a few MiB.
@@ -126,6 +126,8 @@ class Waiter:
     event: threading.Event = field(default_factory=threading.Event)
     woken_at: float | None = None  # time.time() of the announcement that woke it
     job: dict[str, Any] | None = None  # the job as read from MongoDB after its announcement
+    slot: tuple[str, str] | None = None  # (cap key, token) while it holds a wait slot
+    slot_released: bool = False  # the hub gives slots back in bulk for the waiters it answers
 
     def wake(self, at: float | None = None, job: dict[str, Any] | None = None) -> None:
         if self.woken_at is None:
@@ -141,18 +143,16 @@ class Waiter:
 
 # Reads the announced jobs that have local waiters: {job id: document}.
 Fetch = Callable[[list[str]], dict[str, dict[str, Any]]]
-FETCH_CHUNK = 50  # SecantusDB's $in cost grows with the square of its length (loadtest/seed.py)
+# Ids per read: SecantusDB's $in cost grows with the square of its length (loadtest/seed.py),
+# and the waiters of a chunk answer while the next one is read.
+FETCH_CHUNK = 25
 
 
 def fetch_jobs(ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The jobs ``ids`` (one ``$in`` query; the hub passes at most FETCH_CHUNK ids)."""
     from infra.mongo import get_db
 
-    found: dict[str, dict[str, Any]] = {}
-    jobs = get_db().jobs
-    for start in range(0, len(ids), FETCH_CHUNK):
-        for doc in jobs.find({"_id": {"$in": ids[start:start + FETCH_CHUNK]}}):
-            found[doc["_id"]] = doc
-    return found
+    return {doc["_id"]: doc for doc in get_db().jobs.find({"_id": {"$in": ids}})}
 
 
 class WaitHub:
@@ -199,8 +199,8 @@ class WaitHub:
         """Wake the local waiters of the announced jobs; the number of waiters.
 
         With a ``fetch``, the announced jobs that have waiters here are read from
-        MongoDB in ONE query (per 50 ids), off the listener, and each waiter gets its
-        document: a batch of 60 jobs is one read per web process, not 60. Without one
+        MongoDB in one query per FETCH_CHUNK ids, off the listener, and each waiter gets
+        its document: a batch of 60 jobs is three reads per web process, not 60. Without one
         (or when it fails) the waiters are woken to read their job themselves.
         """
         with self._lock:
@@ -215,19 +215,36 @@ class WaitHub:
         return len(targets)
 
     def _fetch_and_wake(self, targets: list[Waiter], published_at: float) -> None:
-        docs: dict[str, dict[str, Any]] = {}
-        try:
-            assert self.fetch is not None
-            docs = self.fetch(sorted({w.job_id for w in targets}))
-            _count(_reads_counter)
-        except Exception:  # noqa: BLE001 - the waiters read for themselves
-            log.warning("could not read announced jobs; waiters read them one by one", exc_info=True)
-        self._wake(targets, published_at, docs)
+        # Chunk by chunk, so the first waiters answer while the next chunk is read.
+        by_job: dict[str, list[Waiter]] = {}
+        for waiter in targets:
+            by_job.setdefault(waiter.job_id, []).append(waiter)
+        ids = list(by_job)
+        for start in range(0, len(ids), FETCH_CHUNK):
+            chunk = ids[start:start + FETCH_CHUNK]
+            docs: dict[str, dict[str, Any]] = {}
+            try:
+                assert self.fetch is not None
+                docs = self.fetch(chunk)
+                _count(_reads_counter)
+            except Exception:  # noqa: BLE001 - the waiters read for themselves
+                log.warning("could not read announced jobs; waiters read them one by one", exc_info=True)
+            self._wake([w for job_id in chunk for w in by_job[job_id]], published_at, docs)
 
     @staticmethod
     def _wake(targets: list[Waiter], published_at: float, docs: dict[str, dict[str, Any]]) -> None:
+        # The waiters handed a terminal job answer now: their slots are given back here,
+        # in one round trip after waking them, instead of one round trip each while
+        # dozens of them answer at once.
+        slots = []
         for waiter in targets:
-            waiter.wake(published_at, docs.get(waiter.job_id))
+            doc = docs.get(waiter.job_id)
+            if doc is not None and doc.get("status") in TERMINAL and waiter.slot is not None:
+                waiter.slot_released = True
+                slots.append(waiter.slot)
+            waiter.wake(published_at, doc)
+        if slots:
+            release_slots(slots)
 
     def wake_all(self) -> None:
         with self._lock:
@@ -333,8 +350,33 @@ def _cap_key(user_id: str) -> str:
     return f"purser:waits:{get_settings().mongodb_db}:{user_id}"
 
 
-def acquire_slot(client: redis.Redis, user_id: str, seconds: float, cap: int) -> str | None:
-    """A wait slot for ``user_id`` (its token) or None when ``cap`` waits are running."""
+REDIS_POOL_SIZE = 16
+_redis: redis.Redis | None = None
+_redis_key: tuple[int, str] | None = None
+
+
+def waits_redis() -> redis.Redis:
+    """This process's Redis client for wait slots: a BLOCKING pool of a few connections.
+
+    Hundreds of waits start (or end) at the same instant; with an unbounded pool each
+    would open its own connection (a TCP handshake plus redis-py's per-connection
+    set-up, which reads package metadata: a third of the web CPU of a burst of
+    answers in the profile), so they queue briefly for one of a few instead.
+    """
+    global _redis, _redis_key
+    key = (os.getpid(), get_settings().redis_url)
+    if _redis is None or _redis_key != key:
+        with _hub_lock:
+            if _redis is None or _redis_key != key:
+                pool = redis.BlockingConnectionPool.from_url(
+                    key[1], max_connections=REDIS_POOL_SIZE, timeout=2.0, socket_timeout=2.0,
+                    socket_connect_timeout=2.0, health_check_interval=30)
+                _redis, _redis_key = redis.Redis(connection_pool=pool), key
+    return _redis
+
+
+def acquire_slot(client: redis.Redis, user_id: str, seconds: float, cap: int) -> tuple[str, str] | None:
+    """A wait slot for ``user_id`` ((cap key, token)) or None when ``cap`` waits are running."""
     if cap <= 0:
         return None
     script = _scripts.get(id(client))
@@ -342,16 +384,20 @@ def acquire_slot(client: redis.Redis, user_id: str, seconds: float, cap: int) ->
         script = _scripts[id(client)] = client.register_script(_ACQUIRE)
     now_ms = int(time.time() * 1000)
     expires_ms = now_ms + int((seconds + CAP_GRACE_SECONDS) * 1000)
-    token = uuid.uuid4().hex
-    ok = script(keys=[_cap_key(user_id)], args=[now_ms, expires_ms, token, cap, expires_ms - now_ms])
-    return token if ok == 1 else None
+    key, token = _cap_key(user_id), uuid.uuid4().hex
+    ok = script(keys=[key], args=[now_ms, expires_ms, token, cap, expires_ms - now_ms])
+    return (key, token) if ok == 1 else None
 
 
-def release_slot(client: redis.Redis, user_id: str, token: str) -> None:
+def release_slots(slots: list[tuple[str, str]]) -> None:
+    """Give wait slots back, all in one round trip; never raises (entries expire anyway)."""
     try:
-        client.zrem(_cap_key(user_id), token)
-    except Exception:  # noqa: BLE001 - the entry expires at its deadline anyway
-        log.debug("could not release a wait slot", exc_info=True)
+        pipe = waits_redis().pipeline(transaction=False)
+        for key, token in slots:
+            pipe.zrem(key, token)
+        pipe.execute()
+    except Exception:  # noqa: BLE001 - the entries expire after their wait's deadline
+        log.debug("could not release wait slots", exc_info=True)
 
 
 # --- one wait ---------------------------------------------------------------------------------
@@ -385,16 +431,12 @@ def wait_for_job(
         job = first_read()
         if job["status"] in TERMINAL:
             return WaitResult(job, True, "immediate")
-        from infra.redis_client import get_redis
-
-        client = get_redis()
         try:
-            token = acquire_slot(client, user_id, seconds, max_waits_per_user())
+            waiter.slot = acquire_slot(waits_redis(), user_id, seconds, max_waits_per_user())
         except Exception as exc:  # noqa: BLE001 - cannot count waits: do not hold the request
             log.warning("could not count a wait; answering at once",
                         extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
-            token = None
-        if token is None:
+        if waiter.slot is None:
             _count(_waits_counter, "capped")
             return WaitResult(job, False, "capped")
         active = _active_gauge()
@@ -423,6 +465,7 @@ def wait_for_job(
                 # Woken by a (re)subscription, not by this job's announcement: sleep on.
         finally:
             active.dec()
-            release_slot(client, user_id, token)
+            if not waiter.slot_released:
+                release_slots([waiter.slot])
     finally:
         hub.unregister(waiter)
