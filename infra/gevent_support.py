@@ -50,3 +50,16 @@ def offload_argon2() -> None:
         method = getattr(PasswordHasher, name)
         if not getattr(method, "purser_offloaded", False):
             setattr(PasswordHasher, name, in_threadpool(method))
+
+
+try:
+    from gunicorn.glogging import Logger as _GunicornLogger
+except ImportError:  # gunicorn is not a dependency of every process that imports this module
+    _GunicornLogger = object  # type: ignore[assignment,misc]
+
+
+class NoAccessLogger(_GunicornLogger):  # type: ignore[misc,valid-type]
+    """Gunicorn's logger without its access line: the app writes its own (``api/__init__.py``)."""
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        return None
