@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from devstack.stores import ManagedProcess, ProcessStartError, free_port, port_in_use
+from devstack.supervisor import ManagedProcess, ProcessStartError, free_port, port_in_use
 
 if TYPE_CHECKING:
     from celery import Celery

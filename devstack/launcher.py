@@ -21,14 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
-from devstack.stores import (
-    ManagedProcess,
-    MongoServer,
-    ProcessStartError,
-    RedisServer,
-    port_in_use,
-    stop_all,
-)
+from devstack.stores import MongoServer, RedisServer
+from devstack.supervisor import ManagedProcess, ProcessStartError, port_in_use, stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
 HONCHO_STOP_TIMEOUT = 15.0
