@@ -24,7 +24,7 @@ def register_cli(app: Flask) -> None:
         db = get_db()
         existing = db.users.find_one({"email": users.normalise_email(email)})
         if existing:
-            users.set_role(db, existing["_id"], "admin")
+            users.change_role(db, existing["_id"], "admin", {"type": "cli", "id": "create-admin"}, None)
             click.echo(f"promoted {existing['_id']} to admin")
             return
         user = users.create_user(db, email, password, role="admin")

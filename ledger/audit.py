@@ -18,6 +18,9 @@ from typing import Any
 from ledger.timeutil import iso
 
 GENESIS = "0" * 64
+# The partition id of the operators' own chain (freezes, roles, plans, cancellations).
+# An int like the settlement partitions, so chains sort together; never a ledger partition.
+OPERATOR_CHAIN = -1
 # Fields that describe the stored copy, not the fact: never hashed.
 _UNHASHED = frozenset({"_id", "hash"})
 

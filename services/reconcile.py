@@ -3,8 +3,9 @@
 ``reconcile`` recomputes every balance from the ledger (``transactions``) and checks,
 for every wallet, ``balance + unapplied credits to it == sum of its ledger entries``
 (system wallets: per partition bucket), and that everything sums to zero.
-``verify_audit`` walks every partition's hash chain and checks that every terminal
-job is listed by exactly the audit entry it points to. Both are read only: they
+``verify_audit`` walks every partition's hash chain, the operators' chain
+(partition ``-1``, :data:`ledger.audit.OPERATOR_CHAIN`) included, and checks that
+every terminal job is listed by exactly the audit entry it points to. Both are read only: they
 report drift, they never "fix" money.
 
 Memory stays bounded whatever the history: the per-wallet sums are computed by the
@@ -184,7 +185,11 @@ class AuditReport:
 
 
 def listed_jobs(entry: dict[str, Any]) -> list[str]:
-    """The job ids an audit entry vouches for: a batch block's records or a legacy per-job entry."""
+    """The job ids an audit entry vouches for: a batch block's records or a legacy per-job entry.
+
+    Operator entries (freezes, roles, plans, cancellations) vouch for no job: ``[]``;
+    their chain is checked link by link and against its head like any other.
+    """
     if "jobs" in entry:
         return [record["jobId"] for record in entry["jobs"]]
     return [entry["jobId"]] if entry.get("jobId") else []

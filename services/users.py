@@ -20,11 +20,13 @@ from typing import Any
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 from bson import ObjectId
+from pymongo.client_session import ClientSession
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from infra.config import Settings, get_settings
 from ledger.timeutil import utcnow
+from services import operator_audit
 
 log = logging.getLogger("purser.users")
 
@@ -166,17 +168,54 @@ def get_user(db: Database, user_id: str) -> dict[str, Any] | None:
     return db.users.find_one({"_id": user_id})
 
 
-def set_role(db: Database, user_id: str, role: str) -> dict[str, Any] | None:
+def set_role(db: Database, user_id: str, role: str,
+             session: ClientSession | None = None) -> dict[str, Any] | None:
+    """Set the stored role (unaudited: operators go through :func:`change_role`)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
-    res = db.users.update_one({"_id": user_id}, {"$set": {"role": role}})
-    return get_user(db, user_id) if res.matched_count else None
+    res = db.users.update_one({"_id": user_id}, {"$set": {"role": role}}, session=session)
+    return db.users.find_one({"_id": user_id}, session=session) if res.matched_count else None
 
 
-def set_wallet_status(db: Database, user_id: str, status: str) -> dict[str, Any] | None:
-    """Freeze or unfreeze a user's wallet (settlement refuses frozen wallets)."""
-    res = db.wallets.update_one({"_id": user_id, "userId": user_id}, {"$set": {"status": status}})
-    return db.wallets.find_one({"_id": user_id}) if res.matched_count else None
+def set_wallet_status(db: Database, user_id: str, status: str,
+                      session: ClientSession | None = None) -> dict[str, Any] | None:
+    """Freeze or unfreeze a user's wallet (unaudited: operators go through :func:`change_wallet_status`)."""
+    res = db.wallets.update_one({"_id": user_id, "userId": user_id}, {"$set": {"status": status}},
+                                session=session)
+    return db.wallets.find_one({"_id": user_id}, session=session) if res.matched_count else None
+
+
+def change_role(db: Database, user_id: str, role: str, actor: dict[str, str],
+                request_id: str | None) -> dict[str, Any] | None:
+    """An operator's role change, applied and audited in one transaction; None for no such user."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+
+    def apply(session: ClientSession) -> operator_audit.Change | None:
+        before = db.users.find_one({"_id": user_id}, {"role": 1}, session=session)
+        if before is None:
+            return None
+        user = set_role(db, user_id, role, session)
+        return operator_audit.Change({"role": before["role"]}, {"role": role}, user)
+
+    done = operator_audit.record(db, "user.role", actor, {"type": "user", "id": user_id}, request_id, apply)
+    return None if done is None else done[0].result
+
+
+def change_wallet_status(db: Database, user_id: str, status: str, actor: dict[str, str],
+                         request_id: str | None) -> dict[str, Any] | None:
+    """An operator's freeze/unfreeze, applied and audited in one transaction; None for no such wallet."""
+    action = "wallet.freeze" if status == "frozen" else "wallet.unfreeze"
+
+    def apply(session: ClientSession) -> operator_audit.Change | None:
+        before = db.wallets.find_one({"_id": user_id, "userId": user_id}, {"status": 1}, session=session)
+        if before is None:
+            return None
+        wallet = set_wallet_status(db, user_id, status, session)
+        return operator_audit.Change({"status": before["status"]}, {"status": status}, wallet)
+
+    done = operator_audit.record(db, action, actor, {"type": "wallet", "id": user_id}, request_id, apply)
+    return None if done is None else done[0].result
 
 
 def user_view(user: dict[str, Any]) -> dict[str, Any]:

@@ -1,10 +1,10 @@
-"""Operator actions: roles, credits, wallet freezes."""
+"""Operator actions: roles, credits, wallet freezes (each audited in the operator chain or by settlement)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, g, jsonify
 
 from api.auth import current, forget_role
 from api.errors import ApiError
@@ -16,10 +16,15 @@ from api.spec import endpoint
 from infra.mongo import get_db
 from ledger.money import is_user_id
 from ledger.operations import Credit
-from services import users
+from services import operator_audit, users
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
 ADMIN = ("admin",)
+
+
+def _actor() -> dict[str, str]:
+    me = current()
+    return operator_audit.actor_of(me.user_id, me.role)
 
 
 def _user_id(user_id: str) -> str:
@@ -32,7 +37,7 @@ def _user_id(user_id: str) -> str:
           roles=ADMIN, errors=(404,))
 def set_role(userId: str) -> Any:  # noqa: N803
     body = parse_body(RoleIn)
-    user = users.set_role(get_db(), _user_id(userId), body.role)
+    user = users.change_role(get_db(), _user_id(userId), body.role, _actor(), g.request_id)
     if user is None:
         raise ApiError(404, "USER_NOT_FOUND", "No such user.")
     forget_role(userId)  # this process at once; the others within ROLE_CACHE_SECONDS
@@ -48,7 +53,7 @@ def credit() -> Any:
 
 
 def _set_status(user_id: str, status: str) -> Any:
-    wallet = users.set_wallet_status(get_db(), _user_id(user_id), status)
+    wallet = users.change_wallet_status(get_db(), _user_id(user_id), status, _actor(), g.request_id)
     if wallet is None:
         raise ApiError(404, "USER_NOT_FOUND", "No such user.")
     return jsonify(userId=user_id, walletId=wallet["_id"], status=wallet["status"])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, g, jsonify
+from pymongo.client_session import ClientSession
 
 from api.auth import current
 from api.errors import ApiError
@@ -16,6 +17,7 @@ from api.spec import endpoint
 from infra.mongo import get_db
 from ledger.operations import Subscribe
 from ledger.timeutil import utcnow
+from services import operator_audit
 from services.queries import subscription_view
 
 bp = Blueprint("subscription", __name__, url_prefix="/api/subscription")
@@ -25,13 +27,22 @@ bp = Blueprint("subscription", __name__, url_prefix="/api/subscription")
           body=PlanIn, response=PlanOut, roles=("creator", "admin"))
 def put_plan() -> Any:
     body = parse_body(PlanIn)
-    me = current().user_id
-    get_db().plans.update_one(
-        {"_id": me},
-        {"$set": {"price": body.price, "periodDays": body.periodDays, "isActive": True, "updatedAt": utcnow()},
-         "$setOnInsert": {"createdAt": utcnow()}},
-        upsert=True)
-    return jsonify(creatorId=me, price=body.price, periodDays=body.periodDays, isActive=True)
+    db = get_db()
+    principal = current()
+    me = principal.user_id
+    fields = {"price": body.price, "periodDays": body.periodDays, "isActive": True}
+
+    def apply(session: ClientSession) -> operator_audit.Change:
+        now = utcnow()
+        before = db.plans.find_one({"_id": me}, {"_id": 0, "price": 1, "periodDays": 1, "isActive": 1},
+                                   session=session)
+        db.plans.update_one({"_id": me}, {"$set": dict(fields, updatedAt=now), "$setOnInsert": {"createdAt": now}},
+                            upsert=True, session=session)
+        return operator_audit.Change(before, dict(fields))
+
+    operator_audit.record(db, "plan.set", operator_audit.actor_of(me, principal.role),
+                          {"type": "plan", "id": me}, g.request_id, apply)
+    return jsonify(creatorId=me, **fields)
 
 
 @endpoint(bp, "POST", "/subscribe", summary="Subscribe to a creator (first period charged asynchronously)",
@@ -51,11 +62,22 @@ def subscribe() -> Any:
 def cancel() -> Any:
     body = parse_body(CancelIn)
     db = get_db()
-    me = current().user_id
-    res = db.subscriptions.update_one(
-        {"_id": body.subscriptionId, "subscriberId": me, "status": "active"},
-        {"$set": {"autoRenew": False, "cancelledAt": utcnow()}})
-    if res.matched_count == 0:
+    principal = current()
+    me = principal.user_id
+    mine = {"_id": body.subscriptionId, "subscriberId": me, "status": "active"}
+
+    def apply(session: ClientSession) -> operator_audit.Change | None:
+        before = db.subscriptions.find_one(mine, {"autoRenew": 1, "cancelledAt": 1}, session=session)
+        if before is None:
+            return None
+        after = {"autoRenew": False, "cancelledAt": utcnow()}
+        db.subscriptions.update_one(mine, {"$set": after}, session=session)
+        return operator_audit.Change({"autoRenew": before.get("autoRenew"), "cancelledAt": before.get("cancelledAt")},
+                                     after)
+
+    done = operator_audit.record(db, "subscription.cancel", operator_audit.actor_of(me, principal.role),
+                                 {"type": "subscription", "id": body.subscriptionId}, g.request_id, apply)
+    if done is None:
         raise ApiError(404, "SUBSCRIPTION_NOT_FOUND", "No active subscription with this id.")
     return jsonify(subscription_view(db.subscriptions.find_one({"_id": body.subscriptionId})))
 

@@ -1,0 +1,123 @@
+"""The operators' audit chain: freezes, role changes, plan changes, cancellations.
+
+Every such action is applied and recorded in ONE MongoDB transaction: the change
+itself (done by the caller's ``apply``, which gets the session), one sealed entry in
+``auditlogs`` under partition :data:`ledger.audit.OPERATOR_CHAIN` (``-1``) and the
+bump of that chain's head in ``partitions``. Either all three commit or none does,
+so an operator action is never applied without its entry, nor recorded without
+having happened.
+
+The head update carries a guard on the ``auditSeq`` it read: two operator actions
+at once both append ``seq + 1``; the second to write conflicts and is re-run by
+``with_transaction`` (or by the short loop here), reading the new head. Every query
+is a point read on ``_id`` or on the ``(partition, seq)`` unique index.
+
+Admin credits are not recorded here: they are jobs, audited by settlement in their
+partition's chain with actor type ``admin``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo.client_session import ClientSession
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from ledger import audit
+from ledger.timeutil import utcnow
+
+OPERATOR_KIND = "operator"
+MAX_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class Change:
+    """What ``apply`` did: the target's state before and after, and a value for the caller."""
+
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    result: Any = None
+
+
+class _HeadMoved(Exception):
+    """The chain head changed between this transaction's read and its write."""
+
+
+def ensure_head(db: Database) -> None:
+    """Create the operator chain's head document once (a read when it exists)."""
+    if db.partitions.find_one({"_id": audit.OPERATOR_CHAIN}, {"_id": 1}) is None:
+        try:
+            db.partitions.update_one(
+                {"_id": audit.OPERATOR_CHAIN},
+                {"$setOnInsert": {"seq": 0, "auditSeq": 0, "auditHead": audit.GENESIS}},
+                upsert=True)
+        except DuplicateKeyError:  # created by a concurrent first action
+            pass
+
+
+def actor_of(user_id: str, role: str) -> dict[str, str]:
+    """The audit actor of an API caller: ``admin`` for admins, else ``user``."""
+    return {"type": "admin" if role == "admin" else "user", "id": user_id}
+
+
+def _append(db: Database, session: ClientSession, body: dict[str, Any]) -> dict[str, Any]:
+    head = db.partitions.find_one({"_id": audit.OPERATOR_CHAIN}, session=session)
+    if head is None:
+        raise _HeadMoved("operator chain head missing")
+    seq = head["auditSeq"] + 1
+    entry = audit.seal(dict(body, partition=audit.OPERATOR_CHAIN, seq=seq), head["auditHead"])
+    db.auditlogs.insert_one(entry, session=session)
+    res = db.partitions.update_one(
+        {"_id": audit.OPERATOR_CHAIN, "auditSeq": head["auditSeq"], "auditHead": head["auditHead"]},
+        {"$set": {"auditSeq": seq, "auditHead": entry["hash"], "lastAuditAt": body["createdAt"]},
+         "$inc": {"seq": 1}},
+        session=session)
+    if res.modified_count != 1:
+        raise _HeadMoved("operator chain head moved")
+    return entry
+
+
+def record(db: Database, action: str, actor: dict[str, str], target: dict[str, str], request_id: str | None,
+           apply: Callable[[ClientSession], Change | None]) -> tuple[Change, dict[str, Any]] | None:
+    """Apply an operator action and append its audit entry, atomically.
+
+    ``apply(session)`` makes the change with ``session`` and returns a :class:`Change`
+    (the target's ``before`` and ``after``), or ``None`` when the target does not exist:
+    then nothing is written and ``None`` is returned. Otherwise returns the change and
+    the sealed entry ``{partition: -1, seq, kind: "operator", action, actor, target,
+    before, after, requestId, createdAt, prevHash, hash}``.
+    """
+    ensure_head(db)
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        holder: dict[str, Any] = {}
+
+        def body(session: ClientSession, holder: dict[str, Any] = holder) -> None:
+            holder.clear()
+            change = apply(session)
+            if change is None:
+                return
+            holder["change"] = change
+            holder["entry"] = _append(db, session, {
+                "kind": OPERATOR_KIND, "action": action, "actor": dict(actor),
+                "target": {"type": target["type"], "id": target["id"]},
+                "before": change.before, "after": change.after,
+                "requestId": request_id, "createdAt": utcnow()})
+
+        try:
+            with db.client.start_session() as session:
+                session.with_transaction(body)
+        except (_HeadMoved, DuplicateKeyError):
+            # Another operator action took this seq first (a conflict with_transaction
+            # did not label transient): read the head again.
+            if attempt == MAX_ATTEMPTS:
+                raise
+            time.sleep(0.002 * attempt)
+            continue
+        if "change" not in holder:
+            return None
+        return holder["change"], holder["entry"]
+    raise RuntimeError("unreachable")
