@@ -3,7 +3,7 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all install run test test-unit lint bench bench-wait chaos migrate clean
+.PHONY: all install run test test-unit lint bench bench-wait chaos migrate mutants mutants-ledger mutants-curated clean
 
 all: test
 
@@ -39,8 +39,20 @@ bench-wait: $(VENV)/.installed
 chaos: $(VENV)/.installed
 	$(PY) -m pytest tests/chaos -q $(PYTEST_ARGS)
 
+# Mutation testing (issue 17, docs/testing.md); not part of `make test`.
+# mutmut over ledger/ with tests/unit (setup.cfg), then the curated I/O mutants.
+mutants: mutants-ledger mutants-curated
+
+mutants-ledger: $(VENV)/.installed
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children 2
+	$(PY) tests/mutants/mutmut_score.py
+
+mutants-curated: $(VENV)/.installed
+	$(PY) tests/mutants/run.py --record docs/testing.md
+
 migrate: $(VENV)/.installed
 	$(PY) -m migrations up
 
 clean:
-	rm -rf var .pytest_cache
+	rm -rf var .pytest_cache mutants

@@ -159,3 +159,15 @@ def test_terminal_job_without_audit_pointer_is_reported(db, history):
     report = verify_audit(db)
     assert not report.ok
     assert history.failed_job in report.missing
+
+
+def test_truncated_chain_with_its_head_count_rewound_is_reported(db, history):
+    # The last block deleted and the head's count moved back to match: every remaining
+    # link verifies, only the head's hash (of the deleted block) gives it away.
+    head = db.partitions.find_one({"_id": 0})
+    assert head["auditSeq"] >= 2
+    db.auditlogs.delete_one({"partition": 0, "seq": head["auditSeq"]})
+    db.partitions.update_one({"_id": 0}, {"$inc": {"auditSeq": -1}})
+    report = verify_audit(db)
+    assert not report.ok
+    assert report.partitions[0].reason == "chain head does not match the partition"

@@ -1,0 +1,250 @@
+"""Curated mutants of the I/O money path (issue 17, item 2).
+
+A full mutation run of ``services/`` and ``api/`` is too slow against real stores, so
+this keeps a list of realistic bugs a payments reviewer would plant: each names a
+file, an exact snippet of it, its replacement and the tests that must catch it. Each
+mutant is applied to a SCRATCH COPY of the repository (never the working tree) and
+only its tests run there. A mutant is killed when those tests fail (pytest exit 1).
+
+    .venv/bin/python tests/mutants/run.py               # every mutant, from HEAD
+    .venv/bin/python tests/mutants/run.py -k webhook    # names containing "webhook"
+    .venv/bin/python tests/mutants/run.py --worktree    # the working tree instead of HEAD
+    .venv/bin/python tests/mutants/run.py --record docs/testing.md
+
+Exit status 0 only when every mutant is killed. A snippet that no longer occurs
+exactly once is reported STALE (the list must follow the code), also a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = ROOT / ".venv" / "bin" / "python"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str
+    original: str
+    replacement: str
+    tests: tuple[str, ...]
+
+
+S = "tests/settlement/"
+MUTANTS: tuple[Mutant, ...] = (
+    # --- the five planted bugs of issue 17 -------------------------------------------
+    Mutant("settlement: debit guard removed", "services/settlement.py",
+           'UpdateOne({"_id": doc_id, "balance": {"$gte": -delta}}, update)', 'UpdateOne({"_id": doc_id}, update)',
+           (S + "test_guards_and_claims.py::test_debit_guard_refuses_a_decision_made_on_a_stale_balance",)),
+    Mutant("idempotency: fingerprint not bound to route and method", "api/money.py",
+           '{"route": request.path, "method": request.method, "body": data}', '{"body": data}',
+           ("tests/unit/test_fingerprint.py",)),
+    Mutant("webhook: HMAC over t:body instead of t.body", "api/routes/payments.py",
+           'f"{timestamp}.".encode()', 'f"{timestamp}:".encode()',
+           ("tests/unit/test_webhook_signature.py",)),
+    Mutant("reconcile: unbalanced transactions not reported", "services/reconcile.py",
+           'report.unbalanced_transactions.append(tx["_id"])', "pass",
+           (S + "test_reconcile_detects.py::test_unbalanced_transaction_is_reported",)),
+    Mutant("idempotency: stale claim taken over with a NEW job id", "services/idempotency.py",
+           'return Claim(NEW, {**existing, "createdAt": now})',
+           'return Claim(NEW, {**existing, "createdAt": now, "jobId": job_id})',
+           (S + "test_guards_and_claims.py::test_stale_claim_is_taken_over_keeping_the_original_job_id",)),
+    # --- idempotency -----------------------------------------------------------------
+    Mutant("idempotency: claims stale at once (no 409 window)", "services/idempotency.py",
+           "STALE_AFTER = timedelta(seconds=30)", "STALE_AFTER = timedelta(seconds=0)",
+           (S + "test_guards_and_claims.py::test_a_claim_without_its_job_is_in_use_until_stale",)),
+    Mutant("idempotency: stale boundary off by one (<= -> <)", "services/idempotency.py",
+           'if existing["createdAt"] <= now - STALE_AFTER:', 'if existing["createdAt"] < now - STALE_AFTER:',
+           (S + "test_guards_and_claims.py::test_stale_claim_is_taken_over_keeping_the_original_job_id",)),
+    Mutant("idempotency: fingerprint mismatch ignored (replays another request)", "services/idempotency.py",
+           'if existing["fingerprint"] != fingerprint:', "if False:",
+           (S + "test_guards_and_claims.py::"
+                "test_claim_with_another_fingerprint_is_a_mismatch_and_with_its_job_a_replay",)),
+    Mutant("idempotency: missing key accepted", "api/money.py",
+           'raise ApiError(400, "IDEMPOTENCY_KEY_REQUIRED", "Send an Idempotency-Key header with money requests.")',
+           "return None",
+           ("tests/api/test_idempotency.py::test_every_money_post_requires_a_key",)),
+    # --- webhooks --------------------------------------------------------------------
+    Mutant("webhook: MAC compared with nothing", "api/routes/payments.py",
+           "if not hmac.compare_digest(expected, given):", "if not given:",
+           ("tests/unit/test_webhook_signature.py",)),
+    Mutant("webhook: future timestamps accepted (abs dropped)", "api/routes/payments.py",
+           "if abs(time.time() - timestamp) > TOLERANCE_SECONDS:", "if time.time() - timestamp > TOLERANCE_SECONDS:",
+           ("tests/unit/test_webhook_signature.py",)),
+    Mutant("webhook: replay window 10x too wide", "api/routes/payments.py",
+           "TOLERANCE_SECONDS = 300", "TOLERANCE_SECONDS = 3000",
+           ("tests/unit/test_webhook_signature.py",)),
+    # --- settlement and deferred credits ---------------------------------------------
+    Mutant("settlement: inbound credits not spendable before deciding", "services/settlement.py",
+           "snapshot.wallets.setdefault(wallet_id, WalletState(0)).balance += amount", "pass",
+           (S + "test_single_writer.py",)),
+    Mutant("settlement: inbound credit never marked applied (applied twice)", "services/settlement.py",
+           '{"$set": {"applied": True, "appliedAt": now, "appliedIn": batch_seq}}',
+           '{"$set": {"appliedAt": now, "appliedIn": batch_seq}}',
+           (S + "test_single_writer.py::test_a_cross_partition_credit_is_incoming_until_its_owner_applies_it",)),
+    # --- reconcile and audit verification ----------------------------------------------
+    Mutant("reconcile: unapplied credits left out of the drift check", "services/reconcile.py",
+           "if balance + incoming != ledger:", "if balance != ledger:",
+           (S + "test_reconcile_detects.py::test_altered_unapplied_credit_is_drift",)),
+    Mutant("reconcile: unapplied credits left out of the total", "services/reconcile.py",
+           "report.total_balance += balance + incoming", "report.total_balance += balance",
+           (S + "test_reconcile_detects.py::test_altered_unapplied_credit_is_drift",)),
+    Mutant("reconcile: negative check off by one", "services/reconcile.py",
+           "if balance < 0 and not may_go_negative(wallet_id)", "if balance < -1 and not may_go_negative(wallet_id)",
+           (S + "test_reconcile_detects.py::test_negative_user_wallet_is_reported",)),
+    Mutant("reconcile: system buckets not compared with the ledger", "services/reconcile.py",
+           "            report._drift(name, balance, 0, ledger)", "            pass",
+           (S + "test_reconcile_detects.py::test_altered_bucket_is_drift",)),
+    Mutant("reconcile: settled job without transaction tolerated", "services/reconcile.py",
+           'if kinds != ["job", "tx"] and', 'if kinds not in (["job", "tx"], ["job"]) and',
+           (S + "test_reconcile_detects.py::test_settled_job_without_transaction_is_reported",)),
+    Mutant("reconcile: transaction without settled job tolerated", "services/reconcile.py",
+           'if kinds != ["job", "tx"] and', 'if kinds not in (["job", "tx"], ["tx"]) and',
+           (S + "test_reconcile_detects.py::test_transaction_without_settled_job_is_reported",)),
+    Mutant("verify_audit: job audit pointers not checked", "services/reconcile.py",
+           '                        or job.get("audit") != {"partition": partition, "seq": entry.get("seq")}:',
+           "                        :",
+           (S + "test_reconcile_detects.py::test_job_audit_pointer_moved_is_reported",)),
+    Mutant("verify_audit: chain head not compared", "services/reconcile.py",
+           'if last is None or last["hash"] != part["auditHead"]:', "if last is None:",
+           (S + "test_reconcile_detects.py::test_truncated_chain_with_its_head_count_rewound_is_reported",)),
+    # --- revenue split constants ------------------------------------------------------
+    Mutant("splits: platform and processing shares swapped", "ledger/splits.py",
+           "    (PLATFORM_REVENUE, 1500),\n    (PLATFORM_PROCESSING, 500),",
+           "    (PLATFORM_REVENUE, 500),\n    (PLATFORM_PROCESSING, 1500),",
+           ("tests/unit/ledger/test_splits.py",)),
+    Mutant("splits: leftover coins to the smallest remainder", "ledger/splits.py",
+           "remainders.append((-frac, index, party))", "remainders.append((frac, index, party))",
+           ("tests/unit/ledger/test_splits.py",)),
+    # --- authorization and rate limits ----------------------------------------------
+    Mutant("authorization: role check disabled", "api/auth.py",
+           "if roles and principal.role not in roles:", "if False:",
+           ("tests/api/test_admin.py::test_non_admins_get_403_everywhere_admin",)),
+    Mutant("rate limits: admins no longer exempt", "api/limits.py",
+           "or (principal is not None and principal.is_admin)", "or False",
+           ("tests/observability/test_rate_limits.py::test_limit_follows_the_stored_role_and_admin_is_exempt",)),
+    Mutant("rate limits: every role gets the free tier", "api/limits.py",
+           "return tier_limits.get(role, settings.rate_limits_free)", "return settings.rate_limits_free",
+           ("tests/observability/test_rate_limits.py::test_limit_follows_the_stored_role_and_admin_is_exempt",)),
+    # --- subscriptions ----------------------------------------------------------------
+    Mutant("subscriptions: auto-renewing subscriptions expired by the tick", "services/subscriptions.py",
+           'return {"status": "active", "autoRenew": False, "expiresAt": _until(now)}',
+           'return {"status": "active", "expiresAt": _until(now)}',
+           ("tests/subscriptions/test_subscription_lifecycle.py::test_subscribe_renew_three_periods_cancel_and_expire_with_exact_money",)),
+)
+
+
+def _tree(worktree: bool, dest: Path) -> None:
+    """A copy of the repository at ``dest``: HEAD (default) or the working tree's files."""
+    if worktree:
+        files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                               capture_output=True).stdout.decode().split("\0")
+        for name in filter(None, files):
+            src = ROOT / name
+            if src.is_file():
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / name)
+    else:
+        archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=ROOT, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+
+
+def _pytest(tree: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, float]:
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    started = time.monotonic()
+    try:
+        rc = subprocess.run([str(PYTHON), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                            cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        rc = -1
+    return rc, time.monotonic() - started
+
+
+def run(mutants: list[Mutant], worktree: bool, timeout: float, baseline: bool) -> list[dict]:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="purser-mutants-") as tmp:
+        tree = Path(tmp)
+        _tree(worktree, tree)
+        if baseline:
+            tests = tuple(dict.fromkeys(t for m in mutants for t in m.tests))
+            rc, secs = _pytest(tree, tests, timeout * 3)
+            print(f"baseline: {'pass' if rc == 0 else f'FAIL (exit {rc})'} in {secs:.0f}s", flush=True)
+            if rc != 0:
+                raise SystemExit("the unmutated tests fail: kills would mean nothing")
+        for m in mutants:
+            target = tree / m.path
+            source = target.read_text()
+            if source.count(m.original) != 1:
+                verdict, rc, secs = "STALE", None, 0.0
+            else:
+                target.write_text(source.replace(m.original, m.replacement))
+                try:
+                    rc, secs = _pytest(tree, m.tests, timeout)
+                finally:
+                    target.write_text(source)
+                verdict = {0: "SURVIVED", 1: "killed", -1: "TIMEOUT"}.get(rc, f"ERROR (exit {rc})")
+            results.append({"name": m.name, "path": m.path, "verdict": verdict, "seconds": secs,
+                            "tests": m.tests})
+            print(f"{verdict:>10}  {secs:6.0f}s  {m.name}  [{m.path}]", flush=True)
+    return results
+
+
+def table(results: list[dict], total_seconds: float, source: str) -> str:
+    killed = sum(r["verdict"] == "killed" for r in results)
+    lines = [f"Last run: {time.strftime('%Y-%m-%d')}, {source}, {killed}/{len(results)} killed, "
+             f"{total_seconds / 60:.1f} min.", "",
+             "| mutant | file | result | caught by | s |", "|---|---|---|---|---|"]
+    for r in results:
+        tests = "<br>".join(f"`{t.removeprefix('tests/')}`" for t in r["tests"])
+        lines.append(f"| {r['name']} | `{r['path']}` | {r['verdict']} | {tests} | {r['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+START, END = "<!-- curated-mutants:start -->", "<!-- curated-mutants:end -->"
+
+
+def record(path: Path, text: str) -> None:
+    doc = path.read_text()
+    head, _, rest = doc.partition(START)
+    _, _, tail = rest.partition(END)
+    path.write_text(f"{head}{START}\n{text}{END}{tail}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-k", dest="match", help="only mutants whose name contains this text")
+    parser.add_argument("--worktree", action="store_true", help="copy the working tree instead of HEAD")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per mutant")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of the named tests")
+    parser.add_argument("--record", type=Path, help="write the result table into this file between markers")
+    parser.add_argument("--list", action="store_true", help="print the mutants and exit")
+    args = parser.parse_args()
+    mutants = [m for m in MUTANTS if not args.match or args.match.lower() in m.name.lower()]
+    if args.list:
+        for m in mutants:
+            print(f"{m.name}  [{m.path}]  -> {', '.join(m.tests)}")
+        return 0
+    started = time.monotonic()
+    results = run(mutants, args.worktree, args.timeout, not args.no_baseline)
+    elapsed = time.monotonic() - started
+    text = table(results, elapsed, "working tree" if args.worktree else "HEAD")
+    print(text)
+    if args.record:
+        record(args.record, text)
+    return 0 if all(r["verdict"] == "killed" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
