@@ -12,10 +12,10 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, g
-from pymongo.errors import PyMongoError
 from werkzeug.exceptions import HTTPException
 
 from services.idempotency import outcome_unknown
+from services.store import StoreError
 
 log = logging.getLogger("purser.api")
 
@@ -87,8 +87,8 @@ def register_error_handlers(app: Flask) -> None:
             headers["Allow"] = ", ".join(sorted(valid))
         return problem(status, code, detail, title=title, headers=headers)
 
-    @app.errorhandler(PyMongoError)
-    def _store_unavailable(exc: PyMongoError) -> Response:
+    @app.errorhandler(StoreError)
+    def _store_unavailable(exc: StoreError) -> Response:
         if not outcome_unknown(exc):
             return _unexpected(exc)
         # Unreachable, timed out or a write whose outcome is unknown: the client must

@@ -1,18 +1,29 @@
-"""Accepting money jobs (the transactional outbox) and presenting them."""
+"""Accepting money jobs (the transactional outbox), reading and presenting them.
+
+:func:`accept_job` is the one way a money request becomes a job, for the API, the
+tests and the benchmark alike: claim the idempotency key, insert the queued job,
+ring its partition, and say what happened as an :class:`Acceptance`.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from bson import ObjectId
 from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
 
 from ledger.operations import Operation, partition_of, to_params
 from ledger.states import TERMINAL_JOB_STATUSES, JobStatus
 from ledger.timeutil import iso, utcnow
+from services import idempotency
+from services.store import database
 
 log = logging.getLogger("purser.jobs")
 
@@ -53,6 +64,120 @@ def build_job(
     }
 
 
+class Outcome(StrEnum):
+    """What :func:`accept_job` did with a request."""
+
+    ACCEPTED = "accepted"  # the job is stored (now, or by a crashed first attempt) and rung
+    REPLAYED = "replayed"  # the key's first request already stored its job: its answer again
+    IN_USE = "in_use"  # the key's first request is still between its two inserts
+    MISMATCH = "mismatch"  # the key was used with another request body
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """The answer kept with an idempotency key and replayed byte for byte."""
+
+    status: int
+    body: str
+    headers: dict[str, str]
+
+    def to_record(self) -> dict[str, Any]:
+        return {"status": self.status, "body": self.body, "headers": dict(self.headers)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> StoredResponse:
+        return cls(record["status"], record["body"], dict(record["headers"]))
+
+
+@dataclass(frozen=True)
+class KeyClaim:
+    """How to claim an idempotency key: whose key it is and what the request was."""
+
+    owner_id: str  # keys are scoped per owner (the provider's webhook has its own)
+    fingerprint: str  # of route, method and body: the same key with another body is refused
+    ttl_hours: int
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    outcome: Outcome
+    response: StoredResponse | None = None  # ACCEPTED: the 202; REPLAYED: the first answer
+    job: dict[str, Any] | None = None  # ACCEPTED: the stored job
+
+    @property
+    def replayed(self) -> bool:
+        return self.outcome == Outcome.REPLAYED
+
+
+def accepted_response(job: dict[str, Any]) -> StoredResponse:
+    """The 202 answer for ``job`` (known before the job is stored: its id and time are chosen first)."""
+    body = json.dumps(job_view(job), separators=(",", ":"))
+    return StoredResponse(202, body, {"Location": f"/api/jobs/{job['_id']}"})
+
+
+def accept_job(
+    op: Operation,
+    owner_id: str,
+    *,
+    partitions: int,
+    ring: Ringer,
+    request_id: str | None = None,
+    key: str | None = None,
+    claim: KeyClaim | None = None,
+    job_id: str | None = None,
+    db: Database | None = None,
+) -> Acceptance:
+    """Store ``op`` as a queued job exactly once per idempotency key, then ring its partition.
+
+    With ``key`` and ``claim`` the key is claimed first (one insert that already holds
+    the answer, ``services/idempotency.py``); a replay, a mismatch or a key still in
+    use stores nothing. Without ``claim`` the key is only recorded on the job.
+
+    The job insert is the point of no return: once it succeeds the job will settle,
+    because the sweeper re-rings partitions with old queued jobs, so a failed doorbell
+    is logged and swallowed. When the insert fails with an outcome that is unknown
+    (network error, timeout, write concern error) the claim is KEPT and the error
+    raised: the server may have stored the job, and releasing the key would let a
+    retry create a second one. A known refusal releases the key and is raised too.
+    """
+    db = database(db)
+    job = build_job(op, owner_id, partitions, request_id, key, job_id)
+    response = accepted_response(job)
+    record = None
+    if key is not None and claim is not None:
+        got = idempotency.claim(db, claim.owner_id, key, claim.fingerprint, job["_id"], claim.ttl_hours,
+                                response.to_record())
+        if got.state == idempotency.REPLAY:
+            return Acceptance(Outcome.REPLAYED, StoredResponse.from_record(got.record["response"]))
+        if got.state == idempotency.MISMATCH:
+            return Acceptance(Outcome.MISMATCH)
+        if got.state == idempotency.IN_USE:
+            return Acceptance(Outcome.IN_USE)
+        record = got.record
+        if record["jobId"] != job["_id"]:  # took over a crashed claim: keep its job id
+            job = build_job(op, owner_id, partitions, request_id, key, job_id=record["jobId"])
+            response = accepted_response(job)
+            idempotency.set_response(db, record, response.to_record())
+
+    try:
+        db.jobs.insert_one(job)
+    except DuplicateKeyError:
+        if record is None:
+            raise
+        # The crashed first attempt stored its job after all: answer with that one.
+        job = db.jobs.find_one({"_id": job["_id"]}) or job
+        response = accepted_response(job)
+        idempotency.set_response(db, record, response.to_record())
+    except Exception as exc:
+        # Outcome unknown: keep the claim, so a retry with this key replays that job or,
+        # once the claim is stale, re-inserts the SAME job id. Known failures free the key.
+        if record is not None and not idempotency.outcome_unknown(exc):
+            idempotency.release(db, record)
+        raise
+    ring_safely(ring, job["partition"], request_id, job["_id"])
+    return Acceptance(Outcome.ACCEPTED, response, job)
+
+
 def submit(
     db: Database,
     op: Operation,
@@ -64,16 +189,25 @@ def submit(
     idempotency_key: str | None = None,
     job_id: str | None = None,
 ) -> dict[str, Any]:
-    """Store the job durably, then ring its partition.
+    """Store the job durably, then ring its partition; the stored job.
 
-    The insert is the point of no return: once it succeeds the job will settle,
-    because the sweeper re-rings partitions with old queued jobs. A failed publish
-    is therefore logged and swallowed, never reported to the client.
+    :func:`accept_job` without a key claim (``idempotency_key`` is only recorded on
+    the job), for callers that make their own ids: the settlement tests and the bench.
     """
-    job = build_job(op, owner_id, partitions, request_id, idempotency_key, job_id)
-    db.jobs.insert_one(job)
-    ring_safely(ring, job["partition"], request_id, job["_id"])
-    return job
+    acceptance = accept_job(op, owner_id, partitions=partitions, ring=ring, request_id=request_id,
+                            key=idempotency_key, job_id=job_id, db=db)
+    assert acceptance.job is not None
+    return acceptance.job
+
+
+def get_job(job_id: str, *, db: Database | None = None) -> dict[str, Any] | None:
+    """The job ``job_id`` (its owner decides who may see it), or None."""
+    return database(db).jobs.find_one({"_id": job_id})
+
+
+def jobs_by_ids(ids: list[str], *, db: Database | None = None) -> dict[str, dict[str, Any]]:
+    """The jobs ``ids`` by id, in one ``$in`` query (callers keep ``ids`` short)."""
+    return {doc["_id"]: doc for doc in database(db).jobs.find({"_id": {"$in": ids}})}
 
 
 def ring_safely(ring: Ringer, partition: int, request_id: str | None, job_id: str | None = None) -> bool:
