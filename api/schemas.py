@@ -87,6 +87,37 @@ class CreditIn(Strict):
     reason: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=500)]
 
 
+class PayoutIn(Strict):
+    amount: Amount
+
+
+class RefundIn(Strict):
+    jobId: Id
+    amount: Amount | None = None  # None: whatever is left to refund of the original
+    reason: Literal["duplicate", "fraudulent", "requested_by_customer"]
+
+
+ProviderEventId = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+
+
+class ProviderEventIn(Strict):
+    """A typed provider event (signed like top-ups); applied once per ``id``."""
+
+    id: ProviderEventId
+    type: Literal["payout.paid", "payout.failed", "payout.returned", "topup.disputed"]
+    data: dict[str, Any]
+
+
+class PayoutEventData(Strict):
+    payoutId: Id
+
+
+class DisputeData(Strict):
+    providerTxId: ProviderEventId
+    userId: Id
+    amount: Amount
+
+
 class PageQuery(Strict):
     model_config = ConfigDict(extra="forbid", strict=False)
     limit: Annotated[int, Field(ge=1, le=100)] = 20
@@ -215,6 +246,10 @@ class Problem(BaseModel):
 # e.g. renewals, which the subscription tick issues). tests/unit/test_operation_registry.py
 # fails when a kind in ledger.operations.OPERATION_TYPES is missing here.
 OPERATION_REQUESTS: dict[str, type[BaseModel] | None] = {
+    "payout": PayoutIn,
+    "payout_event": ProviderEventIn,  # payout.paid / payout.failed / payout.returned; expiry: beat
+    "refund": RefundIn,
+    "chargeback": ProviderEventIn,  # topup.disputed
     "transfer": TransferIn,
     "unlock": UnlockIn,
     "subscribe": SubscribeIn,

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from ledger.money import EXTERNAL_FUNDING, is_system_wallet, may_go_negative
+from ledger.money import EXTERNAL_FUNDING, bucket_may_go_negative, is_system_wallet
 from ledger.operations import Credit, Gift, Operation, Renew, Subscribe, TopUp, Transfer, Unlock
 from ledger.splits import CREATOR, rule_for, split
-from ledger.states import ACTIVE, FROZEN, SubscriptionStatus
+from ledger.states import ACTIVE, FROZEN, PayoutStatus, SubscriptionStatus
 from ledger.timeutil import to_ms
 
 # Stable failure codes: part of the HTTP contract (job.error.code).
@@ -34,6 +34,12 @@ NO_PLAN = "NO_PLAN"
 ALREADY_SUBSCRIBED = "ALREADY_SUBSCRIBED"
 RENEWAL_STALE = "RENEWAL_STALE"
 INTERNAL_ERROR = "INTERNAL_ERROR"
+PAYOUT_NOT_FOUND = "PAYOUT_NOT_FOUND"
+PAYOUT_STATE_CONFLICT = "PAYOUT_STATE_CONFLICT"
+ORIGINAL_NOT_FOUND = "ORIGINAL_NOT_FOUND"
+NOT_REFUNDABLE = "NOT_REFUNDABLE"
+REFUND_EXCEEDS_ORIGINAL = "REFUND_EXCEEDS_ORIGINAL"
+TOPUP_NOT_FOUND = "TOPUP_NOT_FOUND"
 
 FAILURE_MESSAGES = {
     INSUFFICIENT_FUNDS: "The wallet balance does not cover the amount.",
@@ -48,6 +54,12 @@ FAILURE_MESSAGES = {
     ALREADY_SUBSCRIBED: "An active subscription to this creator already exists.",
     RENEWAL_STALE: "The subscription period was already renewed or ended.",
     INTERNAL_ERROR: "The operation could not be processed.",
+    PAYOUT_NOT_FOUND: "The payout does not exist for this wallet.",
+    PAYOUT_STATE_CONFLICT: "The payout is not in a state this event applies to; nothing was moved.",
+    ORIGINAL_NOT_FOUND: "The operation to refund does not exist or is not settled.",
+    NOT_REFUNDABLE: "Only settled unlocks, gifts, subscription charges and transfers can be refunded.",
+    REFUND_EXCEEDS_ORIGINAL: "The amount exceeds what is left to refund of the original.",
+    TOPUP_NOT_FOUND: "No settled top-up with this provider transaction id for this wallet.",
 }
 
 
@@ -88,6 +100,39 @@ class SubscriptionState:
 
 
 @dataclass
+class PayoutState:
+    payout_id: str
+    user_id: str
+    amount: int
+    status: str  # ledger.states.PayoutStatus
+
+
+@dataclass
+class Original:
+    """A settled operation as refunds and chargebacks see it.
+
+    ``legs`` are the original's credits in entry order (creator, platform, processing;
+    a transfer's receiver; a top-up's user); ``reversed`` what earlier refunds or
+    chargebacks already took back from each leg.
+    """
+
+    job_id: str
+    kind: str
+    payer: str
+    legs: tuple[tuple[str, int], ...]
+    result: dict[str, Any]
+    reversed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def gross(self) -> int:
+        return sum(amount for _, amount in self.legs)
+
+    @property
+    def remaining(self) -> int:
+        return self.gross - sum(self.reversed.values())
+
+
+@dataclass
 class Snapshot:
     """The state a batch touches. Absent keys mean "does not exist"."""
 
@@ -96,6 +141,9 @@ class Snapshot:
     unlocks: set[tuple[str, str]] = field(default_factory=set)
     plans: dict[str, Plan] = field(default_factory=dict)
     subscriptions: dict[str, SubscriptionState] = field(default_factory=dict)
+    payouts: dict[str, PayoutState] = field(default_factory=dict)
+    originals: dict[str, Original] = field(default_factory=dict)  # by job id (refunds)
+    topups: dict[str, Original] = field(default_factory=dict)  # by provider transaction id (chargebacks)
 
     def has_active_subscription(self, subscriber: str, creator: str) -> bool:
         return any(
@@ -144,7 +192,44 @@ class ExpireSubscription:
     reason: str
 
 
-Effect = GrantUnlock | StartSubscription | ExtendSubscription | ExpireSubscription
+@dataclass(frozen=True)
+class HoldPayout:
+    payout_id: str
+    user_id: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class MovePayout:
+    payout_id: str
+    old_status: str
+    new_status: str
+    event_id: str
+
+
+@dataclass(frozen=True)
+class RevokeUnlock:
+    user_id: str
+    content_id: str
+
+
+@dataclass(frozen=True)
+class EndSubscription:
+    subscription_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Reversal:
+    """Links a refund or chargeback's ledger record to the original it reverses."""
+
+    original_job_id: str
+    legs: tuple[tuple[str, int], ...]  # what each leg of the original gave back (allocated)
+    reason: str
+
+
+Effect = (GrantUnlock | StartSubscription | ExtendSubscription | ExpireSubscription | HoldPayout | MovePayout
+          | RevokeUnlock | EndSubscription | Reversal)
 
 
 @dataclass(frozen=True)
@@ -321,13 +406,16 @@ def _decide_one(job_id: str, op: Operation, state: Snapshot, now: datetime) -> S
     if decider is None:  # pragma: no cover - tests/unit/ledger check every kind has one
         raise TypeError(f"no decider for {type(op).__name__}")
     entries, result, effects = decider(job_id, op, state, now)
-    _check_funds(state, entries)
+    if not getattr(op, "may_overdraw", False):  # a chargeback always applies: it may leave debt
+        _check_funds(state, entries)
     return Settled(job_id, op.kind, tuple(entries), result, tuple(effects), _balances(state, entries))
 
 
 def _check_funds(state: Snapshot, entries: Iterable[Entry]) -> None:
     for entry in entries:
-        if entry.amount < 0 and not may_go_negative(entry.wallet_id):
+        # System wallets are per-partition buckets here: the platform's revenue and
+        # processing buckets may dip (a refund in a partition that collected less).
+        if entry.amount < 0 and not bucket_may_go_negative(entry.wallet_id):
             wallet = state.wallets.get(entry.wallet_id)
             if wallet is None:
                 raise _Refused(WALLET_NOT_FOUND)
@@ -362,8 +450,22 @@ def _apply(state: Snapshot, outcome: Outcome, now: datetime) -> None:
             sub = state.subscriptions[effect.subscription_id]
             sub.expires_at = effect.new_expires_at
             sub.renewals += 1
-        elif isinstance(effect, ExpireSubscription):
+        elif isinstance(effect, ExpireSubscription | EndSubscription):
             state.subscriptions[effect.subscription_id].status = SubscriptionStatus.EXPIRED
+        elif isinstance(effect, HoldPayout):
+            state.payouts[effect.payout_id] = PayoutState(effect.payout_id, effect.user_id, effect.amount,
+                                                          PayoutStatus.PENDING)
+        elif isinstance(effect, MovePayout):
+            state.payouts[effect.payout_id].status = effect.new_status
+        elif isinstance(effect, RevokeUnlock):
+            state.unlocks.discard((effect.user_id, effect.content_id))
+        elif isinstance(effect, Reversal):
+            # Later refunds in the same batch see this one (their sum never passes the original).
+            original = state.originals.get(effect.original_job_id) or next(
+                (t for t in state.topups.values() if t.job_id == effect.original_job_id), None)
+            if original is not None:
+                for wallet_id, amount in effect.legs:
+                    original.reversed[wallet_id] = original.reversed.get(wallet_id, 0) + amount
 
 
 def decide_batch(
@@ -390,3 +492,7 @@ def decide_batch(
 def failed(job_id: str, kind: str, code: str, message: str | None = None) -> Failed:
     """A failure outside the rules (e.g. ``INTERNAL_ERROR`` for a job that crashed)."""
     return Failed(job_id, kind, code, message or FAILURE_MESSAGES.get(code, code))
+
+
+# Deciders of money out and money back register themselves on import (one module per theme).
+from ledger import money_out  # noqa: E402,F401

@@ -14,7 +14,10 @@ MAX_AMOUNT = 1_000_000_000
 PLATFORM_REVENUE = "platform:revenue"
 PLATFORM_PROCESSING = "platform:processing"
 EXTERNAL_FUNDING = "external:funding"
-SYSTEM_WALLETS = (PLATFORM_REVENUE, PLATFORM_PROCESSING, EXTERNAL_FUNDING)
+# Coins held for payouts between the hold and the provider's answer (TigerBeetle's
+# pending transfers): out of the creator's spendable balance, not yet out of Purser.
+PAYOUTS_IN_FLIGHT = "platform:payouts-in-flight"
+SYSTEM_WALLETS = (PLATFORM_REVENUE, PLATFORM_PROCESSING, EXTERNAL_FUNDING, PAYOUTS_IN_FLIGHT)
 
 # User, content and subscription ids are 24 lowercase hex characters (an ObjectId
 # rendered as a string). A fixed shape means a request can never smuggle a MongoDB
@@ -47,5 +50,15 @@ def is_system_wallet(wallet_id: str) -> bool:
 
 
 def may_go_negative(wallet_id: str) -> bool:
-    """Only the funding mirror may be negative: it stands for money that entered."""
+    """Only the funding mirror may be negative: it stands for money that entered.
+
+    (A user wallet goes negative only through a provider chargeback, which is decided
+    with ``may_overdraw``; reconcile reports such debt, it is not drift.)
+    """
     return wallet_id == EXTERNAL_FUNDING
+
+
+def bucket_may_go_negative(wallet_id: str) -> bool:
+    """One partition's bucket of the platform's revenue or processing may dip below zero
+    (a refund settled in a partition that collected less); the platform's sum may not."""
+    return wallet_id in (EXTERNAL_FUNDING, PLATFORM_REVENUE, PLATFORM_PROCESSING)

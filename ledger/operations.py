@@ -34,6 +34,9 @@ class Reads:
     plans: set[str] = field(default_factory=set)  # creator ids
     subscriptions: set[str] = field(default_factory=set)  # subscription ids
     subscriber_pairs: set[tuple[str, str]] = field(default_factory=set)  # (subscriber, creator)
+    payouts: set[str] = field(default_factory=set)  # payout ids
+    originals: set[str] = field(default_factory=set)  # job ids of settled operations being refunded
+    topups: set[str] = field(default_factory=set)  # provider transaction ids being charged back
 
     def update(self, other: Reads) -> Reads:
         self.wallets |= other.wallets
@@ -42,6 +45,9 @@ class Reads:
         self.plans |= other.plans
         self.subscriptions |= other.subscriptions
         self.subscriber_pairs |= other.subscriber_pairs
+        self.payouts |= other.payouts
+        self.originals |= other.originals
+        self.topups |= other.topups
         return self
 
 
@@ -148,10 +154,90 @@ class Credit(_Amounted):
     reason: str
 
 
-Operation = Transfer | Unlock | Subscribe | Renew | Gift | TopUp | Credit
+@dataclass(frozen=True)
+class Payout(_Amounted):
+    """Hold ``amount`` of the user's balance for a payout to the bank (two-phase: hold,
+    then post on ``paid`` or void on ``failed``/``expired``)."""
+
+    kind: ClassVar[str] = "payout"
+    wallet_field: ClassVar[str] = "user"
+    user: str
+    amount: int
+    payout_id: str
+
+    def reads(self) -> Reads:
+        return Reads(wallets={self.user}, payouts={self.payout_id})
+
+
+PAYOUT_EVENTS = ("paid", "failed", "returned", "expired")
+
+
+@dataclass(frozen=True)
+class PayoutEvent(_Routed):
+    """What the provider (or the hold's expiry) says about a payout: post, void or return."""
+
+    kind: ClassVar[str] = "payout_event"
+    wallet_field: ClassVar[str] = "user"
+    user: str
+    payout_id: str
+    event: str
+    event_id: str
+
+    def __post_init__(self) -> None:
+        if self.event not in PAYOUT_EVENTS:
+            raise ValueError(f"unknown payout event {self.event!r}")
+
+    def reads(self) -> Reads:
+        return Reads(wallets={self.user}, payouts={self.payout_id})
+
+
+REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
+
+
+@dataclass(frozen=True)
+class Refund(_Routed):
+    """Give back (part of) a settled operation. Routed by the wallet that received the
+    original's main credit (creator or receiver), so every refund of one original is
+    settled by one partition, in order, and their sum cannot pass the original."""
+
+    kind: ClassVar[str] = "refund"
+    wallet_field: ClassVar[str] = "debtor"
+    debtor: str
+    original_job_id: str
+    amount: int | None
+    reason: str
+
+    def __post_init__(self) -> None:
+        if self.amount is not None:
+            coins(self.amount)
+        if self.reason not in REFUND_REASONS:
+            raise ValueError(f"unknown refund reason {self.reason!r}")
+
+    def reads(self) -> Reads:
+        return Reads(wallets={self.debtor}, originals={self.original_job_id})
+
+
+@dataclass(frozen=True)
+class Chargeback(_Amounted):
+    """A card dispute reversing (part of) a top-up: always applies, may leave debt."""
+
+    kind: ClassVar[str] = "chargeback"
+    wallet_field: ClassVar[str] = "user"
+    may_overdraw: ClassVar[bool] = True
+    user: str
+    amount: int
+    provider_tx_id: str
+    event_id: str
+
+    def reads(self) -> Reads:
+        return Reads(wallets={self.user}, topups={self.provider_tx_id})
+
+
+Operation = Transfer | Unlock | Subscribe | Renew | Gift | TopUp | Credit | Payout | PayoutEvent | Refund | Chargeback
 
 OPERATION_TYPES: dict[str, type] = {
-    cls.kind: cls for cls in (Transfer, Unlock, Subscribe, Renew, Gift, TopUp, Credit)
+    cls.kind: cls for cls in (Transfer, Unlock, Subscribe, Renew, Gift, TopUp, Credit, Payout, PayoutEvent,
+                              Refund, Chargeback)
 }
 
 

@@ -12,7 +12,7 @@ is therefore part of the contract: creator, then platform, then processing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 from ledger.money import PLATFORM_PROCESSING, PLATFORM_REVENUE
@@ -37,6 +37,12 @@ _RULES: dict[str, SplitRule | None] = {
     "transfer": None,
     "topup": None,
     "credit": None,
+    # Money out and back: a refund reverses the original's legs in proportion (allocate),
+    # the others move whole amounts.
+    "payout": None,
+    "payout_event": None,
+    "refund": None,
+    "chargeback": None,
 }
 
 
@@ -82,6 +88,35 @@ def split(gross: int, rule: SplitRule) -> dict[str, int]:
         # Sort key: larger remainder first, then earlier rule position.
         remainders.append((-frac, index, party))
     leftover = gross - sum(parts.values())
+    for _, _, party in sorted(remainders)[:leftover]:
+        parts[party] += 1
+    return parts
+
+
+# Refunds give back the processing share too (Stripe's application-fee refund is optional;
+# ours defaults to returned). With False the processing bucket keeps its share of each
+# refund and the payer receives the refund minus that share.
+REFUND_PROCESSING_SHARE = True
+
+
+def allocate(amount: int, weights: Sequence[tuple[str, int]]) -> dict[str, int]:
+    """Share ``amount`` in proportion to integer ``weights`` (largest remainder, ties by order).
+
+    Parts sum exactly to ``amount`` and, when ``amount <= sum(weights)``, no part exceeds
+    its weight: floor(a*w/W) + 1 <= ceil(a*w/W) <= w. Refunds rely on both.
+    """
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+        raise ValueError("amount must be a non-negative integer")
+    total = sum(w for _, w in weights)
+    if any(w < 0 for _, w in weights) or (amount and total <= 0) or amount > total:
+        raise ValueError("amount must not exceed the sum of non-negative weights")
+    parts: dict[str, int] = {}
+    remainders: list[tuple[int, int, str]] = []
+    for index, (party, weight) in enumerate(weights):
+        whole, frac = divmod(amount * weight, total) if total else (0, 0)
+        parts[party] = parts.get(party, 0) + whole
+        remainders.append((-frac, index, party))
+    leftover = amount - sum(parts.values())
     for _, _, party in sorted(remainders)[:leftover]:
         parts[party] += 1
     return parts

@@ -28,6 +28,18 @@ class SubscriptionStatus(StrEnum):
     EXPIRED = "expired"
 
 
+class PayoutStatus(StrEnum):
+    PENDING = "pending"  # held, not yet accepted by the provider
+    SUBMITTED = "submitted"  # sent to the provider (answer maybe lost: resolved by a status lookup)
+    PAID = "paid"
+    FAILED = "failed"  # hold voided, money spendable again
+    EXPIRED = "expired"  # never submitted within PAYOUT_HOLD_TTL_HOURS: hold voided
+    RETURNED = "returned"  # paid, then returned by the bank: compensating credit
+
+
+OPEN_PAYOUT_STATUSES = (PayoutStatus.PENDING, PayoutStatus.SUBMITTED)
+
+
 class Role(StrEnum):
     FREE = "free"
     PREMIUM = "premium"

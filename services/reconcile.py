@@ -25,7 +25,7 @@ from typing import Any
 from pymongo.database import Database
 
 from ledger import audit
-from ledger.money import SYSTEM_WALLETS, may_go_negative
+from ledger.money import SYSTEM_WALLETS, bucket_may_go_negative, is_system_wallet, may_go_negative
 from ledger.routing import parse_bucket
 from ledger.states import TERMINAL_JOB_STATUSES, JobStatus
 
@@ -41,6 +41,7 @@ class ReconcileReport:
     drift_count: int = 0
     system: dict[str, int] = field(default_factory=dict)  # platform figure per system wallet (sum of buckets)
     negative: list[str] = field(default_factory=list)
+    debt: list[str] = field(default_factory=list)  # user wallets below zero after a chargeback (allowed)
     unbalanced_transactions: list[str] = field(default_factory=list)
     jobs_without_outcome: list[str] = field(default_factory=list)  # settled without tx, tx without settled job
 
@@ -57,7 +58,7 @@ class ReconcileReport:
         return {"ok": self.ok, "wallets": self.wallets, "totalBalance": self.total_balance,
                 "unappliedCredits": self.unapplied_credits, "systemWallets": self.system,
                 "drift": self.drift, "driftCount": self.drift_count,
-                "negative": self.negative, "unbalancedTransactions": self.unbalanced_transactions,
+                "negative": self.negative, "debt": self.debt, "unbalancedTransactions": self.unbalanced_transactions,
                 "jobsWithoutOutcome": self.jobs_without_outcome}
 
     def _drift(self, wallet_id: str, balance: int, incoming: int, ledger: int) -> None:
@@ -136,8 +137,16 @@ def reconcile(db: Database) -> ReconcileReport:
         name = f"{key[0]}#{key[1]}"
         if balance != ledger:
             report._drift(name, balance, 0, ledger)
-        if balance < 0 and not may_go_negative(key[0]) and len(report.negative) < REPORT_CAP:
+        if balance < 0 and not bucket_may_go_negative(key[0]) and len(report.negative) < REPORT_CAP:
             report.negative.append(name)
+    for name, total in report.system.items():
+        if total < 0 and not may_go_negative(name):  # a bucket may dip, the platform's figure may not
+            report.negative.append(name)
+    # A user wallet below zero is debt left by a provider chargeback (allowed, repaid by
+    # later credits) and nothing else: any other negative balance is a finding.
+    report.debt = [w for w in report.negative if not is_system_wallet(w.partition("#")[0])
+                   and db.transactions.find_one({"parties": w, "type": "chargeback"}, {"_id": 1})]
+    report.negative = [w for w in report.negative if w not in report.debt]
 
     # $reduce, not {"$sum": "$entries.amount"}: the embedded store resolves that array
     # path to nothing and summed every transaction to 0 (tests/settlement/test_reconcile_detects.py).

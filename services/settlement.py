@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pymongo import InsertOne, UpdateOne
+from pymongo import DeleteOne, InsertOne, UpdateOne
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
@@ -35,12 +35,19 @@ from ledger import audit
 from ledger.decide import (
     INTERNAL_ERROR,
     ContentInfo,
+    EndSubscription,
     ExpireSubscription,
     ExtendSubscription,
     Failed,
     GrantUnlock,
+    HoldPayout,
+    MovePayout,
+    Original,
     Outcome,
+    PayoutState,
     Plan,
+    Reversal,
+    RevokeUnlock,
     Settled,
     Snapshot,
     StartSubscription,
@@ -49,10 +56,10 @@ from ledger.decide import (
     decide_batch,
     failed,
 )
-from ledger.money import SYSTEM_WALLETS, is_system_wallet
-from ledger.operations import Operation, Reads, from_params
+from ledger.money import SYSTEM_WALLETS, bucket_may_go_negative, is_system_wallet
+from ledger.operations import OPERATION_TYPES, Operation, Reads, from_params
 from ledger.routing import Router, merge_credits, parse_bucket, route
-from ledger.states import ACTIVE, SubscriptionStatus, WalletStatus
+from ledger.states import ACTIVE, PayoutStatus, SubscriptionStatus, WalletStatus
 from ledger.timeutil import utcnow
 from services.jobs import FAILED, QUEUED, SETTLED
 
@@ -189,6 +196,11 @@ def load_snapshot(db: Database, ops: Sequence[Operation], router: Router,
             if (doc["userId"], doc["contentId"]) in reads.unlocks:
                 snap.unlocks.add((doc["userId"], doc["contentId"]))
 
+    _load_reversible(db, reads, snap, session)
+    if reads.payouts:
+        for doc in db.payouts.find({"_id": {"$in": sorted(reads.payouts)}}, session=session):
+            snap.payouts[doc["_id"]] = PayoutState(doc["_id"], doc["userId"], doc["amount"], doc["status"])
+
     sub_docs: list[dict[str, Any]] = []
     if reads.subscriptions:
         sub_docs += db.subscriptions.find({"_id": {"$in": sorted(reads.subscriptions)}}, session=session)
@@ -222,6 +234,39 @@ def load_snapshot(db: Database, ops: Sequence[Operation], router: Router,
     return snap
 
 
+def _load_reversible(db: Database, reads: Reads, snap: Snapshot, session: ClientSession | None) -> None:
+    """Originals being refunded (by job id) and top-ups being charged back (by provider id),
+    with what earlier refunds or chargebacks already took back from each leg."""
+    txs: list[dict[str, Any]] = []
+    if reads.originals:
+        txs += db.transactions.find({"_id": {"$in": sorted(reads.originals)}}, session=session)
+    if reads.topups:
+        txs += db.transactions.find({"providerTxId": {"$in": sorted(reads.topups)}}, session=session)
+    if not txs:
+        return
+    ids = sorted({tx["_id"] for tx in txs})
+    results = {j["_id"]: j.get("result") or {} for j in db.jobs.find({"_id": {"$in": ids}}, {"result": 1},
+                                                                        session=session)}
+    reversed_: dict[str, dict[str, int]] = {}
+    for prior in db.transactions.find({"refundOf": {"$in": ids}}, {"refundOf": 1, "refundLegs": 1},
+                                      session=session):
+        legs = reversed_.setdefault(prior["refundOf"], {})
+        for row in prior.get("refundLegs", []):
+            legs[row["walletId"]] = legs.get(row["walletId"], 0) + row["amount"]
+    for tx in txs:
+        payer = next((e["walletId"] for e in tx["entries"] if e["amount"] < 0), "")
+        legs = tuple((e["walletId"], e["amount"]) for e in tx["entries"] if e["amount"] > 0)
+        original = Original(tx["_id"], tx["type"], payer, legs, results.get(tx["_id"], {}),
+                            dict(reversed_.get(tx["_id"], {})))
+        if tx["type"] == "topup" and tx.get("providerTxId") in reads.topups:
+            snap.topups[tx["providerTxId"]] = original
+        if tx["_id"] in reads.originals:
+            snap.originals[tx["_id"]] = original
+            sub_id = original.result.get("subscriptionId")
+            if sub_id and original.kind in ("subscribe", "renew"):
+                reads.subscriptions.add(sub_id)
+
+
 def _actor(job: dict[str, Any]) -> dict[str, str]:
     owner = job.get("ownerId") or "system"
     # .get: a poison job may lack its type, and failing it must not raise again.
@@ -252,7 +297,7 @@ def _audit_record(job: dict[str, Any], outcome: Outcome, router: Router) -> dict
 
 
 def _effect_writes(outcome: Outcome, job: dict[str, Any], now: datetime) -> dict[str, list]:
-    writes: dict[str, list] = {"unlocks": [], "subscriptions": []}
+    writes: dict[str, list] = {"unlocks": [], "subscriptions": [], "payouts": []}
     for effect in outcome.effects:
         if isinstance(effect, GrantUnlock):
             writes["unlocks"].append(InsertOne({
@@ -271,6 +316,23 @@ def _effect_writes(outcome: Outcome, job: dict[str, Any], now: datetime) -> dict
                  "expiresAt": effect.old_expires_at},
                 {"$set": {"expiresAt": effect.new_expires_at, "lastRenewedAt": now},
                  "$inc": {"renewals": 1}}))
+        elif isinstance(effect, HoldPayout):
+            writes["payouts"].append(InsertOne({
+                "_id": effect.payout_id, "userId": effect.user_id, "amount": effect.amount,
+                "status": PayoutStatus.PENDING, "partition": job.get("partition"), "jobId": job["_id"],
+                "createdAt": now, "updatedAt": now, "events": []}))
+        elif isinstance(effect, MovePayout):
+            writes["payouts"].append(UpdateOne(
+                {"_id": effect.payout_id, "status": effect.old_status},
+                {"$set": {"status": effect.new_status, "updatedAt": now},
+                 "$push": {"events": {"eventId": effect.event_id, "status": effect.new_status,
+                                      "jobId": job["_id"], "at": now}}}))
+        elif isinstance(effect, RevokeUnlock):
+            writes["unlocks"].append(DeleteOne({"userId": effect.user_id, "contentId": effect.content_id}))
+        elif isinstance(effect, EndSubscription):
+            writes["subscriptions"].append(UpdateOne(
+                {"_id": effect.subscription_id, "status": SubscriptionStatus.ACTIVE},
+                {"$set": {"status": SubscriptionStatus.EXPIRED, "endedReason": effect.reason, "endedAt": now}}))
         elif isinstance(effect, ExpireSubscription):
             writes["subscriptions"].append(UpdateOne(
                 {"_id": effect.subscription_id, "status": SubscriptionStatus.ACTIVE},
@@ -316,6 +378,7 @@ class _Plan:
     transactions: list[InsertOne] = field(default_factory=list)
     unlocks: list = field(default_factory=list)
     subscriptions: list = field(default_factory=list)
+    payouts: list = field(default_factory=list)
     credits: list[InsertOne | UpdateOne] = field(default_factory=list)
     wallets: list[UpdateOne] = field(default_factory=list)
     targets: set[int] = field(default_factory=set)
@@ -351,13 +414,19 @@ def _write_batch(
                   "ownerId": job.get("ownerId"), "partition": partition, "auditSeq": block_seq,
                   "entries": [{"walletId": e.wallet_id, "amount": e.amount} for e in outcome.entries],
                   "parties": _parties(outcome.entries), "requestId": job.get("requestId"), "createdAt": now}
-            if "providerTxId" in outcome.result:
+            if "providerTxId" in outcome.result and job["type"] == "topup":
                 tx["providerTxId"] = outcome.result["providerTxId"]
+            for effect in outcome.effects:
+                if isinstance(effect, Reversal):  # a refund or chargeback names its original
+                    tx["refundOf"] = effect.original_job_id
+                    tx["refundLegs"] = [{"walletId": w, "amount": a} for w, a in effect.legs]
+                    tx["reason"] = effect.reason
             plan.transactions.append(InsertOne(tx))
         records.append(_audit_record(job, outcome, router))
         effects = _effect_writes(outcome, job, now)
         plan.unlocks += effects["unlocks"]
         plan.subscriptions += effects["subscriptions"]
+        plan.payouts += effects["payouts"]
         plan.jobs.append(_job_update(job, outcome, now, pointer))
 
     routed = route(deltas, router)
@@ -379,6 +448,13 @@ def _write_batch(
              "creditsOut": credits_out}
     block = audit.seal(block, part_doc["auditHead"])
 
+    # What the batch may take below zero: provider chargebacks only (debt), per wallet.
+    overdraw: dict[str, int] = {}
+    for outcome in outcomes:
+        if isinstance(outcome, Settled) and getattr(OPERATION_TYPES.get(outcome.kind), "may_overdraw", False):
+            for e in outcome.entries:
+                if e.amount < 0 and not is_system_wallet(e.wallet_id):
+                    overdraw[e.wallet_id] = overdraw.get(e.wallet_id, 0) - e.amount
     local = dict(routed.local)
     for wallet_id, amount in applied.items():
         if not router.is_local(wallet_id):
@@ -389,9 +465,13 @@ def _write_batch(
             continue
         update: dict[str, Any] = {"$inc": {"balance": delta, "version": 1}, "$set": {"lastTransactionAt": now}}
         bucket = parse_bucket(doc_id)
-        if delta < 0 and bucket is None:
-            # Second guard behind the domain rule: never take a user wallet below zero.
+        if delta < 0 and bucket is not None and not bucket_may_go_negative(bucket[0]):
+            # Held payouts: the in-flight bucket can only give back what it holds.
             plan.wallets.append(UpdateOne({"_id": doc_id, "balance": {"$gte": -delta}}, update))
+        elif delta < 0 and bucket is None:
+            # Second guard behind the domain rule: never take a user wallet below zero.
+            floor = -delta - overdraw.get(doc_id, 0)
+            plan.wallets.append(UpdateOne({"_id": doc_id, "balance": {"$gte": floor}}, update))
         elif bucket is not None:
             update["$setOnInsert"] = {"system": bucket[0], "partition": bucket[1],
                                       "status": WalletStatus.ACTIVE, "createdAt": now}
@@ -404,6 +484,7 @@ def _write_batch(
     written += _bulk(db, "transactions", plan.transactions, session)
     written += _bulk(db, "unlocks", plan.unlocks, session)
     written += _bulk(db, "subscriptions", plan.subscriptions, session)
+    written += _bulk(db, "payouts", plan.payouts, session)
     written += _bulk(db, "credits", plan.credits, session)
     db.auditlogs.insert_one(block, session=session)
     res = db.partitions.update_one(

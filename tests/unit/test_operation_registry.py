@@ -21,11 +21,16 @@ def test_every_operation_declares_what_it_reads_including_its_routing_wallet():
     for kind, cls in OPERATION_TYPES.items():
         fields = {f.name: f for f in dataclasses.fields(cls)}
         values = {name: ("a" * 24 if f.type in ("str", "str | None") else 5) for name, f in fields.items()}
+        values = {k: (None if fields[k].type == "int | None" else v) for k, v in values.items()}
         if "period_end" in values:
             from datetime import UTC, datetime
             values["period_end"] = datetime(2026, 1, 1, tzinfo=UTC)
         if "auto_renew" in values:
             values["auto_renew"] = True
+        if "event" in values:
+            values["event"] = "paid"
+        if "reason" in values and kind == "refund":
+            values["reason"] = "duplicate"
         values[cls.wallet_field] = "b" * 24
         op = cls(**values)
         reads = op.reads()

@@ -68,7 +68,7 @@ def test_coins_honours_a_configured_maximum():
 
 
 def test_system_wallets():
-    assert SYSTEM_WALLETS == (PLATFORM_REVENUE, PLATFORM_PROCESSING, EXTERNAL_FUNDING)
+    assert SYSTEM_WALLETS == (PLATFORM_REVENUE, PLATFORM_PROCESSING, EXTERNAL_FUNDING, "platform:payouts-in-flight")
     assert all(is_system_wallet(w) for w in SYSTEM_WALLETS)
     assert not is_system_wallet("0123456789abcdef01234567")
     assert may_go_negative(EXTERNAL_FUNDING)

@@ -17,8 +17,12 @@ from hypothesis import strategies as st
 from ledger import operations
 from ledger.operations import (
     OPERATION_TYPES,
+    Chargeback,
     Credit,
     Gift,
+    Payout,
+    PayoutEvent,
+    Refund,
     Renew,
     Subscribe,
     TopUp,
@@ -50,6 +54,11 @@ ALL_OPERATIONS = [
     Gift(ALICE, BOB, 5, message="thanks!"),
     TopUp(ALICE, 1000, "pi_3Nabc"),
     Credit(BOB, 42, "goodwill"),
+    Payout(BOB, 1500, "65a0000000000000000000a1"),
+    PayoutEvent(BOB, "65a0000000000000000000a1", "paid", "evt_1"),
+    Refund(BOB, "65a0000000000000000000b2", None, "duplicate"),
+    Refund(BOB, "65a0000000000000000000b2", 30, "requested_by_customer"),
+    Chargeback(ALICE, 400, "pi_3Nabc", "dp_1"),
 ]
 
 
@@ -157,7 +166,7 @@ def test_from_params_does_not_mutate_its_input():
     assert params == snapshot
 
 
-@pytest.mark.parametrize("kind", ["refund", "", "Transfer", "__class__"])
+@pytest.mark.parametrize("kind", ["withdrawal", "", "Transfer", "__class__"])
 def test_from_params_rejects_unknown_type(kind):
     with pytest.raises(ValueError, match="unknown operation type"):
         from_params(kind, {"sender": ALICE, "receiver": BOB, "amount": 1})

@@ -135,7 +135,7 @@ def test_rules_mapping_is_read_only():
 
 def test_unknown_kind_has_no_rule():
     with pytest.raises(KeyError):
-        rule_for("refund")
+        rule_for("withdrawal")
 
 
 @pytest.mark.parametrize(
