@@ -1,21 +1,35 @@
-"""Gunicorn settings for the Purser API (``gunicorn -c gunicorn.conf.py "api:create_app()"``)."""
+"""Gunicorn settings for the Purser API (``gunicorn -c gunicorn.conf.py "api:create_app()"``).
+
+Every value comes from ``infra.config.Settings``, read here once in the master and
+inherited by the workers (``create_app`` finds it loaded). A configuration error is
+one line and exit status 4, gunicorn's "App failed to load", as from the app itself.
+"""
 
 import os
 import re
+import sys
 from pathlib import Path
 
-bind = os.environ.get("WEB_BIND") or f"127.0.0.1:{os.environ.get('PORT', '5000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Gunicorn adds its working directory to sys.path only after reading this file.
+_ROOT = str(Path(__file__).resolve().parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from infra.config import settings_or_exit  # noqa: E402
+
+GUNICORN_APP_LOAD_ERROR = 4  # api.GUNICORN_APP_LOAD_ERROR (not imported: Flask stays out of the master)
+
+_settings = settings_or_exit(GUNICORN_APP_LOAD_ERROR)
+
+bind = _settings.bind
+workers = _settings.web_concurrency
 # gevent (default): every request is a greenlet, so a client waiting on its job
 # ('Prefer: wait', api/waits.py) holds no thread; worker_connections bounds the
 # concurrent connections of one process. gthread (WEB_THREADS per process) is kept
 # for comparison: there each waiting client holds one of the threads.
-worker_class = os.environ.get("WEB_WORKER_CLASS", "gevent")
-if worker_class not in ("gevent", "gthread", "sync"):
-    raise SystemExit(f"purser: configuration error: WEB_WORKER_CLASS: expected gevent, gthread or sync, "
-                     f"got {worker_class!r}")
-worker_connections = int(os.environ.get("WEB_WORKER_CONNECTIONS", "1000"))
-threads = int(os.environ.get("WEB_THREADS", "8"))
+worker_class = _settings.web_worker_class
+worker_connections = _settings.web_worker_connections
+threads = _settings.web_threads
 if worker_class == "gthread" and threads <= 1:
     worker_class = "sync"
 timeout = 30
@@ -28,7 +42,7 @@ logger_class = "infra.gevent_support.NoAccessLogger"
 
 # Gunicorn >= 25 opens one control socket per user by default; several
 # instances (dev stack next to test servers) would take it from each other.
-_var = Path(os.environ.get("PURSER_VAR_DIR") or Path(__file__).resolve().parent / "var")
+_var = _settings.var_dir
 _control = _var / ("gunicorn-" + re.sub(r"[^\w.-]", "_", bind) + ".ctl")
 if len(str(_control)) < 100:  # AF_UNIX path limit
     control_socket = str(_control)
@@ -39,15 +53,16 @@ else:
 # directory and /metrics merges them. Set here, in the master, so every worker
 # inherits it before importing prometheus_client; one directory per bind address
 # so two servers on one machine do not mix (or wipe) each other's files.
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_var / "prometheus" / ("web-" + re.sub(r"[^\w.-]", "_", bind)))
+# prometheus_client reads the variable itself, hence os.environ (written, not read).
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = (_settings.prometheus_multiproc_dir
+                                          or str(_var / "prometheus" / ("web-" + re.sub(r"[^\w.-]", "_", bind))))
 
 # Gunicorn's own lines (boot, worker exits) as JSON too; the app writes the access
 # line itself, so gunicorn's access logger stays silent.
 logconfig_dict = {
     "root": {"level": "INFO", "handlers": ["json"]},
     "loggers": {
-        "gunicorn.error": {"level": os.environ.get("LOG_LEVEL", "INFO").upper(), "handlers": ["json"],
+        "gunicorn.error": {"level": _settings.log_level, "handlers": ["json"],
                            "propagate": False, "qualname": "gunicorn.error"},
         "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False, "qualname": "gunicorn.access"},
     },
@@ -60,7 +75,7 @@ def on_starting(server):
     # Values left by a previous run would be merged into this one's: start empty.
     from infra.observability import prepare_multiproc_dir
 
-    prepare_multiproc_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    prepare_multiproc_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])  # set above, from the settings
 
 
 def post_fork(server, worker):
@@ -70,11 +85,8 @@ def post_fork(server, worker):
 
         patch_worker()
     # PyMongo is not fork-safe: drop any client inherited from the master.
-    try:
-        from infra.mongo import reset_client
-    except ImportError as exc:
-        server.log.warning("post_fork: MongoDB client not reset (%s)", exc)
-        return
+    from infra.mongo import reset_client
+
     reset_client()
 
 
@@ -89,7 +101,6 @@ def post_worker_init(worker):
 
 
 def child_exit(server, worker):
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
+    from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(worker.pid)
+    multiprocess.mark_process_dead(worker.pid)

@@ -153,10 +153,8 @@ def validate(env: Mapping[str, str], var_dir: Path) -> str | None:
         sys.path.insert(0, str(ROOT))
     import infra.config as config
 
-    # infra.config reads PURSER_VAR_DIR at import; ours may differ from os.environ.
-    config.VAR_DIR = var_dir
     try:
-        config.load_settings(env)
+        config.load_settings({**env, "PURSER_VAR_DIR": str(var_dir)})
     except config.ConfigError as exc:
         return f"purser: configuration error: {exc}"
     return None

@@ -1,12 +1,15 @@
-"""All configuration, read once from the environment and validated at start-up.
+"""All configuration: one table of variables, read once from the environment at start-up.
 
-Every process (web, worker, beat, CLI) calls :func:`get_settings`. A bad value
-raises :class:`ConfigError` naming the variable; entry points turn it into a
-one-line message and exit status 2 instead of a traceback.
+Every process (web, gunicorn's master, worker, beat, CLI) calls :func:`get_settings`
+from its entry point; no module reads the environment at import. Each row of
+:data:`VARIABLES` says where a :class:`Settings` field comes from: the variable,
+its parser, its default and its production rule. A bad value raises
+:class:`ConfigError` naming the variable; entry points turn it into a one-line
+message and exit status 2 instead of a traceback.
 
 ``APP_ENV`` unset means ``production`` (fail closed): store URLs and secrets are
-required and nothing is generated. The dev launcher, the test suites and the
-benchmark stack set ``development``/``test`` explicitly.
+required, test-only switches are refused and nothing is generated. The dev
+launcher, the test suites and the benchmark stack set ``development``/``test``.
 """
 
 from __future__ import annotations
@@ -15,16 +18,26 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("PURSER_VAR_DIR", PROJECT_ROOT / "var"))
 
 ENVIRONMENTS = ("development", "test", "production")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+WEB_WORKER_CLASSES = ("gevent", "gthread", "sync")
 _RATE_RE = re.compile(r"^\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?$")
+
+# With APP_ENV unset a process runs as production: secrets and store URLs are
+# required and nothing is generated (fail closed). Dev and test set it explicitly.
+DEFAULT_APP_ENV = "production"
+
+# OWASP Password Storage Cheat Sheet, argon2id minimum: m = 19 MiB, t = 2, p = 1.
+ARGON2_MEMORY_KIB = 19 * 1024
+ARGON2_TIME_COST = 2
+ARGON2_PARALLELISM = 1
 
 
 class ConfigError(Exception):
@@ -36,227 +49,329 @@ class ConfigError(Exception):
         self.problem = problem
 
 
-# With APP_ENV unset a process runs as production: secrets and store URLs are
-# required and nothing is generated (fail closed). Dev and test set it explicitly.
-DEFAULT_APP_ENV = "production"
-
-# Test-only switches that must never reach a production process.
-TEST_ONLY_VARIABLES = ("PURSER_DUPLICATE_DOORBELLS",)
-
-# OWASP Password Storage Cheat Sheet, argon2id minimum: m = 19 MiB, t = 2, p = 1.
-ARGON2_MEMORY_KIB = 19 * 1024
-ARGON2_TIME_COST = 2
-ARGON2_PARALLELISM = 1
-
-
 @dataclass(frozen=True)
 class Settings:
-    app_env: str = DEFAULT_APP_ENV
-    mongodb_uri: str = "mongodb://127.0.0.1:27017/?retryWrites=false"
-    mongodb_db: str = "purser"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    jwt_secret: str = field(default="", repr=False)
-    jwt_issuer: str = "purser"
-    jwt_ttl_seconds: int = 3600
-    sentry_dsn: str | None = None
-    release: str = "dev"
-    log_level: str = "INFO"
-    log_file: str | None = None
-    log_file_max_bytes: int = 50 * 2**20
-    log_file_backups: int = 5
-    rate_limit_enabled: bool = True
-    rate_limits_free: str = "10/minute"
-    rate_limits_premium: str = "100/minute"
-    rate_limits_creator: str = "500/minute"
-    rate_limits_auth: str = "5/minute"
-    rate_limits_login_email: str = "5/15minutes"
-    rate_limits_login_address: str = "100/15minutes"
-    rate_limits_webhook: str = "600/minute"
-    trusted_proxies: int = 0
-    idempotency_enabled: bool = True
-    idempotency_ttl_hours: int = 24
-    ledger_partitions: int = 8
-    settle_batch_max: int = 200
-    provider_webhook_secret: str = field(default="", repr=False)
-    flower_basic_auth: str | None = field(default=None, repr=False)
-    subscription_tick_seconds: int = 60
-    subscription_chunk: int = 500
-    sweep_interval_seconds: int = 5
-    sweep_age_seconds: int = 3
-    reconcile_interval_seconds: int = 300
-    metrics_port: int = 9808
-    metrics_address: str = "127.0.0.1"
-    max_amount: int = 1_000_000_000
-    argon2_memory_kib: int = ARGON2_MEMORY_KIB
-    argon2_time_cost: int = ARGON2_TIME_COST
-    argon2_parallelism: int = ARGON2_PARALLELISM
-    password_hash_concurrency: int = 2
-    role_cache_seconds: int = 5
+    """The validated configuration of one process; built only by :func:`load_settings`.
+
+    Fields carry no defaults: those live in :data:`VARIABLES`, once.
+    """
+
+    app_env: str
+    var_dir: Path
+    duplicate_doorbells: bool
+    mongodb_uri: str
+    mongodb_db: str
+    redis_url: str
+    jwt_secret: str = field(repr=False)
+    jwt_issuer: str
+    jwt_ttl_seconds: int
+    provider_webhook_secret: str = field(repr=False)
+    flower_basic_auth: str | None = field(repr=False)
+    sentry_dsn: str | None
+    release: str
+    log_level: str
+    log_file: str | None
+    log_file_max_bytes: int
+    log_file_backups: int
+    rate_limit_enabled: bool
+    rate_limits_free: str
+    rate_limits_premium: str
+    rate_limits_creator: str
+    rate_limits_auth: str
+    rate_limits_login_email: str
+    rate_limits_login_address: str
+    rate_limits_webhook: str
+    trusted_proxies: int
+    role_cache_seconds: int
+    argon2_memory_kib: int
+    argon2_time_cost: int
+    argon2_parallelism: int
+    password_hash_concurrency: int
+    idempotency_enabled: bool
+    idempotency_ttl_hours: int
+    job_wait_max_per_user: int
+    ledger_partitions: int
+    settle_batch_max: int
+    subscription_tick_seconds: int
+    subscription_chunk: int
+    sweep_interval_seconds: int
+    sweep_age_seconds: int
+    reconcile_interval_seconds: int
+    metrics_port: int
+    metrics_address: str
+    prometheus_multiproc_dir: str | None
+    port: int
+    web_bind: str | None
+    web_concurrency: int
+    web_threads: int
+    web_worker_class: str
+    web_worker_connections: int
 
     @property
     def is_production(self) -> bool:
         return self.app_env == "production"
 
+    @property
+    def bind(self) -> str:
+        """Gunicorn's listening address: ``WEB_BIND``, else 127.0.0.1:``PORT``."""
+        return self.web_bind or f"127.0.0.1:{self.port}"
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
+
+# --- parsers: a non-empty raw value -> the field's value; ValueError carries the problem ---
+
+Parser = Callable[[str], Any]
+
+
+def text(raw: str) -> str:
+    return raw.strip()
+
+
+def secret(raw: str) -> str:
+    """Kept exactly as given (never stripped)."""
+    return raw
+
+
+def path(raw: str) -> Path:
+    return Path(raw.strip())
+
+
+def boolean(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
     if lowered in ("0", "false", "no", "off"):
         return False
-    raise ConfigError(name, f"expected true or false, got {raw!r}")
+    raise ValueError(f"expected true or false, got {raw!r}")
 
 
-def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ConfigError(name, f"expected an integer, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise ConfigError(name, f"must be between {lo} and {hi}, got {value}")
+def integer(lo: int, hi: int) -> Parser:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {value}")
+        return value
+    return parse
+
+
+def choice(options: tuple[str, ...], *, upper: bool = False) -> Parser:
+    def parse(raw: str) -> str:
+        value = raw.strip().upper() if upper else raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {value!r}")
+        return value
+    return parse
+
+
+def url(*schemes: str) -> Parser:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if not value.startswith(tuple(f"{s}://" for s in schemes)):
+            raise ValueError("must start with " + " or ".join(f"{s}://" for s in schemes))
+        return value
+    return parse
+
+
+def rate(raw: str) -> str:
+    value = raw.strip()
+    if not _RATE_RE.match(value):
+        raise ValueError(f"expected a limit like '10/minute', got {value!r}")
     return value
 
 
-def _rate(env: Mapping[str, str], name: str, default: str) -> str:
-    raw = (env.get(name) or default).strip()
-    if not _RATE_RE.match(raw):
-        raise ConfigError(name, f"expected a limit like '10/minute', got {raw!r}")
+def user_password(raw: str) -> str:
+    if ":" not in raw or raw.startswith(":"):
+        raise ValueError("expected user:password")
     return raw
 
 
-def _dev_secret(name: str, nbytes: int = 32) -> str:
-    """A secret generated once and kept under var/ so restarts keep sessions valid."""
-    path = VAR_DIR / "secrets" / name
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(nbytes)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value)
+def sentry_dsn(raw: str) -> str:
+    value = raw.strip()
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http(s) DSN")
+    return value
+
+
+# --- production rules: (value or None when unset) -> the problem, or None ------------------
+
+Rule = Callable[[Any], str | None]
+_PROD = "(APP_ENV unset = production)"
+
+
+def required(min_length: int = 0) -> Rule:
+    def rule(value: Any) -> str | None:
+        if value is None:
+            return f"is required in production {_PROD}"
+        if len(value) < min_length:
+            return f"must be at least {min_length} characters in production"
+        return None
+    return rule
+
+
+def refused(value: Any) -> str | None:
+    """Test-only switches: set at all (even to false) is refused in production."""
+    return None if value is None else f"is a test-only switch; unset it in production {_PROD}"
+
+
+# --- defaults computed from earlier rows ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A default computed from the fields read before it (outside production only)."""
+
+    compute: Callable[[Mapping[str, Any]], Any]
+
+
+def dev_secret(name: str, nbytes: int = 32) -> Derived:
+    """A secret generated once under ``var_dir/secrets`` so restarts keep sessions valid."""
+    def compute(values: Mapping[str, Any]) -> str:
+        secret_path = values["var_dir"] / "secrets" / name
+        if secret_path.exists():
+            return secret_path.read_text().strip()
+        secret_path.parent.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(nbytes)
+        fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(value)
+        return value
+    return Derived(compute)
+
+
+@dataclass(frozen=True)
+class Var:
+    """One row of the table: ``Settings.<name>`` comes from ``variable``."""
+
+    name: str
+    variable: str | None  # None: a constant, not configurable
+    parse: Parser
+    default: Any
+    production: Rule | None = None
+
+
+# The whole configuration. Order matters only for Derived defaults (var_dir before the
+# secrets) and for which missing variable an empty production environment names first.
+VARIABLES: tuple[Var, ...] = (
+    Var("var_dir", "PURSER_VAR_DIR", path, Derived(lambda _: PROJECT_ROOT / "var")),
+    Var("duplicate_doorbells", "PURSER_DUPLICATE_DOORBELLS", boolean, False, production=refused),
+    # stores
+    Var("mongodb_uri", "MONGODB_URI", url("mongodb", "mongodb+srv"),
+        "mongodb://127.0.0.1:27017/?retryWrites=false", production=required()),
+    Var("mongodb_db", "MONGODB_DB", text, "purser"),
+    Var("redis_url", "REDIS_URL", url("redis", "rediss", "unix"), "redis://127.0.0.1:6379/0",
+        production=required()),
+    # secrets
+    Var("jwt_secret", "JWT_SECRET", secret, dev_secret("jwt_secret"), production=required(min_length=32)),
+    Var("jwt_issuer", None, text, "purser"),
+    Var("jwt_ttl_seconds", "JWT_TTL_SECONDS", integer(60, 86400), 3600),
+    Var("provider_webhook_secret", "PROVIDER_WEBHOOK_SECRET", secret, dev_secret("provider_webhook_secret"),
+        production=required(min_length=16)),
+    Var("flower_basic_auth", "FLOWER_BASIC_AUTH", user_password, None),
+    # observability
+    Var("sentry_dsn", "SENTRY_DSN", sentry_dsn, None),
+    Var("release", "PURSER_RELEASE", text, "dev"),
+    Var("log_level", "LOG_LEVEL", choice(LOG_LEVELS, upper=True), "INFO"),
+    Var("log_file", "LOG_FILE", text, None),
+    Var("log_file_max_bytes", "LOG_FILE_MAX_BYTES", integer(1024, 2**40), 50 * 2**20),
+    Var("log_file_backups", "LOG_FILE_BACKUPS", integer(0, 1000), 5),
+    Var("metrics_port", "WORKER_METRICS_PORT", integer(0, 65535), 9808),
+    Var("metrics_address", "WORKER_METRICS_ADDRESS", text, "127.0.0.1"),
+    Var("prometheus_multiproc_dir", "PROMETHEUS_MULTIPROC_DIR", text, None),
+    # request admission
+    Var("rate_limit_enabled", "RATE_LIMIT_ENABLED", boolean, True),
+    Var("rate_limits_free", "RATE_LIMITS_FREE", rate, "10/minute"),
+    Var("rate_limits_premium", "RATE_LIMITS_PREMIUM", rate, "100/minute"),
+    Var("rate_limits_creator", "RATE_LIMITS_CREATOR", rate, "500/minute"),
+    Var("rate_limits_auth", "RATE_LIMITS_AUTH", rate, "5/minute"),
+    Var("rate_limits_login_email", "RATE_LIMITS_LOGIN_EMAIL", rate, "5/15minutes"),
+    Var("rate_limits_login_address", "RATE_LIMITS_LOGIN_ADDRESS", rate, "100/15minutes"),
+    Var("rate_limits_webhook", "RATE_LIMITS_WEBHOOK", rate, "600/minute"),
+    Var("trusted_proxies", "TRUSTED_PROXIES", integer(0, 10), 0),
+    Var("role_cache_seconds", "ROLE_CACHE_SECONDS", integer(0, 5), 5),
+    # argon2 needs 8 KiB per lane (at most 64 lanes = 512 KiB); below 1 MiB is no protection.
+    Var("argon2_memory_kib", "ARGON2_MEMORY_KIB", integer(1024, 4 * 2**20), ARGON2_MEMORY_KIB),
+    Var("argon2_time_cost", "ARGON2_TIME_COST", integer(1, 100), ARGON2_TIME_COST),
+    Var("argon2_parallelism", "ARGON2_PARALLELISM", integer(1, 64), ARGON2_PARALLELISM),
+    Var("password_hash_concurrency", "PASSWORD_HASH_CONCURRENCY", integer(1, 256), 2),
+    Var("idempotency_enabled", "IDEMPOTENCY_ENABLED", boolean, True),
+    Var("idempotency_ttl_hours", "IDEMPOTENCY_TTL_HOURS", integer(1, 24 * 30), 24),
+    Var("job_wait_max_per_user", "JOB_WAIT_MAX_PER_USER", integer(0, 1000), 5),
+    # settlement and beat
+    Var("ledger_partitions", "LEDGER_PARTITIONS", integer(1, 1024), 8),
+    Var("settle_batch_max", "SETTLE_BATCH_MAX", integer(1, 5000), 200),
+    Var("subscription_tick_seconds", "SUBSCRIPTION_TICK_SECONDS", integer(1, 3600), 60),
+    Var("subscription_chunk", "SUBSCRIPTION_CHUNK", integer(1, 10000), 500),
+    Var("sweep_interval_seconds", "SWEEP_INTERVAL_SECONDS", integer(1, 3600), 5),
+    Var("sweep_age_seconds", "SWEEP_AGE_SECONDS", integer(0, 3600), 3),
+    Var("reconcile_interval_seconds", "RECONCILE_INTERVAL_SECONDS", integer(5, 86400), 300),
+    # web tier (gunicorn.conf.py)
+    Var("port", "PORT", integer(1, 65535), 5000),
+    Var("web_bind", "WEB_BIND", text, None),
+    Var("web_concurrency", "WEB_CONCURRENCY", integer(1, 256), 2),
+    Var("web_threads", "WEB_THREADS", integer(1, 1000), 8),
+    Var("web_worker_class", "WEB_WORKER_CLASS", choice(WEB_WORKER_CLASSES), "gevent"),
+    Var("web_worker_connections", "WEB_WORKER_CONNECTIONS", integer(1, 100_000), 1000),
+)
+
+
+def _read(var: Var, raw: str | None, prod: bool, values: Mapping[str, Any]) -> Any:
+    unset = raw is None or raw.strip() == ""
+    if unset:
+        if prod and var.production is not None and (problem := var.production(None)):
+            raise ConfigError(str(var.variable), problem)
+        return var.default.compute(values) if isinstance(var.default, Derived) else var.default
+    assert raw is not None and var.variable is not None
+    try:
+        value = var.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(var.variable, str(exc)) from None
+    if prod and var.production is not None and (problem := var.production(value)):
+        raise ConfigError(var.variable, problem)
     return value
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Build and validate :class:`Settings` from ``env`` (default ``os.environ``)."""
+    """Build and validate :class:`Settings` from ``env`` (default ``os.environ``), row by row."""
     env = os.environ if env is None else env
     app_env = (env.get("APP_ENV") or "").strip().lower() or DEFAULT_APP_ENV
     if app_env not in ENVIRONMENTS:
         raise ConfigError("APP_ENV", f"must be one of {', '.join(ENVIRONMENTS)}, got {app_env!r}")
     prod = app_env == "production"
-    if prod:
-        for name in TEST_ONLY_VARIABLES:
-            if env.get(name):
-                raise ConfigError(name, "is a test-only switch; unset it in production (APP_ENV unset = production)")
+    values: dict[str, Any] = {"app_env": app_env}
+    for var in VARIABLES:
+        raw = env.get(var.variable) if var.variable is not None else None
+        values[var.name] = _read(var, raw, prod, values)
+    return Settings(**values)
 
-    mongodb_uri = (env.get("MONGODB_URI") or "").strip()
-    if not mongodb_uri:
-        if prod:
-            raise ConfigError("MONGODB_URI", "is required in production (APP_ENV unset = production)")
-        mongodb_uri = Settings.mongodb_uri
-    if not mongodb_uri.startswith(("mongodb://", "mongodb+srv://")):
-        raise ConfigError("MONGODB_URI", "must start with mongodb:// or mongodb+srv://")
 
-    redis_url = (env.get("REDIS_URL") or "").strip()
-    if not redis_url:
-        if prod:
-            raise ConfigError("REDIS_URL", "is required in production (APP_ENV unset = production)")
-        redis_url = Settings.redis_url
-    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("REDIS_URL", "must start with redis://, rediss:// or unix://")
+def table() -> list[tuple[str, str | None, Any, str]]:
+    """(field, variable, default, production rule) per row, for docs and tests."""
+    rows = []
+    for var in VARIABLES:
+        default = "computed" if isinstance(var.default, Derived) else var.default
+        rule = getattr(var.production, "__qualname__", "") if var.production else ""
+        rows.append((var.name, var.variable, default, rule.split(".")[0]))
+    return rows
 
-    jwt_secret = env.get("JWT_SECRET") or ""
-    if prod:
-        if not jwt_secret:
-            raise ConfigError("JWT_SECRET", "is required in production (APP_ENV unset = production)")
-        if len(jwt_secret) < 32:
-            raise ConfigError("JWT_SECRET", "must be at least 32 characters in production")
-    elif not jwt_secret:
-        jwt_secret = _dev_secret("jwt_secret")
 
-    webhook_secret = env.get("PROVIDER_WEBHOOK_SECRET") or ""
-    if not webhook_secret:
-        if prod:
-            raise ConfigError("PROVIDER_WEBHOOK_SECRET", "is required in production (APP_ENV unset = production)")
-        webhook_secret = _dev_secret("provider_webhook_secret")
-    elif prod and len(webhook_secret) < 16:
-        raise ConfigError("PROVIDER_WEBHOOK_SECRET", "must be at least 16 characters in production")
-
-    flower_auth = env.get("FLOWER_BASIC_AUTH") or None
-    if flower_auth is not None and (":" not in flower_auth or flower_auth.startswith(":")):
-        raise ConfigError("FLOWER_BASIC_AUTH", "expected user:password")
-
-    argon2_parallelism = _int(env, "ARGON2_PARALLELISM", ARGON2_PARALLELISM, 1, 64)
-    # argon2 needs at least 8 KiB per lane; below 1 MiB is no protection at all.
-    argon2_memory_kib = _int(env, "ARGON2_MEMORY_KIB", ARGON2_MEMORY_KIB, max(1024, 8 * argon2_parallelism), 4 * 2**20)
-
-    log_level = (env.get("LOG_LEVEL") or "INFO").strip().upper()
-    if log_level not in LOG_LEVELS:
-        raise ConfigError("LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
-
-    sentry_dsn = (env.get("SENTRY_DSN") or "").strip() or None
-    if sentry_dsn is not None and not sentry_dsn.startswith(("http://", "https://")):
-        raise ConfigError("SENTRY_DSN", "must be an http(s) DSN")
-
-    return Settings(
-        app_env=app_env,
-        mongodb_uri=mongodb_uri,
-        mongodb_db=(env.get("MONGODB_DB") or "purser").strip(),
-        redis_url=redis_url,
-        jwt_secret=jwt_secret,
-        jwt_ttl_seconds=_int(env, "JWT_TTL_SECONDS", 3600, 60, 86400),
-        sentry_dsn=sentry_dsn,
-        release=(env.get("PURSER_RELEASE") or "dev").strip(),
-        log_level=log_level,
-        log_file=(env.get("LOG_FILE") or "").strip() or None,
-        log_file_max_bytes=_int(env, "LOG_FILE_MAX_BYTES", 50 * 2**20, 1024, 2**40),
-        log_file_backups=_int(env, "LOG_FILE_BACKUPS", 5, 0, 1000),
-        rate_limit_enabled=_bool(env, "RATE_LIMIT_ENABLED", True),
-        rate_limits_free=_rate(env, "RATE_LIMITS_FREE", "10/minute"),
-        rate_limits_premium=_rate(env, "RATE_LIMITS_PREMIUM", "100/minute"),
-        rate_limits_creator=_rate(env, "RATE_LIMITS_CREATOR", "500/minute"),
-        rate_limits_auth=_rate(env, "RATE_LIMITS_AUTH", "5/minute"),
-        rate_limits_login_email=_rate(env, "RATE_LIMITS_LOGIN_EMAIL", "5/15minutes"),
-        rate_limits_login_address=_rate(env, "RATE_LIMITS_LOGIN_ADDRESS", "100/15minutes"),
-        rate_limits_webhook=_rate(env, "RATE_LIMITS_WEBHOOK", "600/minute"),
-        trusted_proxies=_int(env, "TRUSTED_PROXIES", 0, 0, 10),
-        idempotency_enabled=_bool(env, "IDEMPOTENCY_ENABLED", True),
-        idempotency_ttl_hours=_int(env, "IDEMPOTENCY_TTL_HOURS", 24, 1, 24 * 30),
-        ledger_partitions=_int(env, "LEDGER_PARTITIONS", 8, 1, 1024),
-        settle_batch_max=_int(env, "SETTLE_BATCH_MAX", 200, 1, 5000),
-        provider_webhook_secret=webhook_secret,
-        flower_basic_auth=flower_auth,
-        subscription_tick_seconds=_int(env, "SUBSCRIPTION_TICK_SECONDS", 60, 1, 3600),
-        subscription_chunk=_int(env, "SUBSCRIPTION_CHUNK", 500, 1, 10000),
-        sweep_interval_seconds=_int(env, "SWEEP_INTERVAL_SECONDS", 5, 1, 3600),
-        sweep_age_seconds=_int(env, "SWEEP_AGE_SECONDS", 3, 0, 3600),
-        reconcile_interval_seconds=_int(env, "RECONCILE_INTERVAL_SECONDS", 300, 5, 86400),
-        metrics_port=_int(env, "WORKER_METRICS_PORT", 9808, 0, 65535),
-        metrics_address=(env.get("WORKER_METRICS_ADDRESS") or "127.0.0.1").strip(),
-        max_amount=_int(env, "MAX_AMOUNT", 1_000_000_000, 1, 10**15),
-        argon2_memory_kib=argon2_memory_kib,
-        argon2_time_cost=_int(env, "ARGON2_TIME_COST", ARGON2_TIME_COST, 1, 100),
-        argon2_parallelism=argon2_parallelism,
-        password_hash_concurrency=_int(env, "PASSWORD_HASH_CONCURRENCY", 2, 1, 256),
-        role_cache_seconds=_int(env, "ROLE_CACHE_SECONDS", 5, 0, 5),
-    )
-
+assert {f.name for f in fields(Settings)} == {"app_env", *(v.name for v in VARIABLES)}, "table and Settings differ"
 
 _settings: Settings | None = None
 
 
 def get_settings() -> Settings:
-    """The process-wide settings, loaded on first use."""
+    """The process-wide settings, loaded on first use (never at import)."""
     global _settings
     if _settings is None:
         _settings = load_settings()
     return _settings
+
+
+def settings_loaded() -> bool:
+    """Whether this process has read its configuration yet (import-time checks use it)."""
+    return _settings is not None
 
 
 def reset_settings() -> None:

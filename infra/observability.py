@@ -170,13 +170,12 @@ def init_worker_main(nodename: str | None = None, settings: Settings | None = No
     under ``var/prometheus``. It must be set before ``prometheus_client`` is imported,
     which is why this runs first in ``celeryd_init``.
     """
-    from infra import config
-
     settings = settings or get_settings()
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    directory = settings.prometheus_multiproc_dir
     if not directory:
-        directory = str(config.VAR_DIR / "prometheus" / f"worker-{_safe_name(nodename or 'worker')}")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        directory = str(settings.var_dir / "prometheus" / f"worker-{_safe_name(nodename or 'worker')}")
+    # prometheus_client reads the variable itself (at import and in every pool child).
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     prepare_multiproc_dir(directory)
 
     from celery import signals

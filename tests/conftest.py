@@ -64,8 +64,6 @@ def _purser_test_environment(purser_var_dir: Path) -> Iterator[dict[str, str]]:
     with pytest.MonkeyPatch.context() as mp:
         for name, value in values.items():
             mp.setenv(name, value)
-        # VAR_DIR was computed when infra.config was first imported.
-        mp.setattr(infra.config, "VAR_DIR", purser_var_dir)
         infra.config.reset_settings()
         yield values
     _reset_settings()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import infra.config as config
-from infra.config import ConfigError, load_settings
+from infra.config import ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD_SECRET = "x" * 48
@@ -24,20 +26,30 @@ PRODUCTION = {
 }
 
 
-@pytest.fixture
-def var_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(config, "VAR_DIR", tmp_path)
-    return tmp_path
+_var_dir: Path | None = None
+
+
+@pytest.fixture(autouse=True)
+def var_dir(tmp_path: Path) -> Iterator[Path]:
+    """``PURSER_VAR_DIR`` of every environment below (generated dev secrets land there)."""
+    global _var_dir
+    _var_dir = tmp_path
+    yield tmp_path
+    _var_dir = None
+
+
+def _load(env: dict[str, str]) -> Settings:
+    return load_settings({"PURSER_VAR_DIR": str(_var_dir), **env})
 
 
 def _error(env: dict[str, str]) -> ConfigError:
     with pytest.raises(ConfigError) as info:
-        load_settings(env)
+        _load(env)
     return info.value
 
 
 def test_production_settings_load() -> None:
-    settings = load_settings(PRODUCTION)
+    settings = _load(PRODUCTION)
     assert settings.is_production
     assert settings.jwt_secret == GOOD_SECRET
     assert "x" * 48 not in repr(settings)
@@ -70,8 +82,8 @@ def test_bad_ledger_partitions(raw: str, var_dir: Path) -> None:
 
 
 def test_ledger_partitions_parsed(var_dir: Path) -> None:
-    assert load_settings({"APP_ENV": "test", "LEDGER_PARTITIONS": " 16 "}).ledger_partitions == 16
-    assert load_settings({"APP_ENV": "test"}).ledger_partitions == 8
+    assert _load({"APP_ENV": "test", "LEDGER_PARTITIONS": " 16 "}).ledger_partitions == 16
+    assert _load({"APP_ENV": "test"}).ledger_partitions == 8
 
 
 @pytest.mark.parametrize("raw", ["staging", "prod", "dev"])
@@ -82,7 +94,7 @@ def test_bad_app_env(raw: str) -> None:
 
 
 def test_app_env_is_case_insensitive() -> None:
-    assert load_settings({**PRODUCTION, "APP_ENV": "PRODUCTION"}).app_env == "production"
+    assert _load({**PRODUCTION, "APP_ENV": "PRODUCTION"}).app_env == "production"
 
 
 @pytest.mark.parametrize("raw", ["ten per minute", "10", "10/fortnight", "/minute", "-5/minute"])
@@ -93,7 +105,7 @@ def test_bad_rate_limits_free(raw: str, var_dir: Path) -> None:
 
 @pytest.mark.parametrize("raw", ["10/minute", "10 per minute", "100/hours", "5/second"])
 def test_good_rate_limits_free(raw: str, var_dir: Path) -> None:
-    assert load_settings({"APP_ENV": "test", "RATE_LIMITS_FREE": raw}).rate_limits_free == raw
+    assert _load({"APP_ENV": "test", "RATE_LIMITS_FREE": raw}).rate_limits_free == raw
 
 
 @pytest.mark.parametrize(
@@ -113,7 +125,7 @@ def test_good_rate_limits_free(raw: str, var_dir: Path) -> None:
     ],
 )
 def test_bool_parsing(raw: str, expected: bool, var_dir: Path) -> None:
-    assert load_settings({"APP_ENV": "test", "RATE_LIMIT_ENABLED": raw}).rate_limit_enabled is expected
+    assert _load({"APP_ENV": "test", "RATE_LIMIT_ENABLED": raw}).rate_limit_enabled is expected
 
 
 @pytest.mark.parametrize("raw", ["maybe", "2", "tru"])
@@ -122,20 +134,20 @@ def test_bad_bool(raw: str, var_dir: Path) -> None:
 
 
 def test_development_generates_jwt_secret_once(var_dir: Path) -> None:
-    first = load_settings({"APP_ENV": "development"})
+    first = _load({"APP_ENV": "development"})
     secret_file = var_dir / "secrets" / "jwt_secret"
     assert secret_file.exists()
     assert first.jwt_secret == secret_file.read_text().strip()
     assert len(first.jwt_secret) >= 32
     assert secret_file.stat().st_mode & 0o077 == 0, "secret readable by others"
 
-    second = load_settings({"APP_ENV": "development"})
+    second = _load({"APP_ENV": "development"})
     assert second.jwt_secret == first.jwt_secret
     assert secret_file.read_text().strip() == first.jwt_secret
 
 
 def test_development_explicit_jwt_secret_wins(var_dir: Path) -> None:
-    assert load_settings({"APP_ENV": "development", "JWT_SECRET": "short-is-ok-in-dev"}).jwt_secret == (
+    assert _load({"APP_ENV": "development", "JWT_SECRET": "short-is-ok-in-dev"}).jwt_secret == (
         "short-is-ok-in-dev"
     )
     assert not (var_dir / "secrets" / "jwt_secret").exists()
@@ -151,6 +163,7 @@ def test_bad_mongodb_uri(var_dir: Path) -> None:
 
 def test_get_settings_is_cached_until_reset(monkeypatch: pytest.MonkeyPatch, var_dir: Path) -> None:
     monkeypatch.setenv("APP_ENV", "test")
+    monkeypatch.setenv("PURSER_VAR_DIR", str(var_dir))
     monkeypatch.setenv("LEDGER_PARTITIONS", "3")
     config.reset_settings()
     try:
@@ -197,9 +210,9 @@ def test_settings_or_exit_prints_one_line_and_exits_2(tmp_path: Path) -> None:
 
 def test_app_env_unset_is_production(var_dir: Path) -> None:
     env = {k: v for k, v in PRODUCTION.items() if k != "APP_ENV"}
-    settings = load_settings(env)
+    settings = _load(env)
     assert settings.app_env == "production" and settings.is_production
-    assert load_settings({**env, "APP_ENV": ""}).is_production
+    assert _load({**env, "APP_ENV": ""}).is_production
     assert not any(var_dir.iterdir()), "nothing may be generated in production"
 
 
@@ -223,21 +236,21 @@ def test_duplicate_doorbells_switch_is_refused_in_production() -> None:
 
 
 def test_duplicate_doorbells_switch_is_allowed_in_test(var_dir: Path) -> None:
-    assert load_settings({"APP_ENV": "test", "PURSER_DUPLICATE_DOORBELLS": "1"}).app_env == "test"
+    assert _load({"APP_ENV": "test", "PURSER_DUPLICATE_DOORBELLS": "1"}).app_env == "test"
 
 
 # --- password hashing, login limits, role cache -----------------------------------------
 
 
 def test_argon2_defaults_are_the_owasp_minimum(var_dir: Path) -> None:
-    settings = load_settings({"APP_ENV": "test"})
+    settings = _load({"APP_ENV": "test"})
     assert (settings.argon2_memory_kib, settings.argon2_time_cost, settings.argon2_parallelism) == (19456, 2, 1)
     assert settings.password_hash_concurrency == 2
     assert settings.role_cache_seconds == 5
 
 
 def test_argon2_parameters_are_read_and_bounded(var_dir: Path) -> None:
-    settings = load_settings({"APP_ENV": "test", "ARGON2_MEMORY_KIB": "47104", "ARGON2_TIME_COST": "1",
+    settings = _load({"APP_ENV": "test", "ARGON2_MEMORY_KIB": "47104", "ARGON2_TIME_COST": "1",
                               "ARGON2_PARALLELISM": "2", "PASSWORD_HASH_CONCURRENCY": "4"})
     assert (settings.argon2_memory_kib, settings.argon2_time_cost, settings.argon2_parallelism) == (47104, 1, 2)
     assert settings.password_hash_concurrency == 4
@@ -247,13 +260,54 @@ def test_argon2_parameters_are_read_and_bounded(var_dir: Path) -> None:
 
 
 def test_role_cache_is_at_most_five_seconds(var_dir: Path) -> None:
-    assert load_settings({"APP_ENV": "test", "ROLE_CACHE_SECONDS": "0"}).role_cache_seconds == 0
+    assert _load({"APP_ENV": "test", "ROLE_CACHE_SECONDS": "0"}).role_cache_seconds == 0
     assert _error({"APP_ENV": "test", "ROLE_CACHE_SECONDS": "6"}).variable == "ROLE_CACHE_SECONDS"
 
 
 def test_login_limits_have_defaults_and_are_validated(var_dir: Path) -> None:
-    settings = load_settings({"APP_ENV": "test"})
+    settings = _load({"APP_ENV": "test"})
     assert settings.rate_limits_login_email == "5/15minutes"
     assert settings.rate_limits_login_address == "100/15minutes"
     for name in ("RATE_LIMITS_LOGIN_EMAIL", "RATE_LIMITS_LOGIN_ADDRESS"):
         assert _error({"APP_ENV": "test", name: "five"}).variable == name
+
+
+# --- one table (issue 13) -----------------------------------------------------------------
+
+
+def test_duplicate_doorbells_is_a_setting_off_by_default() -> None:
+    assert _load({"APP_ENV": "test"}).duplicate_doorbells is False
+    assert _load({"APP_ENV": "test", "PURSER_DUPLICATE_DOORBELLS": "1"}).duplicate_doorbells is True
+    assert _error({"APP_ENV": "test", "PURSER_DUPLICATE_DOORBELLS": "twice"}).variable == "PURSER_DUPLICATE_DOORBELLS"
+    assert _error({**PRODUCTION, "PURSER_DUPLICATE_DOORBELLS": "0"}).variable == "PURSER_DUPLICATE_DOORBELLS"
+
+
+def test_var_dir_comes_from_the_settings(tmp_path: Path) -> None:
+    assert _load({"APP_ENV": "test"}).var_dir == tmp_path
+    assert load_settings({**PRODUCTION}).var_dir == config.PROJECT_ROOT / "var"
+
+
+def test_web_tier_settings(var_dir: Path) -> None:
+    settings = _load({"APP_ENV": "test"})
+    assert (settings.bind, settings.web_concurrency, settings.web_threads) == ("127.0.0.1:5000", 2, 8)
+    assert (settings.web_worker_class, settings.web_worker_connections) == ("gevent", 1000)
+    settings = _load({"APP_ENV": "test", "PORT": "5100", "WEB_WORKER_CLASS": "GTHREAD"})
+    assert (settings.bind, settings.web_worker_class) == ("127.0.0.1:5100", "gthread")
+    assert _load({"APP_ENV": "test", "WEB_BIND": "0.0.0.0:80"}).bind == "0.0.0.0:80"
+    for name, raw in (("WEB_WORKER_CLASS", "eventlet"), ("WEB_CONCURRENCY", "0"), ("PORT", "http"),
+                      ("JOB_WAIT_MAX_PER_USER", "1001")):
+        assert _error({"APP_ENV": "test", name: raw}).variable == name
+
+
+def test_max_amount_is_not_configuration() -> None:
+    """The maximum amount is a money rule (ledger.money.MAX_AMOUNT, in the OpenAPI contract)."""
+    assert "MAX_AMOUNT" not in {var.variable for var in config.VARIABLES}
+
+
+def test_every_variable_is_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", readme))
+    # Prefix rows (`RATE_LIMITS_FREE` / `_PREMIUM`) name their siblings by suffix.
+    documented |= {f"RATE_LIMITS{suffix}" for suffix in re.findall(r"`(_[A-Z_]+)`", readme)}
+    missing = [var.variable for var in config.VARIABLES if var.variable and var.variable not in documented]
+    assert not missing, f"add these to README's configuration table: {missing}"
