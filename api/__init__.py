@@ -10,7 +10,7 @@ from flask import Flask, Response, g, request
 
 from api import auth
 from api.errors import ApiError, register_error_handlers
-from infra import context
+from infra import context, observability
 from infra.config import Settings, get_settings, settings_or_exit
 from infra.logging_setup import setup_logging
 
@@ -45,11 +45,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from api.routes import register_blueprints
     register_blueprints(app)
 
-    try:
-        from infra import observability
-        observability.init_web(app, settings)
-    except ImportError:
-        pass
+    observability.init_web(app, settings)
 
     # After the request hooks above: the limiter keys on g.principal set by _start.
     from api.limits import init_limits

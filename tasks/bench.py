@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from workers.celery_app import app
+from workers.celery_app import task
 
 
-@app.task(name="bench.noop", ignore_result=True)
+@task(name="bench.noop", ignore_result=True)
 def noop(n: int = 0) -> None:
     """Do nothing: the cost measured is Celery's own (fetch, ack-late, dispatch to the pool)."""
     return None

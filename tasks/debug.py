@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from workers.celery_app import app
+from workers.celery_app import task
 
 log = logging.getLogger("purser.debug")
 
@@ -13,7 +13,7 @@ class DeliberateTaskError(RuntimeError):
     """Raised on purpose by ``debug.boom``."""
 
 
-@app.task(name="debug.boom", acks_late=True, ignore_result=True)
+@task(name="debug.boom", acks_late=True, ignore_result=True)
 def boom(message: str = "deliberate task error", detail: dict | None = None) -> None:
     # Logged first so the report also carries a breadcrumb with the same secrets.
     log.info("debug.boom about to fail", extra={"detail": detail or {}})

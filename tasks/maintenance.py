@@ -13,7 +13,7 @@ from ledger.timeutil import utcnow
 from services.jobs import ring_safely
 from services.reconcile import reconcile as run_reconcile
 from tasks.settle import ring
-from workers.celery_app import app
+from workers.celery_app import task
 
 log = logging.getLogger("purser.maintenance")
 
@@ -45,7 +45,7 @@ def stranded_partition(db: Database, partitions: int) -> int | None:
     return None if doc is None else doc["partition"]
 
 
-@app.task(name="ledger.sweep", acks_late=True, ignore_result=True)
+@task(name="ledger.sweep", acks_late=True, ignore_result=True)
 def sweep() -> list[int]:
     """Re-ring every partition holding a queued job older than a few seconds.
 
@@ -66,22 +66,16 @@ def sweep() -> list[int]:
         # ERROR reaches Sentry: money accepted but unreachable until an operator acts.
         log.error("jobs queued on a partition beyond LEDGER_PARTITIONS; restore the old value to drain them",
                   extra={"partition": stranded, "ledgerPartitions": settings.ledger_partitions})
-    try:
-        from infra import metrics
-        metrics.observe_queue(db)
-    except ImportError:
-        pass
+    from infra import metrics  # not at the top: see tasks/settle.py's _record
+    metrics.observe_queue(db)
     return partitions
 
 
-@app.task(name="ledger.reconcile", acks_late=True, ignore_result=True)
+@task(name="ledger.reconcile", acks_late=True, ignore_result=True)
 def reconcile() -> dict:
     report = run_reconcile(get_db())
-    try:
-        from infra import metrics
-        metrics.RECONCILE_DRIFT.set(report.drift_total + abs(report.total_balance))
-    except ImportError:
-        pass
+    from infra import metrics  # not at the top: see tasks/settle.py's _record
+    metrics.RECONCILE_DRIFT.set(report.drift_total + abs(report.total_balance))
     if report.ok:
         log.info("reconciliation ok", extra={"wallets": report.wallets})
     else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 from celery.exceptions import SoftTimeLimitExceeded
 from pymongo.errors import PyMongoError
@@ -16,7 +15,7 @@ from infra.queues import partition_queue
 from infra.redis_client import get_redis
 from services.jobs import ring_safely
 from services.settlement import BatchResult, settle_partition
-from workers.celery_app import app
+from workers.celery_app import task
 
 log = logging.getLogger("purser.settle")
 
@@ -48,9 +47,8 @@ def _doorbell_copies() -> int:
     """TEST-ONLY fault injection (tests/chaos): PURSER_DUPLICATE_DOORBELLS=1 publishes every
     doorbell twice, as a broker redelivery or a doubled publish would. Inert in production,
     which also refuses to start with the variable set (infra/config.py)."""
-    if get_settings().is_production:
-        return 1
-    return 2 if os.environ.get("PURSER_DUPLICATE_DOORBELLS") == "1" else 1
+    settings = get_settings()
+    return 2 if settings.duplicate_doorbells and not settings.is_production else 1
 
 
 def _record(batch: BatchResult) -> None:
@@ -59,11 +57,10 @@ def _record(batch: BatchResult) -> None:
     # receiver's money is spendable well under a second later (the sweeper backs it up).
     for target in sorted(batch.credit_targets):
         ring_safely(ring, target, None)
-    try:
-        from infra import metrics
-        metrics.record_batch(batch)
-    except ImportError:
-        pass
+    # Imported here, not at the top: a worker imports its task modules before celeryd_init
+    # chooses the Prometheus multi-process directory, which must precede prometheus_client.
+    from infra import metrics
+    metrics.record_batch(batch)
     for job, outcome in batch.outcomes:
         with context.bound(requestId=job.get("requestId"), jobId=job["_id"], userId=job.get("ownerId"),
                            partition=job.get("partition")):
@@ -73,7 +70,7 @@ def _record(batch: BatchResult) -> None:
                 log.info("job failed", extra={"jobType": job["type"], "code": outcome.code})
 
 
-@app.task(name="ledger.settle", bind=True, acks_late=True, max_retries=None)
+@task(name="ledger.settle", bind=True, acks_late=True, max_retries=None)
 def settle(self, partition: int) -> dict[str, int]:  # type: ignore[no-untyped-def]
     settings = get_settings()
     if not isinstance(partition, int) or not 0 <= partition < settings.ledger_partitions:

@@ -11,7 +11,7 @@ from infra.mongo import get_db
 from infra.redis_client import get_redis
 from services.subscriptions import tick as run_tick
 from tasks.settle import ring
-from workers.celery_app import app
+from workers.celery_app import task
 
 log = logging.getLogger("purser.subscriptions")
 
@@ -19,7 +19,7 @@ LOCK_KEY = "purser:lock:subscriptions-tick"
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
 
-@app.task(name="subscriptions.tick", acks_late=True, ignore_result=True)
+@task(name="subscriptions.tick", acks_late=True, ignore_result=True)
 def tick() -> dict:
     """One tick at a time (Redis lock, TTL below the interval); safe if two run anyway."""
     settings = get_settings()

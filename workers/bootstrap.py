@@ -1,4 +1,8 @@
-"""Per-process set-up of worker and beat: logging, store clients after fork, Sentry."""
+"""Per-process set-up of worker and beat: logging, store clients after fork, Sentry.
+
+:func:`connect` attaches the handlers below to Celery's signals; the entry point
+(:func:`workers.celery_app.worker_app`) calls it, importing this module does nothing.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,17 @@ from typing import Any
 
 from celery import signals
 
-from infra import context
+from infra import context, observability
 from infra import queues as heartbeats
 from infra.config import get_settings
 from infra.logging_setup import setup_logging
 from infra.mongo import reset_client
 from infra.queues import UNKNOWN_QUEUES, WORKER_HEARTBEAT_TTL
-from infra.redis_client import reset_redis
+from infra.redis_client import get_redis, reset_redis
 
 log = logging.getLogger("purser.worker")
 
 
-@signals.setup_logging.connect
 def _logging(**_: Any) -> None:
     settings = get_settings()
     # Worker and beat send this signal alike; the command line tells them apart.
@@ -28,39 +31,23 @@ def _logging(**_: Any) -> None:
                   max_bytes=settings.log_file_max_bytes, backups=settings.log_file_backups)
 
 
-@signals.worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     # PyMongo and redis-py clients must never cross a fork.
     reset_client()
     reset_redis()
-    try:
-        from infra import observability
-        observability.init_worker_process()
-    except ImportError:
-        pass
+    observability.init_worker_process()
 
 
-@signals.celeryd_init.connect
 def _worker_start(sender: Any = None, **_: Any) -> None:
-    try:
-        from infra import observability
-        # First: the metrics directory must be chosen before prometheus_client loads.
-        observability.init_worker_main(str(sender) if sender else None)
-        observability.init_sentry("worker")
-    except ImportError:
-        pass
+    # First: the metrics directory must be chosen before prometheus_client loads.
+    observability.init_worker_main(str(sender) if sender else None)
+    observability.init_sentry("worker")
 
 
-@signals.beat_init.connect
 def _beat_start(**_: Any) -> None:
-    try:
-        from infra import observability
-        observability.init_sentry("beat")
-    except ImportError:
-        pass
+    observability.init_sentry("beat")
 
 
-@signals.task_prerun.connect
 def _bind_task_context(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     request = getattr(task, "request", None)
     headers = getattr(request, "headers", None) or {}
@@ -71,7 +58,6 @@ def _bind_task_context(task_id: str | None = None, task: Any = None, **_: Any) -
         request._purser_ctx_token = token
 
 
-@signals.task_postrun.connect
 def _unbind_task_context(task: Any = None, **_: Any) -> None:
     request = getattr(task, "request", None)
     token = getattr(request, "_purser_ctx_token", None)
@@ -86,7 +72,6 @@ _heartbeat_stop = None
 
 
 def _heartbeat_loop(name: str, queues: str, stop: Any) -> None:
-    from infra.redis_client import get_redis
     while not stop.is_set():
         try:
             heartbeats.beat(get_redis(), name, queues)
@@ -95,7 +80,6 @@ def _heartbeat_loop(name: str, queues: str, stop: Any) -> None:
         stop.wait(WORKER_HEARTBEAT_TTL / 3)
 
 
-@signals.worker_ready.connect
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     """Readiness sees a worker through its heartbeat, without a broadcast round trip.
 
@@ -113,19 +97,25 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     _heartbeat_stop = threading.Event()
     threading.Thread(target=_heartbeat_loop, args=(name, queues, _heartbeat_stop), daemon=True,
                      name="purser-heartbeat").start()
-    try:
-        from infra import observability
-        observability.start_worker_metrics()
-    except ImportError:
-        pass
+    observability.start_worker_metrics()
 
 
-@signals.worker_shutdown.connect
 def _stop_heartbeat(sender: Any = None, **_: Any) -> None:
     if _heartbeat_stop is not None:
         _heartbeat_stop.set()
     try:
-        from infra.redis_client import get_redis
         heartbeats.forget(get_redis(), getattr(sender, "hostname", None) or "worker")
     except Exception:  # noqa: BLE001
         pass
+
+
+def connect() -> None:
+    """Attach the handlers to Celery's signals (idempotent: Celery keeps one per receiver)."""
+    signals.setup_logging.connect(_logging, weak=False)
+    signals.worker_process_init.connect(_after_fork, weak=False)
+    signals.celeryd_init.connect(_worker_start, weak=False)
+    signals.beat_init.connect(_beat_start, weak=False)
+    signals.task_prerun.connect(_bind_task_context, weak=False)
+    signals.task_postrun.connect(_unbind_task_context, weak=False)
+    signals.worker_ready.connect(_start_heartbeat, weak=False)
+    signals.worker_shutdown.connect(_stop_heartbeat, weak=False)

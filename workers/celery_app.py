@@ -1,14 +1,27 @@
-"""The Celery app, its money-safe settings, queues, routes and beat schedule."""
+"""The Celery app factory: money-safe settings, queues, routes and beat schedule.
+
+Nothing is built at import. :func:`create_celery` makes an app from
+:class:`~infra.config.Settings` (the model is Flask's ``examples/celery`` and its
+``celery_init_app``); :func:`get_celery` is the process's one app, built from
+:func:`~infra.config.get_settings` on first use; :func:`worker_app` is the entry
+point of ``celery -A workers`` (``workers.app`` resolves to it lazily). Task modules
+register through :func:`task`, so they import without an app and ring through
+whichever process app exists when they are called.
+"""
 
 from __future__ import annotations
 
 import sys
+import threading
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
-from celery import Celery
+from celery import Celery, _state
+from celery.local import Proxy
 from kombu import Queue
 
-from infra.config import ConfigError, Settings, settings_or_exit
+from infra.config import ConfigError, Settings, get_settings, settings_or_exit
 from infra.queues import DEFAULT_QUEUE, partition_queue
 
 TASK_MODULES = ("tasks.settle", "tasks.maintenance", "tasks.subscriptions")
@@ -22,7 +35,7 @@ def task_modules(settings: Settings) -> list[str]:
     return list(TASK_MODULES) + ([] if settings.is_production else list(TEST_TASK_MODULES))
 
 
-def _check_flower(settings: Settings, argv: list[str]) -> None:
+def check_flower(settings: Settings, argv: list[str]) -> None:
     """Flower in production needs FLOWER_BASIC_AUTH (the Procfile passes it to --basic-auth)."""
     if "flower" in argv[1:] and settings.is_production and not settings.flower_basic_auth:
         error = ConfigError("FLOWER_BASIC_AUTH", "is required in production to run Flower (user:password)")
@@ -31,7 +44,8 @@ def _check_flower(settings: Settings, argv: list[str]) -> None:
 
 
 def create_celery(settings: Settings) -> Celery:
-    app = Celery("purser", broker=settings.redis_url, include=task_modules(settings))
+    """A Celery app configured from ``settings``; opens no connection (the broker is lazy)."""
+    app = Celery("purser", broker=settings.redis_url, include=task_modules(settings), set_as_current=False)
     queues = [Queue(DEFAULT_QUEUE)] + [Queue(partition_queue(p)) for p in range(settings.ledger_partitions)]
     app.conf.update(
         # Money settings: a message is acknowledged only after its work committed, and
@@ -74,9 +88,63 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
-_settings = settings_or_exit()
-_check_flower(_settings, sys.argv)
-app = create_celery(_settings)
+_app: Celery | None = None
+_app_lock = threading.Lock()
 
-# Signal handlers (per-process clients, logging, Sentry, metrics) register on import.
-from workers import bootstrap  # noqa: E402,F401
+
+def get_celery() -> Celery:
+    """The process's Celery app, built from the process settings on first use.
+
+    The web tier and the CLI publish doorbells through it; the worker, beat and
+    Flower get the same app through :func:`worker_app`.
+    """
+    global _app
+    with _app_lock:
+        if _app is None:
+            app = create_celery(get_settings())
+            app.set_default()
+            _app = app
+        return _app
+
+
+def worker_app() -> Celery:
+    """Entry point of ``celery -A workers worker|beat|flower``: configuration, app, signals.
+
+    A configuration error is one line on stderr and exit status 2.
+    """
+    settings = settings_or_exit()
+    check_flower(settings, sys.argv)
+    app = get_celery()
+    # Per-process set-up (logging, store clients after fork, Sentry, metrics, heartbeats).
+    from workers import bootstrap
+
+    bootstrap.connect()
+    return app
+
+
+def task(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """Register a task with the process app (Celery's ``shared_task``, bound to :func:`get_celery`).
+
+    Importing a task module builds nothing: the function is added to every app when
+    it is finalized, and the returned proxy resolves to the task of
+    :func:`get_celery`'s app, so ``settle.apply_async(...)`` works in any process
+    (web, CLI, tests) without a Celery app having been created first.
+    """
+    name = options["name"]
+
+    def register(fun: Callable[..., Any]) -> Any:
+        _state.connect_on_app_finalize(lambda app: app._task_from_fun(fun, **options))
+        for app in _state._get_active_apps():  # apps finalized before this module was imported
+            if app.finalized:
+                with app._finalize_mutex:
+                    app._task_from_fun(fun, **options)
+        return Proxy(lambda: get_celery().tasks[name])
+
+    return register
+
+
+def __getattr__(name: str) -> Any:
+    # ``from workers.celery_app import app``: the process app, built on first access.
+    if name == "app":
+        return get_celery()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
