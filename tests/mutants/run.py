@@ -87,7 +87,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # --- settlement and deferred credits ---------------------------------------------
     Mutant("settlement: inbound credits not spendable before deciding", "services/settlement.py",
            "snapshot.wallets.setdefault(wallet_id, WalletState(0)).balance += amount", "pass",
-           (S + "test_single_writer.py",)),
+           (S + "test_guards_and_claims.py::test_a_credit_received_is_spendable_in_the_batch_that_applies_it",)),
     Mutant("settlement: inbound credit never marked applied (applied twice)", "services/settlement.py",
            '{"$set": {"applied": True, "appliedAt": now, "appliedIn": batch_seq}}',
            '{"$set": {"appliedAt": now, "appliedIn": batch_seq}}',
@@ -138,8 +138,8 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/observability/test_rate_limits.py::test_limit_follows_the_stored_role_and_admin_is_exempt",)),
     # --- subscriptions ----------------------------------------------------------------
     Mutant("subscriptions: auto-renewing subscriptions expired by the tick", "services/subscriptions.py",
-           'return {"status": "active", "autoRenew": False, "expiresAt": _until(now)}',
-           'return {"status": "active", "expiresAt": _until(now)}',
+           'return {"status": SubscriptionStatus.ACTIVE, "autoRenew": False, "expiresAt": _until(now)}',
+           'return {"status": SubscriptionStatus.ACTIVE, "expiresAt": _until(now)}',
            ("tests/subscriptions/test_subscription_lifecycle.py::test_subscribe_renew_three_periods_cancel_and_expire_with_exact_money",)),
 )
 

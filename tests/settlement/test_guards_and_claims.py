@@ -15,8 +15,9 @@ import services.settlement as settlement
 from ledger.operations import Transfer
 from ledger.timeutil import utcnow
 from services import idempotency
-from tests.settlement.settle_helpers import add_user, balances, fund_here, partitions, queue_jobs
 from tests.support.invariants import assert_money_invariants
+from tests.support.seeding import add_user, partitions
+from tests.support.settle import balances, fund_here, queue_jobs
 
 
 @pytest.fixture
@@ -63,7 +64,8 @@ def test_a_claim_without_its_job_is_in_use_until_stale(db):
     t0 = utcnow()
     first = idempotency.claim(db, "owner-1", "key-1", "fp", "job-a", 24, _response("job-a"), now=t0)
     assert first.state == idempotency.NEW
-    almost = t0 + idempotency.STALE_AFTER - timedelta(seconds=1)
+    assert idempotency.STALE_AFTER == timedelta(seconds=30)
+    almost = t0 + timedelta(seconds=29)
     again = idempotency.claim(db, "owner-1", "key-1", "fp", "job-b", 24, _response("job-b"), now=almost)
     assert again.state == idempotency.IN_USE and again.record["jobId"] == "job-a"
 
@@ -93,3 +95,18 @@ def test_claim_with_another_fingerprint_is_a_mismatch_and_with_its_job_a_replay(
     db.jobs.insert_one({"_id": "job-a", "status": "queued"})
     assert idempotency.claim(db, "owner-1", "key-1", "fp", "job-d", 24, {}, now=t0).state == idempotency.REPLAY
     db.jobs.delete_one({"_id": "job-a"})
+
+
+def test_a_credit_received_is_spendable_in_the_batch_that_applies_it(db):
+    """Inbound credits are applied before the owner's own jobs are decided."""
+    payer, owner, friend = add_user(db, partition=0), add_user(db, partition=1), add_user(db, partition=1)
+    fund_here(db, [payer], 100)
+    queue_jobs(db, [Transfer(payer, owner, 30)])
+    settlement.settle_partition(db, 0, partitions=partitions(), batch_max=200)
+    assert db.credits.count_documents({"to": 1, "applied": False}) == 1
+    spend = queue_jobs(db, [Transfer(owner, friend, 30)])[0]
+    drained = settlement.settle_partition(db, 1, partitions=partitions(), batch_max=200)
+    assert drained.batches[0].credits_applied == 1 and drained.batches[0].settled == 1
+    assert db.jobs.find_one({"_id": spend["_id"]})["status"] == "settled"
+    assert balances(db, [payer, owner, friend]) == {payer: 70, owner: 0, friend: 30}
+    assert_money_invariants(db)
