@@ -124,7 +124,8 @@ MUTANTS: tuple[Mutant, ...] = (
            "    (PLATFORM_REVENUE, 500),\n    (PLATFORM_PROCESSING, 1500),",
            ("tests/unit/ledger/test_splits.py",)),
     Mutant("splits: leftover coins to the smallest remainder", "ledger/splits.py",
-           "remainders.append((-frac, index, party))", "remainders.append((frac, index, party))",
+           "first, then earlier rule position.\n        remainders.append((-frac, index, party))",
+           "first, then earlier rule position.\n        remainders.append((frac, index, party))",
            ("tests/unit/ledger/test_splits.py",)),
     # --- authorization and rate limits ----------------------------------------------
     Mutant("authorization: role check disabled", "api/auth.py",
