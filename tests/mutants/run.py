@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -161,26 +162,36 @@ def _tree(worktree: bool, dest: Path) -> None:
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
 
 
-def _pytest(tree: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, float]:
+def _pytest(tree: Path, tests: tuple[str, ...], timeout: float, test_timeout: int) -> tuple[int, float]:
+    """Run ``tests`` in ``tree``; a hung test fails by pytest-timeout (a mutant that hangs is caught)."""
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     started = time.monotonic()
-    try:
-        rc = subprocess.run([str(PYTHON), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+    proc = subprocess.Popen([str(PYTHON), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                             "-o", f"timeout={test_timeout}", *tests],
                             cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            timeout=timeout).returncode
+                            start_new_session=True)
+    try:
+        rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        # SIGTERM lets the test session's fixtures stop the stores and workers it started.
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         rc = -1
     return rc, time.monotonic() - started
 
 
-def run(mutants: list[Mutant], worktree: bool, timeout: float, baseline: bool) -> list[dict]:
+def run(mutants: list[Mutant], worktree: bool, timeout: float, test_timeout: int, baseline: bool) -> list[dict]:
     results = []
     with tempfile.TemporaryDirectory(prefix="purser-mutants-") as tmp:
         tree = Path(tmp)
         _tree(worktree, tree)
         if baseline:
             tests = tuple(dict.fromkeys(t for m in mutants for t in m.tests))
-            rc, secs = _pytest(tree, tests, timeout * 3)
+            rc, secs = _pytest(tree, tests, timeout * 3, test_timeout)
             print(f"baseline: {'pass' if rc == 0 else f'FAIL (exit {rc})'} in {secs:.0f}s", flush=True)
             if rc != 0:
                 raise SystemExit("the unmutated tests fail: kills would mean nothing")
@@ -192,7 +203,7 @@ def run(mutants: list[Mutant], worktree: bool, timeout: float, baseline: bool) -
             else:
                 target.write_text(source.replace(m.original, m.replacement))
                 try:
-                    rc, secs = _pytest(tree, m.tests, timeout)
+                    rc, secs = _pytest(tree, m.tests, timeout, test_timeout)
                 finally:
                     target.write_text(source)
                 verdict = {0: "SURVIVED", 1: "killed", -1: "TIMEOUT"}.get(rc, f"ERROR (exit {rc})")
@@ -227,7 +238,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-k", dest="match", help="only mutants whose name contains this text")
     parser.add_argument("--worktree", action="store_true", help="copy the working tree instead of HEAD")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds per mutant")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per mutant (then TIMEOUT)")
+    parser.add_argument("--test-timeout", type=int, default=120,
+                        help="pytest-timeout per test in mutant runs: a hang fails the test (killed)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of the named tests")
     parser.add_argument("--record", type=Path, help="write the result table into this file between markers")
     parser.add_argument("--list", action="store_true", help="print the mutants and exit")
@@ -238,7 +251,7 @@ def main() -> int:
             print(f"{m.name}  [{m.path}]  -> {', '.join(m.tests)}")
         return 0
     started = time.monotonic()
-    results = run(mutants, args.worktree, args.timeout, not args.no_baseline)
+    results = run(mutants, args.worktree, args.timeout, args.test_timeout, not args.no_baseline)
     elapsed = time.monotonic() - started
     text = table(results, elapsed, "working tree" if args.worktree else "HEAD")
     print(text)
