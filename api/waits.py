@@ -37,35 +37,15 @@ from typing import Any
 import redis
 
 from infra import announce
-from infra.config import ConfigError, get_settings
+from infra.config import get_settings
 from services.jobs import TERMINAL
 
 log = logging.getLogger("purser.waits")
 
-DEFAULT_MAX_PER_USER = 5
 CAP_GRACE_SECONDS = 5.0  # a cap entry outlives its wait's deadline by this much
 RECONNECT_MIN, RECONNECT_MAX = 0.2, 5.0
 LISTEN_TIMEOUT = 1.0
 WARN_EVERY_SECONDS = 60.0  # a Redis outage logs one warning a minute, not one per retry
-
-
-# --- configuration -----------------------------------------------------------------------
-# TODO(issue 15, config): move JOB_WAIT_MAX_PER_USER into infra.config.Settings; read here
-# with the same rules (integer, bounded, named in the error) until then.
-
-
-def max_waits_per_user(env: dict[str, str] | None = None) -> int:
-    """``JOB_WAIT_MAX_PER_USER``: concurrent waits per user, 0 turns waiting off (1000 at most)."""
-    raw = (os.environ if env is None else env).get("JOB_WAIT_MAX_PER_USER", "")
-    if raw.strip() == "":
-        return DEFAULT_MAX_PER_USER
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ConfigError("JOB_WAIT_MAX_PER_USER", f"expected an integer, got {raw!r}") from None
-    if not 0 <= value <= 1000:
-        raise ConfigError("JOB_WAIT_MAX_PER_USER", f"must be between 0 and 1000, got {value}")
-    return value
 
 
 # --- metrics -------------------------------------------------------------------------------
@@ -432,7 +412,7 @@ def wait_for_job(
         if job["status"] in TERMINAL:
             return WaitResult(job, True, "immediate")
         try:
-            waiter.slot = acquire_slot(waits_redis(), user_id, seconds, max_waits_per_user())
+            waiter.slot = acquire_slot(waits_redis(), user_id, seconds, get_settings().job_wait_max_per_user)
         except Exception as exc:  # noqa: BLE001 - cannot count waits: do not hold the request
             log.warning("could not count a wait; answering at once",
                         extra={"error": f"{type(exc).__name__}: {exc}"[:300]})

@@ -20,8 +20,6 @@ from services.jobs import job_view
 from services.queries import BadCursor, user_jobs
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/jobs")
-# A bad JOB_WAIT_MAX_PER_USER stops the app at start-up, not at the first wait.
-bp.record_once(lambda _state: waits.max_waits_per_user())
 
 MAX_WAIT_SECONDS = 10
 _PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait=(\d{1,3})(?:$|[;,\s])")

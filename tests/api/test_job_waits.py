@@ -360,14 +360,3 @@ def test_announcement_messages_round_trip() -> None:
     assert len(raw) < 100
     for junk in (b"", b"{}", b"[1]", b'{"v": 1, "t": 1, "j": [["x", "?"]]}', b"\xff"):
         assert announce.decode(junk) is None
-
-
-def test_wait_cap_setting_is_validated() -> None:
-    from api.waits import DEFAULT_MAX_PER_USER, max_waits_per_user
-    from infra.config import ConfigError
-
-    assert max_waits_per_user({}) == DEFAULT_MAX_PER_USER
-    assert max_waits_per_user({"JOB_WAIT_MAX_PER_USER": "0"}) == 0
-    for bad in ("-1", "lots", "1001"):
-        with pytest.raises(ConfigError, match="JOB_WAIT_MAX_PER_USER"):
-            max_waits_per_user({"JOB_WAIT_MAX_PER_USER": bad})
