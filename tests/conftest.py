@@ -2,40 +2,25 @@
 
 Stores start lazily: a test (or fixture) that does not ask for ``mongo_server``,
 ``redis_server`` or ``stack_env`` starts nothing, so ``tests/unit`` stays fast.
-Child processes get ``{**os.environ, **stack_env}``; the test process itself
-sees the same variables in ``os.environ`` (set by the fixtures below).
+Child processes get :func:`tests.support.env.child_env` (``os.environ``, then
+``stack_env``, then the test's overrides); the test process itself sees the same
+variables in ``os.environ`` (set by the fixtures below). Worker and web processes
+run the Procfile's command lines (tests/support/stack.py). Helpers live in
+``tests/support``; suites import from there, never from a conftest or another suite.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from devstack.apps import WebServer, WorkerProcess
 from devstack.stores import ManagedProcess, MongoServer, RedisServer, install_signal_cleanup, stop_all
-
-ROOT = Path(__file__).resolve().parent.parent
-
-TEST_JWT_SECRET = "purser-test-jwt-secret-0123456789abcdef012345678"
-TEST_WEBHOOK_SECRET = "purser-test-webhook-secret-0123456789"
-assert len(TEST_JWT_SECRET) == 48
-
-TEST_ENV_BASE = {
-    "APP_ENV": "test",
-    "MONGODB_DB": "purser_test",
-    "JWT_SECRET": TEST_JWT_SECRET,
-    "PROVIDER_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET,
-    "RATE_LIMIT_ENABLED": "false",
-    "LEDGER_PARTITIONS": "4",
-    "LOG_LEVEL": "INFO",
-    # Workers' metrics servers would all want the default port; tests that need one pass a free port.
-    "WORKER_METRICS_PORT": "0",
-}
+from tests.support.env import TEST_ENV_BASE, child_env
+from tests.support.stack import RoleWorker, Web, Workers
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -107,39 +92,30 @@ def stack_env(
     return {**_purser_test_environment, "MONGODB_URI": mongo_server.uri, "REDIS_URL": redis_server.url}
 
 
-def _child_env(stack_env: Mapping[str, str], extra_env: Mapping[str, str] | None) -> dict[str, str]:
-    env = {**os.environ, **stack_env, "PYTHONUNBUFFERED": "1"}
-    if extra_env:
-        env.update(extra_env)
-    return env
-
-
-StartWorker = Callable[..., WorkerProcess]
-StartWeb = Callable[..., WebServer]
+StartWorker = Callable[..., RoleWorker]
+StartWeb = Callable[..., Web]
 
 
 @pytest.fixture
 def celery_worker_proc(stack_env: dict[str, str], tmp_path: Path) -> Iterator[StartWorker]:
-    """Factory: ``start_worker(queues=None, concurrency=1, extra_env=None) -> WorkerProcess``.
+    """Factory: ``start_worker(role="worker", queues=None, concurrency=None, extra_env=None) -> RoleWorker``.
 
-    Returns once the worker is ready; every worker is stopped (SIGTERM, then
-    SIGKILL after 10 s) when the test ends, whatever its outcome.
+    ``role`` is a Procfile worker role: ``worker`` (the ledger queues) or
+    ``housekeeping`` (``purser.default``). Returns once the worker is ready; every
+    worker is stopped (SIGTERM, then SIGKILL after 10 s) when the test ends,
+    whatever its outcome.
     """
     started: list[ManagedProcess] = []
     numbers = itertools.count(1)
 
     def start_worker(
-        queues: list[str] | None = None,
-        concurrency: int = 1,
+        role: str = "worker",
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
         extra_env: Mapping[str, str] | None = None,
-    ) -> WorkerProcess:
-        worker = WorkerProcess(
-            _child_env(stack_env, extra_env),
-            tmp_path / f"worker-{next(numbers)}.log",
-            queues=queues,
-            concurrency=concurrency,
-            cwd=ROOT,
-        )
+    ) -> RoleWorker:
+        worker = RoleWorker(role, child_env(stack_env, extra_env), tmp_path / f"{role}-{next(numbers)}.log",
+                            queues=queues, concurrency=concurrency)
         started.append(worker)
         return worker.start()
 
@@ -158,13 +134,9 @@ def web_server(stack_env: dict[str, str], tmp_path: Path) -> Iterator[StartWeb]:
     started: list[ManagedProcess] = []
     numbers = itertools.count(1)
 
-    def start_web(concurrency: int = 2, extra_env: Mapping[str, str] | None = None) -> WebServer:
-        server = WebServer(
-            _child_env(stack_env, extra_env),
-            tmp_path / f"gunicorn-{next(numbers)}.log",
-            concurrency=concurrency,
-            cwd=ROOT,
-        )
+    def start_web(concurrency: int = 2, extra_env: Mapping[str, str] | None = None) -> Web:
+        server = Web(child_env(stack_env, extra_env), tmp_path / f"gunicorn-{next(numbers)}.log",
+                     concurrency=concurrency)
         started.append(server)
         return server.start()
 
@@ -211,22 +183,23 @@ def fresh_db(stack_env: dict[str, str]) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def session_worker(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    """One Celery worker (prefork, concurrency 2, every queue) shared by a session.
+def session_worker(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+    """Both Procfile worker roles, shared by a session: ``worker`` (ledger queues, pool of
+    2 through ``WORKER_CONCURRENCY``) and ``housekeeping`` (``purser.default``).
 
-    Tests that kill or reconfigure workers use ``celery_worker_proc`` instead.
+    ``.nodename`` is the ledger worker's, ``.log_tail()`` reads both logs. Tests that
+    kill or reconfigure workers use ``celery_worker_proc`` instead.
     """
-    worker = WorkerProcess(_child_env(stack_env, None), tmp_path_factory.mktemp("worker") / "worker.log",
-                           queues=None, concurrency=2, cwd=ROOT)
+    workers = Workers.create(child_env(stack_env, WORKER_CONCURRENCY="2"), tmp_path_factory.mktemp("workers"))
     try:
-        worker.start()
-        yield worker
+        workers.start()
+        yield workers
     finally:
-        stop_all([worker])
+        stop_all(workers.processes)
 
 
 @pytest.fixture
-def app_client(fresh_db: Any, session_worker: WorkerProcess) -> Iterator[Any]:
+def app_client(fresh_db: Any, session_worker: Workers) -> Iterator[Any]:
     """An :class:`ApiClient` over the real Flask app (test client), with a live worker."""
     from api import create_app
     from infra.config import get_settings

@@ -20,8 +20,8 @@ from api.auth import issue_token
 from api.routes.payments import sign
 from infra.config import get_settings
 from services import users
-from tests.conftest import TEST_WEBHOOK_SECRET
 from tests.support.client import ApiClient, Response
+from tests.support.env import TEST_WEBHOOK_SECRET
 
 PASSWORD = "correct-horse-9"
 PROBLEM_FIELDS = ("type", "title", "status", "detail", "code", "requestId")

@@ -14,7 +14,7 @@ import jwt
 import pytest
 
 from tests.api.helpers import PASSWORD, UNKNOWN_ID, Api, assert_problem, mint_token
-from tests.conftest import ROOT, TEST_JWT_SECRET
+from tests.support.env import ROOT, TEST_JWT_SECRET
 
 
 def _email() -> str:

@@ -11,7 +11,8 @@ import requests
 
 from tests.api.helpers import Api, User, assert_problem
 from tests.support.client import ApiClient
-from tests.support.invariants import assert_money_invariants, wait_until_drained
+from tests.support.invariants import assert_money_invariants
+from tests.support.waiting import wait_drained as wait_until_drained
 
 
 def _money_bodies(api: Api, creator: User) -> dict[str, dict]:

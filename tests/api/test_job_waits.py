@@ -25,7 +25,8 @@ from pymongo import monitoring
 from devstack.apps import WebServer
 from devstack.stores import stop_all
 from tests.api.helpers import mint_token
-from tests.conftest import ROOT, _child_env
+from tests.support.env import ROOT
+from tests.support.env import child_env as _child_env
 
 CAP = 4
 

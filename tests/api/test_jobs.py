@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from tests.api.helpers import UNKNOWN_ID, assert_problem
-from tests.support.invariants import assert_money_invariants, wait_until_drained
+from tests.support.invariants import assert_money_invariants
+from tests.support.waiting import wait_drained as wait_until_drained
 
 
 def test_job_is_visible_to_its_owner_and_admins_only(api, fresh_db):

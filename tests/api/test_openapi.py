@@ -20,7 +20,8 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.api.helpers import Api
 from tests.support.client import ApiClient
-from tests.support.invariants import assert_money_invariants, wait_until_drained
+from tests.support.invariants import assert_money_invariants
+from tests.support.waiting import wait_drained as wait_until_drained
 
 MONEY = {400, 401, 409, 413, 415, 422}
 # (method, path) -> (success status, request schema, response schema, error statuses that must be documented)

@@ -8,7 +8,7 @@ import uuid
 
 from api.routes.payments import sign
 from tests.api.helpers import UNKNOWN_ID, assert_problem, signed_webhook
-from tests.conftest import TEST_WEBHOOK_SECRET
+from tests.support.env import TEST_WEBHOOK_SECRET
 from tests.support.invariants import assert_money_invariants
 
 

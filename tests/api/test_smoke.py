@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import TEST_WEBHOOK_SECRET
+from tests.support.env import TEST_WEBHOOK_SECRET
 from tests.support.invariants import assert_money_invariants
 
 

@@ -12,32 +12,25 @@ from __future__ import annotations
 import os
 import random
 import re
-import sys
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from devstack.apps import ROOT, WebServer, WorkerProcess
 from devstack.stores import ManagedProcess, MongoServer, RedisServer, stop_all
-from tests.concurrency.loadkit import (
-    Http,
-    Reply,
-    Sent,
-    Tally,
-    User,
-    assert_told_matches_store,
-    doubled,
-    fire,
-    fund,
-    seed_users,
-)
+from tests.support.client import ApiClient, Response
+from tests.support.invariants import assert_money_invariants
+from tests.support.load import Sent, Tally, assert_told_matches_store, doubled, fire, fund
+from tests.support.seeding import User, seed_users
+from tests.support.stack import Beat, RoleWorker, Web
+from tests.support.waiting import wait_drained, wait_for
 
 # Answers after which a real client retries the same request with the same key.
 RETRYABLE = {0, 409, 500, 502, 503, 504}
@@ -75,22 +68,13 @@ SCALES = {
 # ------------------------------------------------------------------------------ processes
 
 
-class BeatProcess(ManagedProcess):
-    """``celery -A workers beat`` with its own schedule file."""
-
-    ready_timeout = 45.0
-    stop_timeout = 10.0
-
-    def __init__(self, env: Mapping[str, str], log_path: Path, schedule: Path, name: str = "beat") -> None:
-        super().__init__([sys.executable, "-m", "celery", "-A", "workers", "beat", "--loglevel=INFO",
-                          f"--schedule={schedule}"], log_path=log_path, env=env, cwd=ROOT, name=name)
-
-    def probe(self) -> bool:
-        return "beat: Starting" in self.log_tail(lines=200)
-
-
 class ChaosStack:
-    """Web, workers and beats on the private stores; everything stopped by :meth:`close`."""
+    """Web, workers and beats on the private stores; everything stopped by :meth:`close`.
+
+    Processes run the Procfile's lines (tests/support/stack.py): ``workers`` are
+    ``worker`` role (ledger queues, pool of 2), ``housekeepers`` the ``housekeeping``
+    role that runs beat's sweep, reconcile and subscription tick.
+    """
 
     def __init__(self, mongo: MongoServer, redis: RedisServer, env: Mapping[str, str], logs: Path) -> None:
         self.mongo = mongo
@@ -98,9 +82,10 @@ class ChaosStack:
         self.base_env = dict(env)
         self.logs = logs
         self.processes: list[ManagedProcess] = []
-        self.workers: list[WorkerProcess] = []
-        self.beats: list[BeatProcess] = []
-        self.web: WebServer | None = None
+        self.workers: list[RoleWorker] = []
+        self.housekeepers: list[RoleWorker] = []
+        self.beats: list[Beat] = []
+        self.web: Web | None = None
         self._n = 0
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -110,41 +95,51 @@ class ChaosStack:
         self._n += 1
         return self._n
 
-    def start_web(self, extra: Mapping[str, str] | None = None) -> WebServer:
-        web = WebServer(self.env({"WEB_THREADS": "8", **(extra or {})}), self.logs / f"web-{self._next()}.log",
-                        concurrency=2, cwd=ROOT)
+    def start_web(self, extra: Mapping[str, str] | None = None) -> Web:
+        web = Web(self.env({"WEB_THREADS": "8", **(extra or {})}), self.logs / f"web-{self._next()}.log",
+                  concurrency=2)
         self.processes.append(web)
         self.web = web.start(timeout=90)
         return web
 
-    def start_worker(self, extra: Mapping[str, str] | None = None, concurrency: int = 2) -> WorkerProcess:
-        worker = WorkerProcess(self.env(extra), self.logs / f"worker-{self._next()}.log", concurrency=concurrency,
-                               cwd=ROOT)
+    def start_worker(self, extra: Mapping[str, str] | None = None, concurrency: int = 2) -> RoleWorker:
+        """A ledger worker (Procfile ``worker``), its pool sized through ``WORKER_CONCURRENCY``."""
+        env = self.env({"WORKER_CONCURRENCY": str(concurrency), **(extra or {})})
+        worker = RoleWorker("worker", env, self.logs / f"worker-{self._next()}.log")
         self.processes.append(worker)
         self.workers.append(worker)
         return worker.start(timeout=90)
 
-    def start_beat(self, extra: Mapping[str, str] | None = None) -> BeatProcess:
+    def start_housekeeping(self, extra: Mapping[str, str] | None = None) -> RoleWorker:
+        """The Procfile's ``housekeeping`` worker (``purser.default``)."""
+        worker = RoleWorker("housekeeping", self.env(extra), self.logs / f"housekeeping-{self._next()}.log")
+        self.processes.append(worker)
+        self.housekeepers.append(worker)
+        return worker.start(timeout=90)
+
+    def start_beat(self, extra: Mapping[str, str] | None = None) -> Beat:
         n = self._next()
-        beat = BeatProcess(self.env(extra), self.logs / f"beat-{n}.log", self.logs / f"beat-{n}.schedule",
-                           name=f"beat {n}")
+        beat = Beat(self.env(extra), self.logs / f"beat-{n}.log", self.logs / f"beat-{n}.schedule",
+                    name=f"beat {n}")
         self.processes.append(beat)
         self.beats.append(beat)
         return beat.start()
 
     def start(self, *, web: Mapping[str, str] | None = None, worker: Mapping[str, str] | None = None,
               beat: Mapping[str, str] | None = None, workers: int = 1, beats: int = 1) -> ChaosStack:
-        """Start web, workers and beats in parallel (process start-up is most of the wait)."""
+        """Start web, ``workers`` ledger workers, one housekeeping worker and ``beats`` beats
+        in parallel (process start-up is most of the wait)."""
         jobs: list[Callable[[], Any]] = [lambda: self.start_web(web)]
         jobs += [lambda: self.start_worker(worker) for _ in range(workers)]
+        jobs += [lambda: self.start_housekeeping(worker)]
         jobs += [lambda: self.start_beat(beat) for _ in range(beats)]
         fire(lambda job: job(), jobs, workers=len(jobs))
         return self
 
     @property
-    def http(self) -> Http:
+    def http(self) -> ApiClient:
         assert self.web is not None
-        return Http(self.web.base_url, timeout=60)
+        return ApiClient(self.web.base_url, timeout=60)
 
     def log_text(self, proc: ManagedProcess) -> str:
         return proc.log_tail(lines=100_000, since_start=False)
@@ -175,7 +170,7 @@ class World:
         self.users = {u.id: u for u in self.fans + self.creators}
 
 
-def build_world(db: Any, http: Http, tally: Tally, scale: Scale, funds: int = 5000) -> World:
+def build_world(db: Any, http: ApiClient, tally: Tally, scale: Scale, funds: int = 5000) -> World:
     fans = seed_users(db, scale.users, "free", "chaos")
     creators = seed_users(db, 2, "creator", "star")
     contents = []
@@ -197,12 +192,12 @@ class Attempted:
     kind: str
     payer: str
     key: str
-    send: Callable[[], Reply]
+    send: Callable[[], Response]
     receiver: str | None = None
-    replies: list[Reply] = field(default_factory=list)
+    replies: list[Response] = field(default_factory=list)
 
     @property
-    def final(self) -> Reply | None:
+    def final(self) -> Response | None:
         return self.replies[-1] if self.replies else None
 
     @property
@@ -220,7 +215,7 @@ class Load:
 
     WEIGHTS = (("transfer", 35), ("gift", 25), ("unlock", 15), ("subscribe", 10), ("topup", 15))
 
-    def __init__(self, http: Http, tally: Tally, world: World, clients: int, seed: int = 8,
+    def __init__(self, http: ApiClient, tally: Tally, world: World, clients: int, seed: int = 8,
                  think: float = 0.0) -> None:
         self.http = http
         self.think = think
@@ -343,17 +338,9 @@ def queued(db: Any) -> int:
     return db.jobs.count_documents({"status": "queued"})
 
 
-def wait_drained(db: Any, timeout: float = 240.0) -> float:
-    started = time.monotonic()
-    while True:
-        try:
-            if not db.jobs.count_documents({"status": "queued"}, limit=1):
-                return time.monotonic() - started
-        except Exception:  # noqa: BLE001 - the store may still be coming back
-            pass
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{queued(db)} job(s) still queued {timeout}s after recovery")
-        time.sleep(0.2)
+# The stores may still be coming back: a failed probe counts as "not yet".
+drain = partial(wait_drained, timeout=240.0, poll=0.2, ignore=(Exception,))
+probe_for = partial(wait_for, fail=False, ignore=(Exception,))
 
 
 def add_system_jobs(db: Any, tally: Tally) -> int:
@@ -361,22 +348,20 @@ def add_system_jobs(db: Any, tally: Tally) -> int:
     added = 0
     for job in db.jobs.find({"type": "renew"}, {"_id": 1, "ownerId": 1, "idempotencyKey": 1}):
         if job["_id"] not in tally.jobs:
-            reply = Reply(202, {}, b'{"jobId": "%s"}' % job["_id"].encode())
+            reply = Response(202, {}, b'{"jobId": "%s"}' % job["_id"].encode())
             tally.jobs[job["_id"]] = Sent("renew", job["ownerId"], job["idempotencyKey"], reply)
             added += 1
     return added
 
 
-def outcome(db: Any, http: Http, tally: Tally, world: World, load: Load | None, *, scenario: str,
+def outcome(db: Any, http: ApiClient, tally: Tally, world: World, load: Load | None, *, scenario: str,
             scale: Scale, recovered_at: float, strikes: dict[str, Any], started_at: float) -> dict[str, Any]:
     """Drain, account for every accepted job and build the report row."""
-    from tests.support.invariants import assert_money_invariants
-
     drain_started = time.monotonic()
-    wait_drained(db)
+    drain(db)
     drained_at = time.monotonic()
     resolved_late = load.resolve() if load is not None else 0
-    wait_drained(db)
+    drain(db)
     add_system_jobs(db, tally)
     tally.collect(http, world.users)
     accepted = tally.accepted_ids
@@ -422,11 +407,11 @@ def worker_lost_count(text: str) -> int:
     return len(set(re.findall(r"Worker exited prematurely: signal 9 \(SIGKILL\) Job: (\d+)", text)))
 
 
-def pool_children(worker: WorkerProcess) -> list[psutil.Process]:
+def pool_children(worker: RoleWorker) -> list[psutil.Process]:
     return [p for p in worker.pool_processes() if p.is_running()]
 
 
-def busy_pool_child(worker: WorkerProcess, rng: random.Random, tries: int = 40) -> psutil.Process | None:
+def busy_pool_child(worker: RoleWorker, rng: random.Random, tries: int = 40) -> psutil.Process | None:
     """A pool process that used CPU in the last few milliseconds (else any)."""
     children = pool_children(worker)
     for _ in range(tries):
@@ -440,18 +425,6 @@ def busy_pool_child(worker: WorkerProcess, rng: random.Random, tries: int = 40) 
             return rng.choice(busy)
         children = pool_children(worker) or children
     return rng.choice(children) if children else None
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, poll: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except Exception:  # noqa: BLE001 - probes run against stores under attack
-            pass
-        time.sleep(poll)
-    return False
 
 
 def env_flag(name: str) -> str | None:

@@ -21,7 +21,7 @@ import pytest
 
 from devstack.stores import MongoServer, RedisServer
 from tests.chaos.chaoskit import SCALES, ChaosStack, Scale
-from tests.conftest import ROOT, _child_env
+from tests.support.env import ROOT, child_env
 
 REPORT_DIR = ROOT / "var" / "chaos"
 _rows: list[dict[str, Any]] = []
@@ -98,7 +98,7 @@ def chaos(stack_env: dict[str, str], chaos_stores: tuple[MongoServer, RedisServe
     db.client.drop_database(db.name)
     migrations.up(db)
     get_redis().flushall()
-    env = _child_env(stack_env, {"MONGODB_URI": mongo.uri, "REDIS_URL": redis.url, "RATE_LIMIT_ENABLED": "false",
+    env = child_env(stack_env, {"MONGODB_URI": mongo.uri, "REDIS_URL": redis.url, "RATE_LIMIT_ENABLED": "false",
                                  "LOG_LEVEL": "INFO"})
     stack = ChaosStack(mongo, redis, env, tmp_path)
     try:

@@ -34,12 +34,12 @@ from tests.chaos.chaoskit import (
     busy_pool_child,
     outcome,
     pool_children,
+    probe_for,
     queued,
     sweeper_env,
-    wait_for,
     worker_lost_count,
 )
-from tests.concurrency.loadkit import Sent, Tally, fire
+from tests.support.load import Sent, Tally, fire
 
 # The full-scale scenarios (make chaos) run longer than pytest.ini's 300 s default.
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -81,12 +81,12 @@ def test_sigkill_pool_children_mid_batch_then_the_whole_worker(chaos, chaos_scal
     # certainly inside a settlement transaction. A kill that landed between tasks does
     # not count towards the target.
     while mid_task < chaos_scale.kills and kills < chaos_scale.kills + 4:
-        wait_for(lambda: queued(db) > 0, timeout=10, poll=0.01)
+        probe_for(lambda: queued(db) > 0, timeout=10, poll=0.01)
         victim = busy_pool_child(worker, rng)
         assert victim is not None, "the worker has no pool process left"
         victim.send_signal(signal.SIGKILL)
         kills += 1
-        assert wait_for(lambda: len(pool_children(worker)) >= 2, timeout=60), "the pool was not refilled"
+        assert probe_for(lambda: len(pool_children(worker)) >= 2, timeout=60), "the pool was not refilled"
         load.run_for(1.0)
         mid_task = worker_lost_count(stack.log_text(worker))
 
@@ -107,6 +107,7 @@ def test_sigkill_pool_children_mid_batch_then_the_whole_worker(chaos, chaos_scal
 # ------------------------------------------------------------------------------- Redis
 
 
+@pytest.mark.smoke
 def test_redis_stops_and_starts_empty(chaos, chaos_scale, report):
     """Every queued message, ring flag and kombu binding is gone; workers and beat must
     reconnect, and the sweeper re-rings the partitions whose doorbells were lost."""
@@ -223,7 +224,7 @@ def test_failcommand_on_commit_transaction(chaos, chaos_scale, report):
         _arm(db, {"times": 1}, APPLIED_THEN_ERROR)
         armed["commit_applied_then_error"] = armed.get("commit_applied_then_error", 0) + 1
         # Wait for a settlement commit to take it: the settle task then logs its retry.
-        hits_applied_then_error += wait_for(lambda before=before: settle_errors() > before, timeout=30, poll=0.2)
+        hits_applied_then_error += probe_for(lambda before=before: settle_errors() > before, timeout=30, poll=0.2)
     _cycle(db, load, chaos_scale, COMMIT_FAULTS, armed)
     for _ in range(chaos_scale.blocks):
         _arm(db, {"times": 1}, BLOCKED_COMMIT)
@@ -256,7 +257,7 @@ def test_failcommand_on_insert(chaos, chaos_scale, report):
             break
         _arm(db, {"times": 1}, INSERT_FAULTS[0][1])
         armed[INSERT_FAULTS[0][0]] += 1
-        wait_for(lambda: load.client_errors() > 0, timeout=3, poll=0.05)
+        probe_for(lambda: load.client_errors() > 0, timeout=3, poll=0.05)
     _disarm(db)
     recovered_at = time.monotonic()
     load.run_for(chaos_scale.after)
@@ -308,7 +309,7 @@ def test_two_beats_at_once(chaos, chaos_scale, report):
                                                                   {"creatorId": creator.id}, key)))
 
     assert all(s.accepted for s in fire(subscribe, world.fans))
-    assert wait_for(lambda: queued(db) == 0, timeout=120)
+    assert probe_for(lambda: queued(db) == 0, timeout=120)
     subs = list(db.subscriptions.find({"creatorId": creator.id, "status": "active"}))
     assert len(subs) == len(world.fans)
     renewing = {s["_id"] for s in subs[: len(subs) // 2]}
@@ -324,7 +325,7 @@ def test_two_beats_at_once(chaos, chaos_scale, report):
     recovered_at = time.monotonic()
     load.stop()
     # Renewals are submitted by whichever tick gets to run; wait for all of them.
-    all_submitted = wait_for(lambda: db.jobs.count_documents({"type": "renew"}) >= len(renewing), timeout=180,
+    all_submitted = probe_for(lambda: db.jobs.count_documents({"type": "renew"}) >= len(renewing), timeout=180,
                              poll=0.5)
     submitted_after_load_s = round(time.monotonic() - recovered_at, 1)
     assert all_submitted, "not every due subscription got a renewal job"
@@ -342,7 +343,7 @@ def test_two_beats_at_once(chaos, chaos_scale, report):
             assert sub["renewals"] == 1 and sub["status"] == "active", sub
         else:
             assert sub["status"] == "expired" and sub.get("renewals", 0) == 0, sub
-    worker_logs = "".join(stack.log_text(w) for w in stack.workers)
+    worker_logs = "".join(stack.log_text(w) for w in stack.workers + stack.housekeepers)
     beat_logs = "".join(stack.log_text(b) for b in stack.beats)
     row["strikes"].update({
         "renewals": len(renewals),

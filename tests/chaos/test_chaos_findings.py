@@ -10,10 +10,12 @@ import uuid
 
 import pytest
 
-from tests.chaos.chaoskit import queued, wait_for
-from tests.concurrency.loadkit import Tally, fund, seed_users
+from tests.chaos.chaoskit import probe_for, queued
+from tests.support.load import Tally, fund
+from tests.support.seeding import seed_users
 
-pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+# Regression guards for real defects, seconds each: `make test` runs them (marker smoke).
+pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.smoke]
 
 
 # Found by this suite: accept() released the idempotency claim on ANY insert error, so a
@@ -41,13 +43,13 @@ def test_job_insert_with_unknown_outcome_then_retry_charges_once(chaos):
     first = http.money("/api/wallet/transfer", payer, body, key)
     db.client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
     assert first.status >= 500, first  # the client learns nothing definite
-    assert wait_for(lambda: db.jobs.count_documents({"ownerId": payer.id, "idempotencyKey": key}) == 1, 10)
+    assert probe_for(lambda: db.jobs.count_documents({"ownerId": payer.id, "idempotencyKey": key}) == 1, 10)
 
     second = http.money("/api/wallet/transfer", payer, body, key)  # the retry, same key, same body
     assert second.status == 202, second
 
     stack.start_worker()
-    assert wait_for(lambda: queued(db) == 0, timeout=120)
+    assert probe_for(lambda: queued(db) == 0, timeout=120)
     jobs = list(db.jobs.find({"ownerId": payer.id, "idempotencyKey": key}))
     charged = 1000 - db.wallets.find_one({"_id": payer.id})["balance"]
     print(f"jobs for one key: {len(jobs)}; payer charged {charged} for one transfer of 100; web {web.base_url}")

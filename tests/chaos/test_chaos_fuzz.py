@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.security.test_security_fuzz import run_fuzz
+from tests.support.fuzz import run_fuzz
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 

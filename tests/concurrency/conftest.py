@@ -1,5 +1,6 @@
-"""One real gunicorn (2 processes x 8 threads) and one Celery worker (prefork, 2
-processes) for the whole concurrency module; each test gets an empty database.
+"""One real gunicorn (2 processes x 8 threads) and the Procfile's two worker roles
+(the ledger worker with a pool of 2, the housekeeping worker) for the whole
+concurrency module; each test gets an empty database.
 
 No beat runs here on purpose: every job must settle through its doorbell alone,
 so a lost or skipped doorbell shows up as a test that does not drain instead of
@@ -14,36 +15,37 @@ from typing import Any
 
 import pytest
 
-from devstack.apps import WebServer, WorkerProcess
 from devstack.stores import stop_all
-from tests.concurrency.loadkit import Http
-from tests.conftest import ROOT, _child_env
+from tests.support.client import ApiClient
+from tests.support.env import child_env
+from tests.support.stack import Web, Workers
 
 
 @dataclass
 class Stack:
-    web: WebServer
-    worker: WorkerProcess
-    http: Http
+    web: Web
+    workers: Workers
+    http: ApiClient
 
 
 @pytest.fixture(scope="module")
 def stack(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     logs = tmp_path_factory.mktemp("concurrency")
-    env = _child_env(stack_env, {"WEB_THREADS": "8", "RATE_LIMIT_ENABLED": "false", "LOG_LEVEL": "WARNING"})
-    web = WebServer(env, logs / "gunicorn.log", concurrency=2, cwd=ROOT)
-    worker = WorkerProcess(env, logs / "worker.log", concurrency=2, cwd=ROOT)
+    env = child_env(stack_env, WEB_THREADS="8", RATE_LIMIT_ENABLED="false", LOG_LEVEL="WARNING",
+                    WORKER_CONCURRENCY="2")
+    web = Web(env, logs / "gunicorn.log", concurrency=2)
+    workers = Workers.create(env, logs)
     try:
         web.start(timeout=60)
-        worker.start(timeout=60)
-        yield Stack(web, worker, Http(web.base_url, timeout=120))
+        workers.start(timeout=60)
+        yield Stack(web, workers, ApiClient(web.base_url, timeout=120))
     finally:
-        stop_all([web, worker])
+        stop_all([web, *workers.processes])
 
 
 @pytest.fixture
 def conc(stack: Stack, fresh_db: Any) -> Iterator[tuple[Stack, Any]]:
-    """The module's stack and an empty, migrated database; the worker must stay alive."""
+    """The module's stack and an empty, migrated database; the workers must stay alive."""
     yield stack, fresh_db
-    assert stack.worker.alive, f"the worker died:\n{stack.worker.log_tail(60)}"
+    assert stack.workers.alive, f"a worker died:\n{stack.workers.log_tail(60)}"
     assert stack.web.alive, f"gunicorn died:\n{stack.web.log_tail(60)}"

@@ -17,24 +17,16 @@ from typing import Any
 import pytest
 
 from ledger.money import EXTERNAL_FUNDING, PLATFORM_PROCESSING, PLATFORM_REVENUE
-from tests.concurrency.loadkit import (
-    Http,
-    Sent,
-    Tally,
-    User,
-    assert_told_matches_store,
-    doubled,
-    fire,
-    fund,
-    seed_users,
-    wait_drained,
-)
+from tests.support.client import ApiClient
 from tests.support.invariants import assert_money_invariants
+from tests.support.load import Sent, Tally, assert_told_matches_store, doubled, fire, fund
+from tests.support.seeding import User, seed_users
+from tests.support.waiting import wait_drained
 
 pytestmark = pytest.mark.slow
 
 
-def _finish(db: Any, http: Http, tally: Tally, users: list[User]) -> dict[str, Any]:
+def _finish(db: Any, http: ApiClient, tally: Tally, users: list[User]) -> dict[str, Any]:
     drain = wait_drained(db)
     tally.collect(http, {u.id: u for u in users})
     assert_told_matches_store(db, tally)
@@ -43,7 +35,7 @@ def _finish(db: Any, http: Http, tally: Tally, users: list[User]) -> dict[str, A
     return {**figures, "drain_seconds": round(drain, 2), "told": dict(tally.outcome_counts())}
 
 
-def _balance(http: Http, user: User) -> int:
+def _balance(http: ApiClient, user: User) -> int:
     r = http.request("GET", "/api/wallet/balance", token=user.token)
     assert r.status == 200, r
     return r.json["balance"]
@@ -59,7 +51,7 @@ def _wallet(db: Any, wallet_id: str) -> int:
     return db.wallets.find_one({"_id": wallet_id})["balance"]
 
 
-def _publish(http: Http, creator: User, price: int) -> str:
+def _publish(http: ApiClient, creator: User, price: int) -> str:
     r = http.request("POST", "/api/premium/content", json_body={"title": "the scoop", "price": price},
                      token=creator.token)
     assert r.status == 201, r

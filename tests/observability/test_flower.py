@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from devstack.stores import ManagedProcess, free_port, port_in_use
-from tests.observability.conftest import ROOT, child_env, redis_db
+from tests.support.env import ROOT, child_env, redis_db
 
 CREDENTIALS = ("ops", "flower-test-s3cret")
 

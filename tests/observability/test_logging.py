@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.observability.conftest import ROOT
+from tests.support.env import ROOT
 
 JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiI2NjVmMDAwMDAwMDAwMDAwMDAwMDAwMDEifQ.ZmFrZS1zaWduYXR1cmU"
 CARD = "4111 1111 1111 1111"  # passes Luhn

@@ -25,7 +25,9 @@ from devstack.apps import WebServer
 from devstack.stores import free_port, stop_all
 from infra.config import Settings, get_settings
 from services import users
-from tests.observability.conftest import ROOT, child_env, json_lines, migrated_db, redis_db, samples, wait_for
+from tests.observability.helpers import json_lines, samples
+from tests.support.env import ROOT, child_env, migrated_db, redis_db
+from tests.support.waiting import wait_for
 
 DB_NAME = "purser_obs_limits"
 WEB_REDIS_DB = 2

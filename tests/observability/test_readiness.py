@@ -136,8 +136,8 @@ def test_readiness_never_scans_the_keyspace(app_client: Any, private_prefix: str
 @pytest.mark.slow
 def test_real_workers_beat_into_the_set_of_their_role(celery_worker_proc: Any, stack_env: dict[str, str]) -> None:
     """The Procfile's two roles, as real processes: each beats into the set of its role."""
-    housekeeping = celery_worker_proc(queues=["purser.default"])
-    ledger = celery_worker_proc(queues=["ledger.0", "ledger.1"])
+    housekeeping = celery_worker_proc("housekeeping")
+    ledger = celery_worker_proc("worker")
     redis = get_redis()
     deadline = time.monotonic() + 20
     members: dict[str, set[str]] = {}

@@ -1,8 +1,9 @@
-"""One request followed across processes: gunicorn (2 workers) -> Redis -> Celery (prefork 2).
+"""One request followed across processes: gunicorn (2 workers) -> Redis -> Celery (the
+Procfile's ledger worker, prefork 2, and its housekeeping worker).
 
 The stack of this module runs with a loopback Sentry as its DSN, its own Redis
-database and MongoDB database, per-process log files and a free worker metrics
-port. Everything asserted here is read from the real output of those processes:
+database and MongoDB database, per-process log files and free metrics ports for
+both workers. Everything asserted here is read from the real output of those processes:
 their stdout, their ``/metrics`` and the envelopes that reached the fake Sentry.
 """
 
@@ -19,21 +20,12 @@ from typing import Any
 import pytest
 import requests
 
-from devstack.apps import WebServer, WorkerProcess
 from devstack.stores import free_port, stop_all
-from tests.conftest import TEST_WEBHOOK_SECRET
-from tests.observability.conftest import (
-    ROOT,
-    FakeSentry,
-    child_env,
-    json_lines,
-    migrated_db,
-    non_json_lines,
-    redis_db,
-    samples,
-    wait_for,
-)
+from tests.observability.helpers import FakeSentry, json_lines, non_json_lines, samples
 from tests.support.client import ApiClient
+from tests.support.env import TEST_WEBHOOK_SECRET, child_env, migrated_db, redis_db
+from tests.support.stack import Web, Workers
+from tests.support.waiting import wait_for
 
 DB_NAME = "purser_obs_stack"
 RELEASE = "obs-test-1"
@@ -47,11 +39,12 @@ SIGNATURE = "t=1700000000,v1=" + "ab" * 32
 
 @dataclass
 class Stack:
-    web: WebServer
-    worker: WorkerProcess
+    web: Web
+    workers: Workers
     sentry: FakeSentry
     api: ApiClient
-    metrics_port: int
+    metrics_port: int  # the ledger worker's
+    housekeeping_metrics_port: int
     redis_url: str
     log_dir: Path
     example_path: Path
@@ -61,8 +54,8 @@ class Stack:
         return json_lines(self.web.log_path)
 
     def worker_lines(self) -> list[dict[str, Any]]:
-        assert self.worker.log_path is not None
-        return json_lines(self.worker.log_path)
+        """Both workers' JSON lines (beat's tasks and ``debug.boom`` run on housekeeping)."""
+        return [line for w in self.workers.processes if w.log_path is not None for line in json_lines(w.log_path)]
 
 
 @pytest.fixture(scope="module")
@@ -70,24 +63,26 @@ def stack(stack_env: dict[str, str], fake_sentry: FakeSentry,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("obs-stack")
     log_dir = base / "files"
-    metrics_port = free_port()
+    metrics_port, housekeeping_metrics_port = free_port(), free_port()
     redis_url = redis_db(stack_env["REDIS_URL"], 3)
     migrated_db(stack_env["MONGODB_URI"], DB_NAME)
     env = child_env(stack_env, REDIS_URL=redis_url, MONGODB_DB=DB_NAME, SENTRY_DSN=fake_sentry.dsn,
                     PURSER_RELEASE=RELEASE, WORKER_METRICS_PORT=str(metrics_port),
+                    HOUSEKEEPING_METRICS_PORT=str(housekeeping_metrics_port), WORKER_CONCURRENCY="2",
                     LOG_FILE=str(log_dir / "{process}-{pid}.log"))
-    web = WebServer(env, base / "gunicorn.log", concurrency=2, cwd=ROOT)
-    worker = WorkerProcess(env, base / "worker.log", queues=None, concurrency=2, cwd=ROOT)
+    web = Web(env, base / "gunicorn.log", concurrency=2)
+    workers = Workers.create(env, base)
     started: list[Any] = []
     try:
         started.append(web.start())
-        started.append(worker.start())
-        wait_for(lambda: _scrape_raw(metrics_port) is not None, timeout=10, what="the worker metrics port")
+        started.extend(workers.processes)
+        workers.start()
+        for port in (metrics_port, housekeeping_metrics_port):
+            wait_for(lambda port=port: _scrape_raw(port) is not None, timeout=10, what=f"metrics port {port}")
         api = ApiClient(base_url=web.base_url)
-        yield Stack(web, worker, fake_sentry, api, metrics_port, redis_url,
+        yield Stack(web, workers, fake_sentry, api, metrics_port, housekeeping_metrics_port, redis_url,
                     log_dir, Path(env["PURSER_VAR_DIR"]) / "observability-example.jsonl")
-        assert api.session is not None
-        api.session.close()  # idle keep-alive connections would hold gunicorn's graceful stop
+        api.close()  # idle keep-alive connections would hold gunicorn's graceful stop
     finally:
         stop_all(started)
 
@@ -116,7 +111,8 @@ def _transfer(stack: Stack, user: dict[str, Any], receiver: str, amount: int,
 
 def _all_text(stack: Stack) -> str:
     parts = []
-    for path in (stack.web.log_path, stack.worker.log_path, *sorted(stack.log_dir.glob("*.log"))):
+    worker_logs = [w.log_path for w in stack.workers.processes]
+    for path in (stack.web.log_path, *worker_logs, *sorted(stack.log_dir.glob("*.log"))):
         if path is not None and path.exists():
             parts.append(path.read_text(encoding="utf-8", errors="replace"))
     return "\n".join(parts)
@@ -273,7 +269,7 @@ def test_jobs_accepted_settled_failed_latency_batch_queue_and_drift(stack: Stack
         client.send_task("ledger.reconcile", queue="purser.default")
 
         def gauges() -> str | None:
-            text = _scrape_raw(stack.metrics_port) or ""
+            text = _scrape_raw(stack.housekeeping_metrics_port) or ""
             has_queue = all(f'purser_jobs_queued{{partition="{p}"}}' in text for p in range(4))
             return text if has_queue and "purser_reconcile_drift " in text else None
 

@@ -9,7 +9,7 @@ emptied once per module and seeded with a small cast.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
-from devstack.apps import WebServer
 from devstack.stores import RedisServer, stop_all
 from ledger.timeutil import utcnow
-from tests.concurrency.loadkit import Http, User, seed_users
-from tests.conftest import ROOT, _child_env
+from tests.support.client import ApiClient
+from tests.support.env import child_env
+from tests.support.seeding import User, seed_users
+from tests.support.stack import Web
 
 COUNTED = ("jobs", "transactions", "idempotency_keys", "users", "wallets", "contents", "plans", "subscriptions",
            "unlocks", "auditlogs")
@@ -42,8 +43,8 @@ class Cast:
 
 @dataclass
 class Target:
-    web: WebServer
-    http: Http
+    web: Web
+    http: ApiClient
     redis: redis_lib.Redis
     db: Any
     cast: Cast
@@ -58,9 +59,19 @@ class Target:
         return {"counts": counts, "queues": queues, "rings": rings}
 
 
-def start_web(stack_env: dict[str, str], logs: Path, extra: dict[str, str]) -> WebServer:
-    env = _child_env(stack_env, {"WEB_THREADS": "4", "LOG_LEVEL": "WARNING", **extra})
-    return WebServer(env, logs / f"gunicorn-{uuid.uuid4().hex[:6]}.log", concurrency=1, cwd=ROOT).start(timeout=90)
+StartWeb = Callable[[Path, dict[str, str]], Web]
+
+
+@pytest.fixture(scope="session")
+def start_web(stack_env: dict[str, str]) -> StartWeb:
+    """``start_web(logs, extra_env)``: one gunicorn process (4 threads) of the session stack,
+    ``extra_env`` over it; the caller stops it."""
+
+    def start(logs: Path, extra: dict[str, str]) -> Web:
+        env = child_env(stack_env, {"WEB_THREADS": "4", "LOG_LEVEL": "WARNING", **extra})
+        return Web(env, logs / f"gunicorn-{uuid.uuid4().hex[:6]}.log", concurrency=1).start(timeout=90)
+
+    return start
 
 
 def _clean(db: Any) -> None:
@@ -79,7 +90,7 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
 
 
 @pytest.fixture(scope="module")
-def target(stack_env: dict[str, str], private_redis: RedisServer,
+def target(start_web: StartWeb, private_redis: RedisServer,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     import infra.config
     from infra.mongo import get_db, reset_client
@@ -89,9 +100,9 @@ def target(stack_env: dict[str, str], private_redis: RedisServer,
     db = get_db()
     _clean(db)
     logs = tmp_path_factory.mktemp("security")
-    web = start_web(stack_env, logs, {"REDIS_URL": private_redis.url, "RATE_LIMIT_ENABLED": "false"})
+    web = start_web(logs, {"REDIS_URL": private_redis.url, "RATE_LIMIT_ENABLED": "false"})
     try:
-        http = Http(web.base_url, timeout=60)
+        http = ApiClient(web.base_url, timeout=60)
         fan, other = seed_users(db, 2, "free", "fan")
         creator = seed_users(db, 1, "creator", "creator")[0]
         admin = seed_users(db, 1, "admin", "admin")[0]

@@ -19,9 +19,9 @@ import pytest
 import requests
 from celery import Celery
 
-from devstack.apps import WebServer, WorkerProcess
 from devstack.stores import free_port, stop_all
-from tests.conftest import ROOT
+from tests.support.env import ROOT, migrated_db
+from tests.support.stack import RoleWorker, Web
 
 pytestmark = pytest.mark.slow
 
@@ -98,15 +98,13 @@ def test_flower_without_app_env_refuses_to_start_without_basic_auth(stack_env, t
 
 @pytest.fixture(scope="module")
 def production_stack(stack_env: dict[str, str],
-                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WebServer, WorkerProcess, Path]]:
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Web, RoleWorker, Path]]:
     """Gunicorn and a ledger worker started with the secrets but without APP_ENV."""
-    from tests.observability.conftest import migrated_db
-
     base = tmp_path_factory.mktemp("fail-closed")
     migrated_db(stack_env["MONGODB_URI"], DB_NAME)
     env = production_env(stack_env, base / "var")
-    web = WebServer(env, base / "gunicorn.log", concurrency=1, cwd=ROOT)
-    worker = WorkerProcess(env, base / "worker.log", queues=["ledger.0", "ledger.1"], concurrency=1, cwd=ROOT)
+    web = Web(env, base / "gunicorn.log", concurrency=1)
+    worker = RoleWorker("worker", env, base / "worker.log", queues=["ledger.0", "ledger.1"])
     started = []
     try:
         started.append(web.start())

@@ -13,7 +13,7 @@ import pytest
 
 from api.routes.payments import sign
 from infra.config import get_settings
-from tests.conftest import TEST_JWT_SECRET, TEST_WEBHOOK_SECRET
+from tests.support.env import TEST_JWT_SECRET, TEST_WEBHOOK_SECRET
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:The HMAC key is .* below the minimum")]
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from devstack.apps import ROOT, WorkerProcess
 from devstack.stores import ManagedProcess, RedisServer, free_port, stop_all
-from tests.concurrency.loadkit import PASSWORD, Http, password_hash, seed_users
-from tests.conftest import TEST_JWT_SECRET, TEST_WEBHOOK_SECRET, _child_env
-from tests.security.conftest import start_web
+from tests.support.client import ApiClient
+from tests.support.env import ROOT, TEST_JWT_SECRET, TEST_WEBHOOK_SECRET, child_env
+from tests.support.seeding import PASSWORD, password_hash, seed_users
+from tests.support.stack import RoleWorker
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def _spoof(n: int) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def limited(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Http, Any]]:
+def limited(start_web: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApiClient, Any]]:
     """Gunicorn with rate limits on, no trusted proxy, its own Redis (the limiter's store).
 
     The per-address bound on failed logins is tightened to 5/minute (default 100 in 15
@@ -49,10 +49,10 @@ def limited(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
     redis = RedisServer(tmp_path_factory.mktemp("limit-redis") / "data").start()
     web = None
     try:
-        web = start_web(stack_env, tmp_path_factory.mktemp("limited"),
+        web = start_web(tmp_path_factory.mktemp("limited"),
                         {"REDIS_URL": redis.url, "RATE_LIMIT_ENABLED": "true", "TRUSTED_PROXIES": "0",
                          "RATE_LIMITS_LOGIN_ADDRESS": "5/minute"})
-        yield Http(web.base_url), get_db()
+        yield ApiClient(web.base_url), get_db()
     finally:
         stop_all([p for p in (web, redis) if p is not None])
 
@@ -140,7 +140,8 @@ def _get(url: str, auth: str | None = None) -> str:
 
 
 @pytest.fixture(scope="module")
-def exposed(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def exposed(stack_env: dict[str, str], start_web: Any,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Web, a worker with its metrics port and two Flowers (with and without credentials),
     all on a private Redis; a few jobs so the metrics have something to say."""
     from infra.mongo import get_db
@@ -151,20 +152,20 @@ def exposed(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
     try:
         metrics_port = free_port()
         base = {"REDIS_URL": redis.url, "RATE_LIMIT_ENABLED": "false", "WORKER_METRICS_PORT": str(metrics_port)}
-        web = start_web(stack_env, logs, base)
+        web = start_web(logs, base)
         procs.append(web)
-        worker = WorkerProcess(_child_env(stack_env, base), logs / "worker.log", concurrency=1, cwd=ROOT)
+        worker = RoleWorker("worker", child_env(stack_env, base), logs / "worker.log")
         procs.append(worker)
         worker.start(timeout=90)
         flowers = {}
         for name, auth in (("with_auth", FLOWER_AUTH), ("without_auth", "")):
             port = free_port()
-            flower = FlowerProcess(_child_env(stack_env, {**base, "FLOWER_BASIC_AUTH": auth}),
+            flower = FlowerProcess(child_env(stack_env, {**base, "FLOWER_BASIC_AUTH": auth}),
                                    logs / f"flower-{name}.log", port)
             procs.append(flower)
             flower.start()
             flowers[name] = f"http://127.0.0.1:{port}"
-        http = Http(web.base_url)
+        http = ApiClient(web.base_url)
         db = get_db()
         fan, other = seed_users(db, 2, "free", "exposed")
         assert http.webhook(fan.id, 100).status == 202

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from api.routes.payments import sign
-from tests.conftest import TEST_WEBHOOK_SECRET
+from tests.support.env import TEST_WEBHOOK_SECRET
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,8 @@ import pytest
 from ledger.operations import Transfer
 from services.reconcile import reconcile, verify_audit
 from services.settlement import settle_partition
-from tests.settlement.settle_helpers import add_user, fund_here, partitions, queue_jobs
+from tests.support.seeding import add_user, partitions
+from tests.support.settle import fund_here, queue_jobs
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from ledger import audit
 from ledger.operations import Credit, Gift, TopUp, Transfer, partition_of
 from ledger.timeutil import utcnow
 from services.queries import audit_entry_of
-from tests.settlement.settle_helpers import (
-    add_user,
-    add_users,
+from tests.support.invariants import assert_money_invariants
+from tests.support.seeding import add_user, add_users, new_id, partitions
+from tests.support.settle import (
     apply_credits_here,
     balance,
     balances,
@@ -23,14 +23,11 @@ from tests.settlement.settle_helpers import (
     fund,
     fund_here,
     live_ring,
-    new_id,
     noop_ring,
-    partitions,
     queue_jobs,
     submit,
     wait_jobs,
 )
-from tests.support.invariants import assert_money_invariants
 
 SPLIT_333 = {"creator": 266, "platform:revenue": 50, "platform:processing": 17}
 

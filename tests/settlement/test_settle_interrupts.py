@@ -16,8 +16,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from ledger.operations import Transfer
 from ledger.timeutil import utcnow
 from services.settlement import settle_partition
-from tests.settlement.settle_helpers import add_user, balances, fund_here, partitions, queue_jobs
 from tests.support.invariants import assert_money_invariants
+from tests.support.seeding import add_user, partitions
+from tests.support.settle import balances, fund_here, queue_jobs
 
 
 def _clock_raising(exc: type[Exception], times: int | None) -> Any:

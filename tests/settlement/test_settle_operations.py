@@ -13,8 +13,9 @@ from typing import Any
 from ledger.operations import Gift, Transfer
 from ledger.timeutil import utcnow
 from services.queries import audit_entry_of
-from tests.settlement.settle_helpers import add_user, fund, live_ring, submit, wait_jobs
 from tests.support.invariants import assert_money_invariants
+from tests.support.seeding import add_user
+from tests.support.settle import fund, live_ring, submit, wait_jobs
 
 ROOT = Path(__file__).resolve().parents[2]
 INITIAL = importlib.import_module("migrations.versions.0001_initial")

@@ -17,15 +17,9 @@ from ledger.routing import parse_bucket
 from services.queries import audit_entry_of, incoming_credits
 from services.reconcile import reconcile, system_balances
 from services.settlement import settle_partition
-from tests.settlement.settle_helpers import (
-    add_user,
-    apply_credits_here,
-    balances,
-    fund_here,
-    partitions,
-    queue_jobs,
-)
 from tests.support.invariants import assert_money_invariants
+from tests.support.seeding import add_user, partitions
+from tests.support.settle import apply_credits_here, balances, fund_here, queue_jobs
 
 
 def _settle(db: Any, partition: int) -> Any:

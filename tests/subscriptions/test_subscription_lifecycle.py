@@ -9,22 +9,20 @@ from datetime import timedelta
 from ledger.operations import Subscribe
 from ledger.timeutil import utcnow
 from services.queries import audit_entry_of
-from tests.settlement.settle_helpers import (
-    add_user,
-    add_users,
+from tests.support.invariants import assert_money_invariants
+from tests.support.seeding import add_user, add_users, new_id, partitions
+from tests.support.settle import (
     balances,
     doorbell,
     fund,
     fund_here,
     live_ring,
-    new_id,
     noop_ring,
-    partitions,
     settle_here,
     submit,
     wait_jobs,
 )
-from tests.support.invariants import assert_money_invariants, wait_until_drained
+from tests.support.waiting import wait_drained
 
 PRICE, PERIOD = 999, 30
 # 999 split 80/15/5 by largest remainder: 799.2 / 149.85 / 49.95 -> 799 / 150 / 50.
@@ -114,7 +112,7 @@ def test_subscribe_renew_three_periods_cancel_and_expire_with_exact_money(db):
     assert _tick(db, sub["expiresAt"] + timedelta(days=400)).expired == 0
     assert _money(db, fan, creator) == before == {fan: 1004, creator: 3196, "platform:revenue": 600,
                                                   "platform:processing": 200}
-    wait_until_drained(db)
+    wait_drained(db)
     # Subscribing again after the end starts a new subscription.
     _, second = _subscribe(db, fan, creator)
     assert second["_id"] != sub["_id"] and second["status"] == "active"
@@ -228,7 +226,7 @@ def test_two_concurrent_ticks_over_1000_due_subscriptions_renew_each_exactly_onc
     assert not errors, errors
     # Every renewal job was stored by exactly one of the two ticks.
     assert sum(r.renewals_submitted for r in results) == 1000
-    wait_until_drained(db, timeout=180)
+    wait_drained(db, timeout=180)
 
     renewals = list(db.jobs.find({"type": "renew"}, {"params": 1, "status": 1, "error": 1}))
     assert len(renewals) == 1000
@@ -287,7 +285,7 @@ def test_the_redis_lock_makes_a_second_concurrent_tick_skip(db, session_worker):
 
 def test_premium_content_is_unlocked_for_an_active_subscriber_and_locked_after_expiry(app_client, fresh_db):
     db = fresh_db
-    from tests.conftest import TEST_WEBHOOK_SECRET
+    from tests.support.env import TEST_WEBHOOK_SECRET
 
     fan, creator, stranger = app_client.register(), app_client.register(), app_client.register()
     _plan(db, creator["userId"])

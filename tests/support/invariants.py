@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from pymongo.database import Database
 
 from services.reconcile import reconcile, verify_audit
-
-
-def wait_until_drained(db: Database, timeout: float = 60.0, poll: float = 0.1) -> float:
-    """Wait until no job is queued and every deferred credit is applied; return the seconds."""
-    started = time.monotonic()
-    while db.jobs.count_documents({"status": "queued"}, limit=1) or \
-            db.credits.count_documents({"applied": False}, limit=1):
-        if time.monotonic() - started > timeout:
-            queued = db.jobs.count_documents({"status": "queued"})
-            credits = db.credits.count_documents({"applied": False})
-            raise AssertionError(f"{queued} job(s) still queued, {credits} credit(s) unapplied after {timeout}s")
-        time.sleep(poll)
-    return time.monotonic() - started
+from tests.support.waiting import wait_drained
 
 
 def assert_money_invariants(db: Database, *, accepted_job_ids: set[str] | None = None) -> dict[str, Any]:
@@ -29,7 +16,7 @@ def assert_money_invariants(db: Database, *, accepted_job_ids: set[str] | None =
     audit entry per terminal job), audit chains verify. Returns the figures."""
     # Credits deferred by the last batches are applied within moments; the figures
     # below compare balances with the ledger, so they are read once nothing moves.
-    wait_until_drained(db, timeout=30)
+    wait_drained(db, timeout=30)
     rec = reconcile(db)
     assert rec.total_balance == 0, f"sum of balances is {rec.total_balance}"
     assert not rec.negative, f"negative user wallets: {rec.negative}"

@@ -1,8 +1,7 @@
-"""Shared machinery of the concurrency, chaos and security suites.
+"""Load and accounting for the concurrency, chaos and security suites.
 
-Everything here talks to real processes: users are seeded straight into MongoDB
-(argon2 for 200 users over HTTP would dominate the run) and get real signed
-tokens, but every money request goes over HTTP to gunicorn, and every balance
+Everything here talks to real processes: users are seeded (tests/support/seeding.py),
+but every money request goes over HTTP to gunicorn, and every balance
 comes out of a Celery worker's settlement.
 
 The accounting is the point: :class:`Tally` remembers every job a client was told
@@ -13,9 +12,7 @@ from those answers alone. The database must agree coin for coin.
 
 from __future__ import annotations
 
-import json
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -23,129 +20,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
-from bson import ObjectId
 from pymongo.database import Database
 
-from api.auth import issue_token
-from api.routes.payments import sign
-from infra.config import get_settings
 from ledger.money import EXTERNAL_FUNDING, PLATFORM_PROCESSING, PLATFORM_REVENUE
-from ledger.timeutil import utcnow
-from tests.support.client import prepare
+from tests.support.client import ApiClient, Response
+from tests.support.seeding import User
 
-PASSWORD = "correct-horse-9"
 TERMINAL = ("settled", "failed")
 SPLIT_TYPES = ("unlock", "gift", "subscribe", "renew")
 
-_hash_lock = threading.Lock()
-_password_hash: str | None = None
 
-
-def password_hash() -> str:
-    """One argon2 hash shared by every seeded user (the cost is paid once)."""
-    global _password_hash
-    with _hash_lock:
-        if _password_hash is None:
-            from argon2 import PasswordHasher
-            _password_hash = PasswordHasher().hash(PASSWORD)
-        return _password_hash
-
-
-@dataclass(frozen=True)
-class User:
-    id: str
-    email: str
-    role: str
-    token: str
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-
-def seed_users(db: Database, n: int, role: str = "free", prefix: str = "u") -> list[User]:
-    """Insert ``n`` users with their wallets (balance 0) and mint their tokens."""
-    settings = get_settings()
-    now = utcnow()
-    users, wallets, out = [], [], []
-    run = uuid.uuid4().hex[:8]
-    for i in range(n):
-        uid = str(ObjectId())
-        email = f"{prefix}{i}-{run}@example.com"
-        users.append({"_id": uid, "email": email, "passwordHash": password_hash(), "role": role,
-                      "displayName": None, "accountStatus": "active", "createdAt": now})
-        wallets.append({"_id": uid, "userId": uid, "balance": 0, "status": "active", "version": 0,
-                        "createdAt": now, "lastTransactionAt": None})
-        out.append(User(uid, email, role, issue_token(settings, uid, role)[0]))
-    if users:
-        db.users.insert_many(users)
-        db.wallets.insert_many(wallets)
-    return out
-
-
-# ---------------------------------------------------------------------------------- HTTP
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: Any
-    body: bytes
-    error: str | None = None  # a transport error (connection refused, timeout): status 0
-
-    @property
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body) if self.body else None
-        except ValueError:
-            return None
-
-    def __repr__(self) -> str:
-        return f"<Reply {self.status} {self.error or self.body[:300]!r}>"
-
-
-class Http:
-    """A thread-safe HTTP client: one keep-alive ``requests.Session`` per thread."""
-
-    def __init__(self, base_url: str, timeout: float = 60.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self._local = threading.local()
-        self.webhook_secret = get_settings().provider_webhook_secret
-
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-        return session
-
-    def request(self, method: str, path: str, *, json_body: Any = None, data: bytes | None = None,
-                headers: dict[str, str] | None = None, token: str | None = None, key: str | None = None,
-                content_type: str | None = None, timeout: float | None = None) -> Reply:
-        data, headers = prepare(json_body, data, headers, token, key, content_type)
-        try:
-            r = self._session().request(method, self.base_url + path, data=data, headers=headers,
-                                        timeout=timeout or self.timeout)
-        except requests.RequestException as exc:
-            self._local.session = None  # a broken keep-alive connection must not be reused
-            return Reply(0, {}, b"", error=f"{type(exc).__name__}: {exc}"[:300])
-        return Reply(r.status_code, r.headers, r.content)
-
-    def money(self, path: str, user: User, body: dict[str, Any], key: str | None = None) -> Reply:
-        return self.request("POST", path, json_body=body, token=user.token, key=key or uuid.uuid4().hex)
-
-    def webhook(self, user_id: str, amount: int, provider_tx_id: str | None = None,
-                timestamp: int | None = None) -> Reply:
-        raw = json.dumps({"providerTxId": provider_tx_id or f"ptx-{uuid.uuid4().hex}", "userId": user_id,
-                          "amount": amount}).encode()
-        stamp = int(time.time()) if timestamp is None else timestamp
-        return self.request("POST", "/api/payments/webhook", data=raw, content_type="application/json",
-                            headers={"X-Purser-Signature": sign(self.webhook_secret, stamp, raw)})
-
-    def job(self, user: User, job_id: str, wait: int = 0) -> Reply:
-        headers = {"Prefer": f"wait={wait}"} if wait else None
-        return self.request("GET", f"/api/jobs/{job_id}", token=user.token, headers=headers)
+# ------------------------------------------------------------------------------ load
 
 
 def fire(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 48) -> list[Any]:
@@ -175,7 +60,7 @@ class Sent:
     kind: str  # job type: topup, transfer, unlock, gift, subscribe
     payer: str  # the user whose wallet pays (for a top-up: the credited user)
     key: str
-    reply: Reply
+    reply: Response
     receiver: str | None = None  # a transfer's receiver (from the request)
 
     @property
@@ -212,7 +97,7 @@ class Tally:
     def accepted_ids(self) -> set[str]:
         return set(self.jobs)
 
-    def collect(self, http: Http, users: dict[str, User], workers: int = 16) -> dict[str, dict[str, Any]]:
+    def collect(self, http: ApiClient, users: dict[str, User], workers: int = 16) -> dict[str, dict[str, Any]]:
         """Ask the API, as each job's owner, for the final state of every accepted job."""
         by_owner: dict[str, set[str]] = {}
         for job_id, sent in self.jobs.items():
@@ -334,7 +219,7 @@ def doubled(db: Database) -> list[str]:
 # ------------------------------------------------------------------------------ scenarios
 
 
-def fund(http: Http, tally: Tally, users: Sequence[User], amount: int, workers: int = 32) -> list[Sent]:
+def fund(http: ApiClient, tally: Tally, users: Sequence[User], amount: int, workers: int = 32) -> list[Sent]:
     """Top every user up by ``amount`` through the signed provider webhook."""
 
     def one(user: User) -> Sent:
@@ -346,9 +231,3 @@ def fund(http: Http, tally: Tally, users: Sequence[User], amount: int, workers: 
     bad = [s.reply for s in sent if not s.accepted]
     assert not bad, f"{len(bad)} top-up(s) refused: {bad[:3]}"
     return sent
-
-
-def wait_drained(db: Database, timeout: float = 180.0) -> float:
-    """Seconds until no job is queued (generous: two cores shared with other suites)."""
-    from tests.support.invariants import wait_until_drained
-    return wait_until_drained(db, timeout=timeout, poll=0.2)

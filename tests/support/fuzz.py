@@ -1,5 +1,9 @@
 """A schemathesis fuzz run against a live server: N generated requests, zero 5xx.
 
+:func:`run_fuzz` is the whole scenario (a stack, funded users per role, the money
+invariants afterwards); the security suite runs it at CI size, the chaos suite's
+long variant as every role.
+
 Cases come from the server's own ``/api/openapi.json``, every operation in turn,
 in both positive (schema-valid) and negative (schema-violating) generation modes,
 with a logged-in user's token. Every request is sent; the hard rule is that no
@@ -10,6 +14,7 @@ bodies as documented) are collected as a conformance report.
 from __future__ import annotations
 
 import itertools
+import json
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,6 +32,12 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+
+from tests.support.client import ApiClient
+from tests.support.invariants import assert_money_invariants
+from tests.support.load import Tally, fund
+from tests.support.seeding import seed_users
+from tests.support.waiting import wait_drained
 
 # The documented-contract checks. ``positive_data_acceptance`` is left out on purpose:
 # a schema-valid transfer to a random (non-existent) user id is *meant* to get 422.
@@ -111,3 +122,28 @@ def fuzz(base_url: str, token: str, total: int, *, seed: int = 1) -> FuzzReport:
                         # operation without parameters or body. Nothing was sent.
                         report.not_generated[f"{operation.label} ({mode.value}): {type(exc).__name__}"] += 1
     return report
+
+
+def run_fuzz(web_server: Any, celery_worker_proc: Any, db: Any, total: int, seed: int,
+             roles: tuple[str, ...] = ("creator",)) -> dict[str, FuzzReport]:
+    """``total`` requests per role against a fresh stack; every role's run must get zero 5xx.
+
+    ``web_server`` and ``celery_worker_proc`` are the fixtures' factories.
+    """
+    web = web_server(concurrency=2, extra_env={"WEB_THREADS": "4", "RATE_LIMIT_ENABLED": "false",
+                                               "LOG_LEVEL": "WARNING"})
+    celery_worker_proc()
+    http = ApiClient(web.base_url)
+    users = {role: seed_users(db, 1, role, f"fuzz-{role}")[0] for role in roles}
+    fund(http, Tally(), list(users.values()), 10_000)
+    reports = {}
+    for n, (role, user) in enumerate(users.items()):
+        report = reports[role] = fuzz(web.base_url, user.token, total, seed=seed + n)
+        print(role, json.dumps(report.as_dict(), indent=1))
+        for key, example in list(report.conformance_examples.items())[:10]:
+            print(f"conformance: {key}\n  {example}")
+        assert not report.server_errors, f"5xx answers as {role}:\n" + "\n".join(report.server_errors[:10])
+        assert report.sent >= total, report.as_dict()
+    wait_drained(db, timeout=180)
+    assert_money_invariants(db)
+    return reports

@@ -1,60 +1,22 @@
-"""Helpers for the settlement and subscription suites (real stores, real workers).
+"""Settlement driven from the test process: queue jobs, ring, settle here, read balances.
 
-Modules that create the Celery app (``tasks.*``) are imported lazily, inside
-functions: the app reads ``REDIS_URL`` when it is first imported, and the stack
-fixtures set that variable only once the stores run.
+Used by the settlement and subscription suites over the session stack's real
+stores and workers. Modules that create the Celery app (``tasks.*``) are imported
+lazily, inside functions, so importing this module reads no environment.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from bson import ObjectId
 from pymongo.database import Database
 
-from ledger.operations import Credit, Operation, partition_of
-from ledger.timeutil import utcnow
-
-TERMINAL = ("settled", "failed")
-
-
-def partitions() -> int:
-    from infra.config import get_settings
-
-    return get_settings().ledger_partitions
-
-
-def new_id(partition: int | None = None) -> str:
-    """A fresh 24-hex id, optionally one whose wallet falls in ``partition``."""
-    while True:
-        candidate = str(ObjectId())
-        if partition is None or partition_of(candidate, partitions()) == partition:
-            return candidate
-
-
-def add_user(db: Database, partition: int | None = None, role: str = "free") -> str:
-    """A user and an empty wallet, inserted directly (no password hashing)."""
-    user_id = new_id(partition)
-    now = utcnow()
-    db.users.insert_one({"_id": user_id, "email": f"{user_id}@example.com", "passwordHash": "x", "role": role,
-                         "displayName": None, "accountStatus": "active", "createdAt": now})
-    db.wallets.insert_one({"_id": user_id, "userId": user_id, "balance": 0, "status": "active", "version": 0,
-                           "createdAt": now, "lastTransactionAt": None})
-    return user_id
-
-
-def add_users(db: Database, count: int, partition: int | None = None) -> list[str]:
-    ids = [new_id(partition) for _ in range(count)]
-    now = utcnow()
-    db.users.insert_many([{"_id": i, "email": f"{i}@example.com", "passwordHash": "x", "role": "free",
-                           "displayName": None, "accountStatus": "active", "createdAt": now} for i in ids])
-    db.wallets.insert_many([{"_id": i, "userId": i, "balance": 0, "status": "active", "version": 0,
-                             "createdAt": now, "lastTransactionAt": None} for i in ids])
-    return ids
+from ledger.operations import Credit, Operation
+from tests.support.seeding import partitions
+from tests.support.waiting import wait_drained
 
 
 def noop_ring(partition: int, request_id: str | None = None) -> None:
@@ -93,25 +55,21 @@ def queue_jobs(db: Database, ops: Iterable[Operation], now: datetime | None = No
     return jobs
 
 
+def ring_credit_owners(db: Database) -> None:
+    """Ring every partition owed a deferred credit (what beat's sweeper would do)."""
+    for p in db.credits.distinct("to", {"applied": False}):
+        doorbell(p)
+
+
 def wait_jobs(db: Database, job_ids: Iterable[str], timeout: float = 90.0) -> dict[str, dict[str, Any]]:
-    """Poll until every job is settled or failed; return them by id."""
+    """Wait until every job is terminal and its deferred credits applied; return the jobs by id.
+
+    No beat runs in these suites: the owners of credits left by settles in this
+    process are rung from here while waiting.
+    """
     ids = list(job_ids)
-    deadline = time.monotonic() + timeout
-    next_ring = time.monotonic() + 1.0
-    while True:
-        if time.monotonic() > next_ring:
-            # No beat runs in these suites: ring owners of credits left by in-process settles.
-            for p in db.credits.distinct("to", {"applied": False}):
-                doorbell(p)
-            next_ring = time.monotonic() + 1.0
-        # A job not stored yet (e.g. a renewal the tick has yet to insert) counts as pending.
-        pending = len(ids) - db.jobs.count_documents({"_id": {"$in": ids}, "status": {"$in": list(TERMINAL)}})
-        # Balances are final once the credits the jobs deferred to other partitions are applied.
-        if not pending and not db.credits.count_documents({"applied": False}, limit=1):
-            return {j["_id"]: j for j in db.jobs.find({"_id": {"$in": ids}})}
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{pending} of {len(ids)} job(s) not terminal after {timeout}s")
-        time.sleep(0.1)
+    wait_drained(db, job_ids=ids, timeout=timeout, kick=lambda: ring_credit_owners(db))
+    return {j["_id"]: j for j in db.jobs.find({"_id": {"$in": ids}})}
 
 
 def fund(db: Database, user_ids: Iterable[str], amount: int, timeout: float = 90.0) -> None:
