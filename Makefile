@@ -3,7 +3,7 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all install run test test-unit lint bench bench-wait chaos migrate mutants mutants-ledger mutants-curated clean
+.PHONY: all install run test test-all test-unit lint bench bench-wait chaos migrate mutants mutants-ledger mutants-curated clean
 
 all: test
 
@@ -19,8 +19,14 @@ install: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(PY) -m devstack run
 
+# Test lanes (docs/testing.md). `make test`: what CI must prove on every change, <= 8 min on
+# 2 cores: every suite but chaos, plus the chaos smoke (marker `smoke`, CI scale).
+# `make test-all`: everything, the chaos suite and the long fuzz at full scale (.ci/run).
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not chaos or smoke" $(PYTEST_ARGS)
+
+test-all: $(VENV)/.installed
+	CHAOS_SCALE=$${CHAOS_SCALE:-full} $(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 test-unit: $(VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)
