@@ -45,7 +45,7 @@ S = "tests/settlement/"
 MUTANTS: tuple[Mutant, ...] = (
     # --- the five planted bugs of issue 17 -------------------------------------------
     Mutant("settlement: debit guard removed", "services/settlement.py",
-           'UpdateOne({"_id": doc_id, "balance": {"$gte": -delta}}, update)', 'UpdateOne({"_id": doc_id}, update)',
+           'UpdateOne({"_id": doc_id, "balance": {"$gte": floor}}, update)', 'UpdateOne({"_id": doc_id}, update)',
            (S + "test_guards_and_claims.py::test_debit_guard_refuses_a_decision_made_on_a_stale_balance",)),
     Mutant("idempotency: fingerprint not bound to route and method", "api/money.py",
            '{"route": request.path, "method": request.method, "body": data}', '{"body": data}',
