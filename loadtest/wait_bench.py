@@ -7,8 +7,9 @@ worker, rate limits off) and measures:
 1. baseline: ``--readers`` clients read their balance, each every ``--reader-interval`` s;
 2. the same readers while ``--waiters`` clients each wait (``GET /api/jobs/<id>``
    with ``Prefer: wait=10``) on a job of their own that settles about ``--hold`` s
-   later: the jobs (provider top-ups) are queued durably but their doorbells are held
-   back, as by a paused ledger worker, then rung all at once.
+   after the first wait began: the jobs (provider top-ups) are queued durably but
+   their doorbells are held back, as by a paused ledger worker, then rung all at
+   once. The waiters arrive evenly over ``--ramp`` s (default 2.5, 200/s).
 
 For every waiter: how long after its job's batch COMMITTED it got its answer. The
 commit instant is the timestamp the settler puts in the announcement, taken right
@@ -133,7 +134,9 @@ class Plan:
     web_workers: int = 2
     worker_class: str = "gevent"
     web_threads: int = 8
-    ramp: float = 0.0  # waiters arrive evenly over this many seconds (0: all at once)
+    # Waiters arrive evenly over this many seconds (200/s for 500): clients wait on jobs they
+    # just submitted, so arrivals follow the submissions; 0 = all 500 in one instant.
+    ramp: float = 2.5
     control: bool = False  # hold and settle the jobs, but nobody waits (settlement's own effect)
     profile: Path | None = None  # py-spy collapsed stacks of web and worker processes go here
     priority: int | None = None  # autogroup nice of the stack's sessions (shared machines), None = leave
@@ -531,8 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--web-threads", type=int, default=8, help="threads per process (gthread only)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results file (default loadtest/results/wait-<date>.json)")
-    parser.add_argument("--ramp", type=float, default=0.0,
-                        help="waiters arrive evenly over this many seconds (default 0: all at once)")
+    parser.add_argument("--ramp", type=float, default=Plan.ramp,
+                        help="waiters arrive evenly over this many seconds (default 2.5: 200/s; 0: all at once)")
     parser.add_argument("--control", action="store_true",
                         help="hold and settle the jobs but start no waiter: settlement's own effect on reads")
     parser.add_argument("--profile", type=Path, default=None,
