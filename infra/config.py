@@ -97,6 +97,13 @@ class Settings:
     sweep_interval_seconds: int
     sweep_age_seconds: int
     reconcile_interval_seconds: int
+    payout_provider_url: str | None
+    payout_min_amount: int
+    payout_roles: tuple[str, ...]
+    payout_hold_ttl_hours: int
+    payout_resolve_after_seconds: int
+    payout_tick_seconds: int
+    provider_sim_delay_seconds: float
     metrics_port: int
     metrics_address: str
     prometheus_multiproc_dir: str | None
@@ -170,6 +177,27 @@ def url(*schemes: str) -> Parser:
         value = raw.strip()
         if not value.startswith(tuple(f"{s}://" for s in schemes)):
             raise ValueError("must start with " + " or ".join(f"{s}://" for s in schemes))
+        return value
+    return parse
+
+
+def roles(raw: str) -> tuple[str, ...]:
+    """A comma-separated list of user roles (at least one)."""
+    known = ("free", "premium", "creator", "admin")
+    values = tuple(dict.fromkeys(r.strip().lower() for r in raw.split(",") if r.strip()))
+    if not values or any(v not in known for v in values):
+        raise ValueError(f"expected a comma-separated list of {', '.join(known)}, got {raw!r}")
+    return values
+
+
+def seconds(lo: float, hi: float) -> Parser:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a number of seconds, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo:g} and {hi:g}, got {value:g}")
         return value
     return parse
 
@@ -306,6 +334,14 @@ VARIABLES: tuple[Var, ...] = (
     Var("sweep_interval_seconds", "SWEEP_INTERVAL_SECONDS", integer(1, 3600), 5),
     Var("sweep_age_seconds", "SWEEP_AGE_SECONDS", integer(0, 3600), 3),
     Var("reconcile_interval_seconds", "RECONCILE_INTERVAL_SECONDS", integer(5, 86400), 300),
+    # payouts (money out): the provider adapter, admission and the beat tick
+    Var("payout_provider_url", "PAYOUT_PROVIDER_URL", url("http", "https"), None, production=required()),
+    Var("payout_min_amount", "PAYOUT_MIN_AMOUNT", integer(1, 10**9), 1000),
+    Var("payout_roles", "PAYOUT_ROLES", roles, ("creator",)),
+    Var("payout_hold_ttl_hours", "PAYOUT_HOLD_TTL_HOURS", integer(1, 24 * 30), 24),
+    Var("payout_resolve_after_seconds", "PAYOUT_RESOLVE_AFTER_SECONDS", integer(1, 86400), 120),
+    Var("payout_tick_seconds", "PAYOUT_TICK_SECONDS", integer(1, 3600), 30),
+    Var("provider_sim_delay_seconds", "PROVIDER_SIM_DELAY_SECONDS", seconds(0, 3600), 1.0),
     # web tier (gunicorn.conf.py)
     Var("port", "PORT", integer(1, 65535), 5000),
     Var("web_bind", "WEB_BIND", text, None),

@@ -23,6 +23,7 @@ PRODUCTION = {
     "REDIS_URL": "redis://cache.internal:6379/0",
     "JWT_SECRET": GOOD_SECRET,
     "PROVIDER_WEBHOOK_SECRET": "w" * 32,
+    "PAYOUT_PROVIDER_URL": "https://payouts.provider.example/v1",
 }
 
 
