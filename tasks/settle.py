@@ -13,6 +13,7 @@ from infra.config import get_settings
 from infra.mongo import get_db
 from infra.queues import partition_queue
 from infra.redis_client import get_redis
+from ledger.decide import Settled
 from services.jobs import ring_safely
 from services.settlement import BatchResult, settle_partition
 from workers.celery_app import task
@@ -61,6 +62,7 @@ def _record(batch: BatchResult) -> None:
     # chooses the Prometheus multi-process directory, which must precede prometheus_client.
     from infra import metrics
     metrics.record_batch(batch)
+    _submit_payouts(batch)
     for job, outcome in batch.outcomes:
         with context.bound(requestId=job.get("requestId"), jobId=job["_id"], userId=job.get("ownerId"),
                            partition=job.get("partition")):
@@ -68,6 +70,20 @@ def _record(batch: BatchResult) -> None:
                 log.info("job settled", extra={"jobType": job["type"]})
             else:
                 log.info("job failed", extra={"jobType": job["type"], "code": outcome.code})
+
+
+def _submit_payouts(batch: BatchResult) -> None:
+    """Each hold this batch placed goes to the provider now (tasks/payouts.py); a lost
+    message is harmless: the payout tick submits pending payouts it finds."""
+    from tasks.payouts import submit  # here: tasks.payouts imports this module
+
+    for job, outcome in batch.outcomes:
+        if isinstance(outcome, Settled) and outcome.kind == "payout":
+            try:
+                submit.apply_async(args=[outcome.result["payoutId"]])
+            except Exception:  # noqa: BLE001 - the beat tick submits it later
+                log.warning("could not enqueue a payout submission", extra={"jobId": job["_id"]},
+                            exc_info=True)
 
 
 @task(name="ledger.settle", bind=True, acks_late=True, max_retries=None)

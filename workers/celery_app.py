@@ -24,7 +24,7 @@ from kombu import Queue
 from infra.config import ConfigError, Settings, get_settings, settings_or_exit
 from infra.queues import DEFAULT_QUEUE, partition_queue
 
-TASK_MODULES = ("tasks.settle", "tasks.maintenance", "tasks.subscriptions")
+TASK_MODULES = ("tasks.settle", "tasks.maintenance", "tasks.subscriptions", "tasks.payouts")
 # Registered only outside production (APP_ENV=development or test): debug.boom fails on
 # purpose (error-reporting checks), bench.noop measures the queue ceiling (make bench).
 TEST_TASK_MODULES = ("tasks.debug", "tasks.bench")
@@ -83,6 +83,8 @@ def create_celery(settings: Settings) -> Celery:
             "subscriptions-tick": {"task": "subscriptions.tick",
                                    "schedule": timedelta(seconds=settings.subscription_tick_seconds),
                                    "options": {"expires": settings.subscription_tick_seconds}},
+            "payouts-tick": {"task": "payouts.tick", "schedule": timedelta(seconds=settings.payout_tick_seconds),
+                             "options": {"expires": settings.payout_tick_seconds}},
         },
     )
     return app
