@@ -65,11 +65,12 @@ def _respond(stored: StoredResponse, replayed: bool = False) -> Response:
 
 
 def accept(op: Operation, body: BaseModel | dict[str, Any], *, owner_id: str,
-           key: str | None = None, key_owner: str | None = None) -> Response:
+           key: str | None = None, key_owner: str | None = None, job_id: str | None = None) -> Response:
     """Store ``op`` as a queued job exactly once per idempotency key and answer 202.
 
     ``key``/``key_owner`` default to the caller's ``Idempotency-Key`` scoped to
     ``owner_id``; the payment webhook passes the provider's transaction id instead.
+    ``job_id`` is for operations that name their own job (a payout's id is its job's).
     The rules live in :func:`services.jobs.accept_job`; this maps its outcome to HTTP.
     """
     settings = current_app.config["PURSER"]
@@ -78,7 +79,7 @@ def accept(op: Operation, body: BaseModel | dict[str, Any], *, owner_id: str,
     if key is not None and settings.idempotency_enabled:
         claim = KeyClaim(key_owner or owner_id, fingerprint(body), settings.idempotency_ttl_hours)
     result = accept_job(op, owner_id, partitions=settings.ledger_partitions, ring=ringer(),
-                        request_id=g.request_id, key=key, claim=claim)
+                        request_id=g.request_id, key=key, claim=claim, job_id=job_id)
     if result.outcome == Outcome.MISMATCH:
         raise ApiError(422, "IDEMPOTENCY_KEY_REUSED",
                        "This Idempotency-Key was used with a different request body.")

@@ -153,6 +153,8 @@ class BalanceOut(BaseModel):
     balance: int = Field(description="Spendable now")
     incoming: int = Field(description="Settled for this wallet by another partition, not yet applied: "
                                       "spendable within about a second")
+    held: int = Field(description="Held by open payouts (pending or submitted): not spendable; "
+                                  "returned to the balance if the payout fails or expires")
     currency: Literal["COIN"]
     status: Literal["active", "frozen"]
 
@@ -168,6 +170,29 @@ class TxItem(BaseModel):
 
 class TxPage(BaseModel):
     items: list[TxItem]
+    nextCursor: str | None
+
+
+class PayoutEventOut(BaseModel):
+    eventId: str | None
+    status: str | None
+    jobId: str | None
+    at: str | None
+
+
+class PayoutOut(BaseModel):
+    payoutId: str = Field(description="Also the id of the payout job that placed the hold")
+    userId: str
+    amount: int
+    status: Literal["pending", "submitted", "paid", "failed", "expired", "returned"]
+    jobId: str | None
+    createdAt: str
+    updatedAt: str
+    events: list[PayoutEventOut]
+
+
+class PayoutPage(BaseModel):
+    items: list[PayoutOut]
     nextCursor: str | None
 
 

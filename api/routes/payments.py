@@ -1,4 +1,4 @@
-"""The payment provider's signed top-up webhook."""
+"""The payment provider's signed webhooks: top-ups, and typed events (payouts, disputes)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import time
 from typing import Any
 
 from flask import Blueprint, current_app, request
+from pydantic import ValidationError
 
 from api.errors import ApiError
-from api.jsonbody import parse_body
+from api.jsonbody import parse_body, validation_problem
 from api.money import accept
 from api.routes.common import require_user_wallet
-from api.schemas import JobOut, WebhookIn
+from api.schemas import DisputeData, JobOut, PayoutEventData, ProviderEventIn, WebhookIn
 from api.spec import endpoint
-from ledger.operations import TopUp
+from ledger.operations import Chargeback, PayoutEvent, TopUp
+from services.payouts import get_payout
 
 bp = Blueprint("payments", __name__, url_prefix="/api/payments")
 
@@ -54,3 +56,33 @@ def webhook() -> Any:
     require_user_wallet(body.userId)
     return accept(TopUp(body.userId, body.amount, body.providerTxId), body, owner_id=body.userId,
                   key=f"provider:{body.providerTxId}", key_owner=PROVIDER_OWNER)
+
+
+def _data(model: type[PayoutEventData] | type[DisputeData], data: dict[str, Any]) -> Any:
+    """The event's ``data`` as its type requires (422 VALIDATION_FAILED otherwise)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_problem(exc) from None
+
+
+@endpoint(bp, "POST", "/events", summary="Provider events: payout.paid|failed|returned, topup.disputed "
+          "(HMAC-signed like top-ups, each event id applied once)",
+          body=ProviderEventIn, response=JobOut, status=202, auth_required=False, errors=(401, 404, 409),
+          extra_headers={SIGNATURE_HEADER: "t=<unix>,v1=<hex hmac>"}, limited=False)
+def events() -> Any:
+    _verify_signature(current_app.config["PURSER"].provider_webhook_secret)
+    body = parse_body(ProviderEventIn)
+    key = f"event:{body.id}"
+    if body.type == "topup.disputed":
+        dispute = _data(DisputeData, body.data)
+        require_user_wallet(dispute.userId)
+        return accept(Chargeback(dispute.userId, dispute.amount, dispute.providerTxId, body.id), body,
+                      owner_id=dispute.userId, key=key, key_owner=PROVIDER_OWNER)
+    event = _data(PayoutEventData, body.data)
+    payout = get_payout(event.payoutId)
+    if payout is None:
+        raise ApiError(404, "PAYOUT_NOT_FOUND", "No such payout.")
+    user = payout["userId"]
+    return accept(PayoutEvent(user, event.payoutId, body.type.removeprefix("payout."), body.id), body,
+                  owner_id=user, key=key, key_owner=PROVIDER_OWNER)

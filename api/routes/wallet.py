@@ -15,6 +15,7 @@ from api.schemas import BalanceOut, JobOut, PageQuery, TransferIn, TxPage
 from api.spec import endpoint
 from infra.mongo import get_db
 from ledger.operations import Transfer
+from services.payouts import held_amount
 from services.queries import BadCursor, incoming_credits, wallet_history
 
 bp = Blueprint("wallet", __name__, url_prefix="/api/wallet")
@@ -30,7 +31,7 @@ def balance() -> Any:
     # partition's batch and becomes spendable when the owner applies it (sub-second).
     incoming = incoming_credits(get_db(), me, current_app.config["PURSER"].ledger_partitions)
     return jsonify(walletId=wallet["_id"], userId=me, balance=wallet["balance"], incoming=incoming,
-                   currency="COIN", status=wallet.get("status", "active"))
+                   held=held_amount(me), currency="COIN", status=wallet.get("status", "active"))
 
 
 @endpoint(bp, "GET", "/transactions", summary="The caller's ledger history, newest first",

@@ -1,0 +1,72 @@
+"""Payouts to the bank: request one (the hold is settled as a job), list and read them.
+
+The payout's id is the id of the ``payout`` job that places the hold; submission
+to the provider and its answers happen after settlement (tasks/payouts.py, the
+provider events on ``POST /api/payments/events``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify
+
+from api.auth import Principal, current, stored_role
+from api.errors import ApiError
+from api.jsonbody import parse_body, parse_query
+from api.money import accept
+from api.routes.common import bad_cursor
+from api.schemas import JobOut, PageQuery, PayoutIn, PayoutOut, PayoutPage
+from api.spec import endpoint
+from ledger.money import is_user_id
+from ledger.operations import Payout
+from ledger.states import Role
+from services.jobs import new_job_id
+from services.payouts import get_payout as load_payout
+from services.payouts import payout_view, user_payouts
+from services.queries import BadCursor
+
+bp = Blueprint("payouts", __name__, url_prefix="/api/payouts")
+
+
+@endpoint(bp, "POST", "", summary="Request a payout to the bank: the amount is held, then paid or released",
+          body=PayoutIn, response=JobOut, status=202, idempotent=True, errors=(403,))
+def request_payout() -> Any:
+    principal = current()
+    settings = current_app.config["PURSER"]
+    if principal.role not in settings.payout_roles:
+        raise ApiError(403, "PAYOUT_NOT_ALLOWED", "Your role cannot request payouts.")
+    body = parse_body(PayoutIn)
+    if body.amount < settings.payout_min_amount:
+        raise ApiError(422, "PAYOUT_BELOW_MINIMUM",
+                       f"A payout must be at least {settings.payout_min_amount} coins.")
+    job_id = new_job_id()  # the payout's id: the provider's idempotency key for it
+    return accept(Payout(principal.user_id, body.amount, job_id), body, owner_id=principal.user_id,
+                  job_id=job_id)
+
+
+@endpoint(bp, "GET", "", summary="The caller's payouts, newest first", query=PageQuery, response=PayoutPage)
+def list_payouts() -> Any:
+    q = parse_query(PageQuery)
+    try:
+        docs, next_cursor = user_payouts(current().user_id, q.limit, q.cursor)
+    except BadCursor as exc:
+        raise bad_cursor(exc) from None
+    return jsonify(items=[payout_view(d) for d in docs], nextCursor=next_cursor)
+
+
+def _still_admin(principal: Principal) -> bool:
+    # The stored role decides (as for jobs): a demoted admin's unexpired token reads nothing.
+    ttl = current_app.config["PURSER"].role_cache_seconds
+    return principal.is_admin and stored_role(principal.user_id, ttl) == Role.ADMIN
+
+
+@endpoint(bp, "GET", "/<payoutId>", summary="One payout (its owner's, or any for an admin)", response=PayoutOut,
+          errors=(404,))
+def get_payout(payoutId: str) -> Any:  # noqa: N803
+    principal = current()
+    doc = load_payout(payoutId) if is_user_id(payoutId) else None
+    # 404, not 403, for other people's payouts: existence is not disclosed.
+    if doc is None or (doc["userId"] != principal.user_id and not _still_admin(principal)):
+        raise ApiError(404, "PAYOUT_NOT_FOUND", "No such payout.")
+    return jsonify(payout_view(doc))
