@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="LOAD_SCALE: multiplies every phase's users")
     parser.add_argument("--web-workers", type=int, default=2)
     parser.add_argument("--web-threads", type=int, default=32,
-                        help="threads per gunicorn worker; each 'Prefer: wait' poll holds one (default 32)")
+                        help="threads per gunicorn worker with WEB_WORKER_CLASS=gthread only; the default "
+                             "gevent worker holds no thread per 'Prefer: wait' (default 32)")
     parser.add_argument("--worker-concurrency", type=int, default=1)
     parser.add_argument("--users", type=int, default=1000, help="seeded users, split over the tiers")
     parser.add_argument("--keep", action="store_true")
