@@ -15,8 +15,9 @@ import services.settlement as settlement
 from ledger.operations import Transfer
 from ledger.timeutil import utcnow
 from services import idempotency
-from tests.settlement.settle_helpers import add_user, balances, fund_here, partitions, queue_jobs
 from tests.support.invariants import assert_money_invariants
+from tests.support.seeding import add_user, partitions
+from tests.support.settle import balances, fund_here, queue_jobs
 
 
 @pytest.fixture
