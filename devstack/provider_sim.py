@@ -16,7 +16,8 @@ It speaks the contract of ``services/payout_provider.py``:
 ``PROVIDER_WEBHOOK_SECRET``), retrying while Purser does not answer 2xx.
 
 Faults for tests and for trying things by hand (``POST /_sim/control``, JSON):
-``{"unavailable": true}`` answers every payout request 503; ``{"dropAnswers": n}``
+``{"unavailable": true}`` answers every submission 503 (status lookups still work;
+stop the process for a provider that is down altogether); ``{"dropAnswers": n}``
 records the next ``n`` submissions but closes the connection without an answer
 (a lost answer); ``{"webhooks": false}`` settles payouts without telling Purser
 (only a status lookup finds out). ``POST /_sim/payouts/<id>/return`` reports a
@@ -143,8 +144,6 @@ def make_handler(sim: Simulator) -> type[BaseHTTPRequestHandler]:
             match = _PAYOUT_PATH.match(self.path)
             if match is None:
                 return self._send(404, {"error": "not found"})
-            if sim.control["unavailable"]:
-                return self._send(503, {"error": "unavailable"})
             with sim.lock:
                 record = sim.payouts.get(match.group(1))
             if record is None:

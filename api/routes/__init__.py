@@ -6,8 +6,7 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from api.routes import (admin, auth, docs, gifts, health, jobs, payments, payouts, premium, subscription,
-                            wallet)
+    from api.routes import admin, auth, docs, gifts, health, jobs, payments, payouts, premium, subscription, wallet
 
     for module in (health, auth, wallet, premium, subscription, gifts, payments, payouts, admin, jobs, docs):
         app.register_blueprint(module.bp)

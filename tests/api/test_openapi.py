@@ -47,9 +47,14 @@ CONTRACT: dict[tuple[str, str], tuple[int, str | None, str, set[int]]] = {
     ("post", "/api/admin/wallets/{userId}/unfreeze"): (200, None, "WalletStatusOut", {401, 403, 404}),
     ("get", "/api/jobs/{jobId}"): (200, None, "JobOut", {401, 404}),
     ("get", "/api/jobs"): (200, None, "JobPage", {401, 422}),
+    ("post", "/api/payouts"): (202, "PayoutIn", "JobOut", MONEY | {403}),
+    ("get", "/api/payouts"): (200, None, "PayoutPage", {401, 422}),
+    ("get", "/api/payouts/{payoutId}"): (200, None, "PayoutOut", {401, 404}),
+    ("post", "/api/payments/events"): (202, "ProviderEventIn", "JobOut", {400, 401, 404, 409, 413, 415, 422}),
 }
-PUBLIC = {("post", "/api/auth/register"), ("post", "/api/auth/login"), ("post", "/api/payments/webhook")}
-IDEMPOTENT = {key for key, (status, *_rest) in CONTRACT.items() if status == 202 and key[1] != "/api/payments/webhook"}
+PROVIDER = {("post", "/api/payments/webhook"), ("post", "/api/payments/events")}  # signed, keyed by their own ids
+PUBLIC = {("post", "/api/auth/register"), ("post", "/api/auth/login"), *PROVIDER}
+IDEMPOTENT = {key for key, (status, *_rest) in CONTRACT.items() if status == 202 and key not in PROVIDER}
 
 
 @pytest.fixture
@@ -117,7 +122,8 @@ def test_document_covers_every_endpoint_of_the_contract(document):
             assert key["in"] == "header" and key["required"] is True and key["schema"]["maxLength"] == 255, where
         if status == 202:
             assert "Location" in responses["202"]["headers"], where
-    assert paths["/api/payments/webhook"]["post"]["parameters"][0]["name"] == "X-Purser-Signature"
+    for provider_path in ("/api/payments/webhook", "/api/payments/events"):
+        assert paths[provider_path]["post"]["parameters"][0]["name"] == "X-Purser-Signature"
     assert "Prefer" in {p["name"] for p in paths["/api/jobs/{jobId}"]["get"]["parameters"]}
     limits = {p["name"]: p["schema"] for p in paths["/api/jobs"]["get"]["parameters"]}
     assert limits["limit"]["maximum"] == 100 and set(limits) == {"limit", "cursor", "status"}
