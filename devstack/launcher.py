@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
+from devstack.provider_sim import ProviderSimProcess
 from devstack.stores import MongoServer, RedisServer
 from devstack.supervisor import ManagedProcess, ProcessStartError, port_in_use, stop_all
 
@@ -104,6 +105,9 @@ def banner(
     redis: RedisServer | None,
     api_ready: bool,
 ) -> str:
+    provider = env.get("PAYOUT_PROVIDER_URL", "")
+    provider_note = ("bundled simulator: pays after PROVIDER_SIM_DELAY_SECONDS, fails amounts ending in 13"
+                     if env.get("PURSER_PROVIDER_SIM") else "external")
     api = _api_base(env)
     user, _, password = env.get("FLOWER_BASIC_AUTH", "").partition(":")
     flower = f"http://{env.get('FLOWER_ADDRESS', '127.0.0.1')}:{env.get('FLOWER_PORT', '5555')}"
@@ -120,6 +124,7 @@ def banner(
         f"  Flower     {flower}   user {user}   password {password}",
         f"  MongoDB    {_mask(env.get('MONGODB_URI', ''))}   ({mongo_note})",
         f"  Redis      {_mask(env.get('REDIS_URL', ''))}   ({redis_note})",
+        f"  Payouts    {provider}   ({provider_note})",
         "  logs       web, worker, housekeeping, beat, flower: this terminal"
         + (f"; {store_logs}" if store_logs else ""),
         "  Ctrl-C to stop (data in var is kept for the next start)",
@@ -181,6 +186,13 @@ def run(root: Path = ROOT, environ: Mapping[str, str] | None = None) -> int:
         env["REDIS_URL"] = redis.url
     if not env.get("FLOWER_BASIC_AUTH"):
         env["FLOWER_BASIC_AUTH"] = flower_basic_auth(var_dir)
+    sim = None
+    if not env.get("PAYOUT_PROVIDER_URL"):
+        # The bundled payout provider simulator; its webhooks go to this stack's API.
+        sim = ProviderSimProcess(env, var_dir / "provider-sim.log", _api_base(env),
+                                 port=int(env.get("PROVIDER_SIM_PORT") or 5600))
+        env["PAYOUT_PROVIDER_URL"] = sim.url
+        env["PURSER_PROVIDER_SIM"] = "1"
 
     problem = validate(env, var_dir)
     if problem is not None:
@@ -189,7 +201,8 @@ def run(root: Path = ROOT, environ: Mapping[str, str] | None = None) -> int:
 
     busy = [
         f"{name}={port}"
-        for name, port in (("PORT", env["PORT"]), ("FLOWER_PORT", env["FLOWER_PORT"]))
+        for name, port in (("PORT", env["PORT"]), ("FLOWER_PORT", env["FLOWER_PORT"]),
+                           ("PROVIDER_SIM_PORT", str(sim.port) if sim else ""))
         if port.isdigit() and port_in_use(int(port)) and not (name == "PORT" and env.get("WEB_BIND"))
     ]
     if busy:
@@ -209,6 +222,9 @@ def run(root: Path = ROOT, environ: Mapping[str, str] | None = None) -> int:
         if status != 0:
             _say(f"migrations failed with status {status}; stopping")
             return status
+        if sim is not None:
+            _say(f"starting the payout provider simulator on {sim.url}")
+            started.append(sim.start())
         if signals.requested:
             return 0
         honcho = ManagedProcess(
