@@ -1,0 +1,74 @@
+"""Refunds for the web tier: what an admin refund is routed by, and an original's refunds.
+
+A refund is settled by the partition of its *debtor*, the wallet that received the
+original's main credit (the creator of an unlock, gift or subscription charge, the
+receiver of a transfer), so every refund of one original is decided by one settler,
+in order, and their sum cannot pass the original (``ledger/money_out.py``). The
+debtor is read here, once, from the settled original's result.
+
+An original's refunds (and a top-up's chargebacks) are read on the sparse
+``transactions.refund_of`` index: one range, whatever the history's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo.database import Database
+
+from ledger.money_out import REFUNDABLE
+from ledger.states import JobStatus
+from ledger.timeutil import iso
+from services.store import database
+
+# The result field naming the wallet that received the original's main credit.
+DEBTOR_FIELD: dict[str, str] = {"unlock": "creatorId", "gift": "creatorId", "subscribe": "creatorId",
+                                "renew": "creatorId", "transfer": "receiverId"}
+# Jobs whose view lists what was given back: refundable ones, and top-ups (chargebacks).
+REVERSIBLE = frozenset(DEBTOR_FIELD) | {"topup"}
+
+
+@dataclass(frozen=True)
+class RefundTarget:
+    job_id: str
+    kind: str
+    debtor: str | None  # None: not refundable (its type, or not settled)
+
+    @property
+    def refundable(self) -> bool:
+        return self.debtor is not None
+
+
+def refund_target(job_id: str, *, db: Database | None = None) -> RefundTarget | None:
+    """The original job an admin refund names, or None when there is no such job."""
+    job = database(db).jobs.find_one({"_id": job_id}, {"type": 1, "status": 1, "result": 1})
+    if job is None:
+        return None
+    kind = job.get("type", "")
+    field = DEBTOR_FIELD.get(kind) if kind in REFUNDABLE else None
+    debtor = (job.get("result") or {}).get(field) if field else None
+    if job.get("status") != JobStatus.SETTLED or not isinstance(debtor, str):
+        debtor = None
+    return RefundTarget(job_id, kind, debtor)
+
+
+def refunds_of(job_id: str, *, db: Database | None = None) -> list[dict[str, Any]]:
+    """The refunds and chargebacks settled against ``job_id``, oldest first."""
+    txs = database(db).transactions.find({"refundOf": job_id},
+                                         {"type": 1, "refundLegs": 1, "reason": 1, "createdAt": 1})
+    items = [{"jobId": tx["_id"], "type": tx["type"],
+              "amount": sum(row["amount"] for row in tx.get("refundLegs", [])),
+              "reason": tx.get("reason"), "createdAt": tx["createdAt"]} for tx in txs]
+    items.sort(key=lambda item: (item["createdAt"], item["jobId"]))
+    for item in items:
+        item["createdAt"] = iso(item["createdAt"])
+    return items
+
+
+def with_refunds(view: dict[str, Any], *, db: Database | None = None) -> dict[str, Any]:
+    """A job's view plus ``refunds`` and their total ``refunded`` for a settled reversible job."""
+    if view.get("type") not in REVERSIBLE or view.get("status") != JobStatus.SETTLED:
+        return view
+    refunds = refunds_of(view["jobId"], db=db)
+    return {**view, "refunds": refunds, "refunded": sum(item["amount"] for item in refunds)}
