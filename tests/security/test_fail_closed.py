@@ -36,6 +36,7 @@ def production_env(stack_env: dict[str, str], var_dir: Path, *, drop: tuple[str,
     env = {**os.environ, **stack_env}
     for name in ("APP_ENV", "PURSER_DUPLICATE_DOORBELLS", "PROMETHEUS_MULTIPROC_DIR", *drop):
         env.pop(name, None)
+    env.setdefault("PAYOUT_PROVIDER_URL", "https://payouts.provider.example/v1")  # required in production
     env.update(PURSER_VAR_DIR=str(var_dir), MONGODB_DB=DB_NAME, PYTHONUNBUFFERED="1",
                REDIS_URL=re.sub(r"/\d+$", f"/{REDIS_DB}", stack_env["REDIS_URL"]))
     return env

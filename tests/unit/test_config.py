@@ -69,7 +69,7 @@ def test_production_short_jwt_secret() -> None:
     assert "32" in error.problem
 
 
-@pytest.mark.parametrize("name", ["MONGODB_URI", "REDIS_URL", "PROVIDER_WEBHOOK_SECRET"])
+@pytest.mark.parametrize("name", ["MONGODB_URI", "REDIS_URL", "PROVIDER_WEBHOOK_SECRET", "PAYOUT_PROVIDER_URL"])
 def test_production_requires(name: str) -> None:
     env = {k: v for k, v in PRODUCTION.items() if k != name}
     assert _error(env).variable == name
