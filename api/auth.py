@@ -5,7 +5,9 @@ stored in the ``users`` collection, read through a small per-process cache
 (:func:`stored_role`, ``ROLE_CACHE_SECONDS``, at most 5 s). The request hook in
 ``api/__init__.py`` builds ``g.principal`` with that stored role, so every
 authorization decision and the rate limiter's admin exemption follow a demotion
-within the cache time, however long the token still runs.
+within the cache time, however long the token still runs. Authorization lives here
+only: ``api/spec.py`` calls :func:`require_roles` for the roles an endpoint declares,
+routes call :func:`still_admin` for admin-only reads of other users' data.
 """
 
 from __future__ import annotations
@@ -17,27 +19,28 @@ from dataclasses import dataclass
 
 import jwt
 from flask import g, request
-from pymongo.errors import PyMongoError
 
 from api.errors import ApiError
 from infra.config import Settings
 from ledger.money import is_user_id
+from ledger.states import Role
+from services import accounts
+from services.store import StoreError
 
 log = logging.getLogger("purser.auth")
 
 ALGORITHM = "HS256"
-_ROLES = {"free", "premium", "creator", "admin"}
 ROLE_CACHE_MAX_ENTRIES = 10_000
 
 
 @dataclass(frozen=True)
 class Principal:
     user_id: str
-    role: str
+    role: Role
 
     @property
     def is_admin(self) -> bool:
-        return self.role == "admin"
+        return self.role == Role.ADMIN
 
 
 def issue_token(settings: Settings, user_id: str, role: str) -> tuple[str, int]:
@@ -59,8 +62,12 @@ def decode_token(settings: Settings, token: str) -> Principal:
         raise _unauthorized("The token has expired.") from None
     except jwt.PyJWTError:
         raise _unauthorized("The token is invalid.") from None
-    sub, role = claims.get("sub"), claims.get("role")
-    if not is_user_id(sub) or role not in _ROLES:
+    sub = claims.get("sub")
+    try:
+        role = Role(claims.get("role"))
+    except ValueError:
+        raise _unauthorized("The token is invalid.") from None
+    if not is_user_id(sub):
         raise _unauthorized("The token is invalid.")
     return Principal(sub, role)
 
@@ -121,18 +128,12 @@ class RoleCache:
 ROLE_CACHE = RoleCache()
 
 
-def load_stored_role(user_id: str) -> str | None:
+def load_stored_role(user_id: str) -> Role | None:
     """The role stored for ``user_id``, or None (no such user, account not active, unknown role)."""
-    from infra.mongo import get_db
-
-    user = get_db().users.find_one({"_id": user_id}, {"role": 1, "accountStatus": 1})
-    if user is None or user.get("accountStatus", "active") != "active":
-        return None
-    role = user.get("role")
-    return role if role in _ROLES else None
+    return accounts.stored_role(user_id)
 
 
-def stored_role(user_id: str, ttl: float) -> str | None:
+def stored_role(user_id: str, ttl: float) -> Role | None:
     """The stored role of ``user_id``, at most ``ttl`` seconds old (0: always read)."""
     hit, role = ROLE_CACHE.get(user_id, ttl)
     if hit:
@@ -155,7 +156,7 @@ def with_stored_role(settings: Settings, principal: Principal) -> Principal:
     """
     try:
         role = stored_role(principal.user_id, settings.role_cache_seconds)
-    except PyMongoError as exc:
+    except StoreError as exc:
         log.warning("could not read the caller's stored role", extra={"error": type(exc).__name__})
         raise ApiError(503, "SERVICE_UNAVAILABLE", "A dependency is unavailable; retry shortly.",
                        headers={"Retry-After": "2"}) from None
@@ -178,6 +179,20 @@ def current() -> Principal:
     return principal
 
 
-def require_roles(principal: Principal, roles: tuple[str, ...] | None) -> None:
+def require_roles(principal: Principal, roles: tuple[Role, ...] | None) -> None:
     if roles and principal.role not in roles:
         raise ApiError(403, "FORBIDDEN", "Your role does not allow this action.")
+
+
+def still_admin(principal: Principal, ttl: float) -> bool:
+    """True when ``principal`` is an admin by the role stored now (read through the cache).
+
+    For routes that show admins other users' data: a demoted admin's unexpired token
+    must not keep reading it. A missing account is 401.
+    """
+    if not principal.is_admin:
+        return False
+    role = stored_role(principal.user_id, ttl)
+    if role is None:
+        raise ApiError(401, "UNAUTHORIZED", "The account no longer exists.")
+    return role == Role.ADMIN

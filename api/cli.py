@@ -7,8 +7,7 @@ import sys
 import click
 from flask import Flask
 
-from infra.mongo import get_db
-from services import users
+from services import accounts
 
 
 def register_cli(app: Flask) -> None:
@@ -21,11 +20,5 @@ def register_cli(app: Flask) -> None:
             password = sys.stdin.readline().rstrip("\n")
         if len(password) < 8:
             raise click.ClickException("password must be at least 8 characters")
-        db = get_db()
-        existing = db.users.find_one({"email": users.normalise_email(email)})
-        if existing:
-            users.change_role(db, existing["_id"], "admin", {"type": "cli", "id": "create-admin"}, None)
-            click.echo(f"promoted {existing['_id']} to admin")
-            return
-        user = users.create_user(db, email, password, role="admin")
-        click.echo(f"created admin {user['_id']}")
+        user_id, created = accounts.ensure_admin(email, password, {"type": "cli", "id": "create-admin"})
+        click.echo(f"created admin {user_id}" if created else f"promoted {user_id} to admin")

@@ -46,6 +46,7 @@ from werkzeug.exceptions import HTTPException
 
 from api.errors import problem
 from infra.config import Settings
+from ledger.states import Role
 
 log = logging.getLogger("purser.ratelimit")
 
@@ -179,12 +180,12 @@ def _email_key() -> str:
 
 
 def build_limiter(app: Flask, settings: Settings) -> PurserLimiter:
-    tier_limits = {"free": settings.rate_limits_free, "premium": settings.rate_limits_premium,
-                   "creator": settings.rate_limits_creator}
+    tier_limits = {Role.FREE: settings.rate_limits_free, Role.PREMIUM: settings.rate_limits_premium,
+                   Role.CREATOR: settings.rate_limits_creator}
 
     def tier_limit() -> str:
         principal = _principal()
-        role = principal.role if principal is not None else "free"
+        role = principal.role if principal is not None else Role.FREE
         return tier_limits.get(role, settings.rate_limits_free)
 
     def not_tier() -> bool:

@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from ledger import states
 from ledger.money import MAX_AMOUNT
 
 Id = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{24}$", strict=True)]
@@ -18,7 +20,18 @@ Amount = Annotated[int, Field(strict=True, gt=0, le=MAX_AMOUNT)]
 Email = Annotated[str, StringConstraints(strict=True, min_length=3, max_length=254, strip_whitespace=True,
                                          pattern=r"^[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f]+$")]
 Text = Annotated[str, StringConstraints(strict=True, max_length=500)]
-Role = Literal["free", "premium", "creator", "admin"]
+
+
+def one_of(states_enum: type[StrEnum]) -> Any:
+    """``Literal`` of the enum's values: strict validation of plain JSON strings, an ``enum``
+    in the OpenAPI document, and one source of truth (``ledger/states.py``)."""
+    return Literal[tuple(member.value for member in states_enum)]
+
+
+Role = one_of(states.Role)
+JobStatus = one_of(states.JobStatus)
+WalletStatus = one_of(states.WalletStatus)
+SubscriptionStatus = one_of(states.SubscriptionStatus)
 
 
 class Strict(BaseModel):
@@ -125,7 +138,7 @@ class PageQuery(Strict):
 
 
 class JobsQuery(PageQuery):
-    status: Literal["queued", "settled", "failed"] | None = None
+    status: JobStatus | None = None
 
 
 # ---- responses ---------------------------------------------------------------
@@ -156,7 +169,7 @@ class BalanceOut(BaseModel):
     held: int = Field(description="Held by open payouts (pending or submitted): not spendable; "
                                   "returned to the balance if the payout fails or expires")
     currency: Literal["COIN"]
-    status: Literal["active", "frozen"]
+    status: WalletStatus
 
 
 class TxItem(BaseModel):
@@ -201,28 +214,14 @@ class JobError(BaseModel):
     message: str
 
 
-class RefundItem(BaseModel):
-    """One refund (or, for a top-up, chargeback) settled against a job."""
-
-    jobId: str
-    type: Literal["refund", "chargeback"]
-    amount: int  # gross, taken back from the original's legs
-    reason: str | None
-    createdAt: str
-
-
 class JobOut(BaseModel):
     jobId: str
     type: str
-    status: Literal["queued", "settled", "failed"]
+    status: JobStatus
     createdAt: str
     settledAt: str | None
     result: dict[str, Any] | None
     error: JobError | None
-    # GET /api/jobs/<id> of a settled unlock, gift, subscription charge, transfer or top-up:
-    # what was given back so far (read on the refund_of index), oldest first.
-    refunds: list[RefundItem] | None = None
-    refunded: int | None = None
 
 
 class JobPage(BaseModel):
@@ -249,7 +248,7 @@ class SubscriptionOut(BaseModel):
     subscriptionId: str
     creatorId: str
     subscriberId: str
-    status: Literal["active", "expired", "cancelled"]
+    status: SubscriptionStatus
     expiresAt: str
     autoRenew: bool
     price: int
@@ -264,7 +263,7 @@ class SubscriptionPage(BaseModel):
 class WalletStatusOut(BaseModel):
     userId: str
     walletId: str
-    status: Literal["active", "frozen"]
+    status: WalletStatus
 
 
 class HealthOut(BaseModel):

@@ -1,9 +1,10 @@
 """Route registry that doubles as the OpenAPI 3 document.
 
 Every endpoint is declared once with :func:`endpoint`: its path, method, models,
-auth and error answers. The same declaration registers the Flask view, enforces
-authentication and roles, and produces ``/api/openapi.json``, so the document
-cannot drift from the routes.
+auth and error answers. The same declaration registers the Flask view, has
+``api/auth.py`` enforce authentication and the declared roles, and produces
+``/api/openapi.json``, so the document cannot drift from the routes. This module
+reads no data and decides no authorization itself.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pydantic import BaseModel
 
 from api import auth
 from api.schemas import Problem
+from ledger.states import Role
 
 _ERROR_TEXT = {
     400: "Malformed request or idempotency key problem",
@@ -46,7 +48,7 @@ class Endpoint:
     response: type[BaseModel] | None
     errors: tuple[int, ...]
     auth: bool
-    roles: tuple[str, ...] | None
+    roles: tuple[Role, ...] | None
     idempotent: bool
     extra_headers: dict[str, str] = field(default_factory=dict)
     limited: bool = True
@@ -68,7 +70,7 @@ def endpoint(
     query: type[BaseModel] | None = None,
     errors: tuple[int, ...] = (),
     auth_required: bool = True,
-    roles: tuple[str, ...] | None = None,
+    roles: tuple[Role, ...] | None = None,
     idempotent: bool = False,
     extra_headers: dict[str, str] | None = None,
     limited: bool = True,
@@ -110,16 +112,6 @@ def endpoint(
         return wrapped
 
     return decorate
-
-
-def _stored_role(user_id: str) -> str:
-    """The stored role of ``user_id`` (cached briefly, see :func:`api.auth.stored_role`); 401 if none."""
-    from api import get_settings_for_app
-
-    role = auth.stored_role(user_id, get_settings_for_app().role_cache_seconds)
-    if role is None:
-        raise auth.ApiError(401, "UNAUTHORIZED", "The account no longer exists.")
-    return role
 
 
 _PATH_PARAM = re.compile(r"<(?:[a-z]+:)?([A-Za-z_]+)>")

@@ -38,7 +38,7 @@ import redis
 
 from infra import announce
 from infra.config import get_settings
-from services.jobs import TERMINAL
+from services.jobs import TERMINAL, jobs_by_ids
 
 log = logging.getLogger("purser.waits")
 
@@ -130,9 +130,7 @@ FETCH_CHUNK = 25
 
 def fetch_jobs(ids: list[str]) -> dict[str, dict[str, Any]]:
     """The jobs ``ids`` (one ``$in`` query; the hub passes at most FETCH_CHUNK ids)."""
-    from infra.mongo import get_db
-
-    return {doc["_id"]: doc for doc in get_db().jobs.find({"_id": {"$in": ids}})}
+    return jobs_by_ids(ids)
 
 
 class WaitHub:

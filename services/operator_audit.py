@@ -28,6 +28,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from ledger import audit
+from ledger.states import Role
 from ledger.timeutil import utcnow
 
 OPERATOR_KIND = "operator"
@@ -61,7 +62,7 @@ def ensure_head(db: Database) -> None:
 
 def actor_of(user_id: str, role: str) -> dict[str, str]:
     """The audit actor of an API caller: ``admin`` for admins, else ``user``."""
-    return {"type": "admin" if role == "admin" else "user", "id": user_id}
+    return {"type": "admin" if role == Role.ADMIN else "user", "id": user_id}
 
 
 def _append(db: Database, session: ClientSession, body: dict[str, Any]) -> dict[str, Any]:

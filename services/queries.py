@@ -1,4 +1,4 @@
-"""Read models for the API: wallet history, jobs, contents, subscriptions."""
+"""Read models for the API: wallet history, job lists, subscriptions, credits in flight, audit lookups."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pymongo.database import Database
 
 from ledger.money import SYSTEM_WALLETS
 from ledger.operations import partition_of
+from ledger.states import JobStatus
 from ledger.timeutil import iso
+from services.store import database
 
 
 class BadCursor(ValueError):
@@ -46,7 +48,7 @@ def _page_filter(base: dict[str, Any], cursor: str | None) -> dict[str, Any]:
     return {**base, "$or": [{"createdAt": {"$lt": moment}}, {"createdAt": moment, "_id": {"$lt": doc_id}}]}
 
 
-def _page(db: Database, collection: str, base: dict[str, Any], limit: int,
+def page(db: Database, collection: str, base: dict[str, Any], limit: int,
           cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
     docs = list(db[collection].find(_page_filter(base, cursor))
                 .sort([("createdAt", -1), ("_id", -1)]).limit(limit + 1))
@@ -56,9 +58,10 @@ def _page(db: Database, collection: str, base: dict[str, Any], limit: int,
     return docs, next_cursor
 
 
-def wallet_history(db: Database, wallet_id: str, limit: int,
-                   cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
-    txs, next_cursor = _page(db, "transactions", {"parties": wallet_id}, limit, cursor)
+def wallet_history(wallet_id: str, limit: int, cursor: str | None, *,
+                   db: Database | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of ``wallet_id``'s transactions, newest first, and the next cursor (BadCursor)."""
+    txs, next_cursor = page(database(db), "transactions", {"parties": wallet_id}, limit, cursor)
     items = []
     for tx in txs:
         mine = sum(e["amount"] for e in tx["entries"] if e["walletId"] == wallet_id)
@@ -69,34 +72,19 @@ def wallet_history(db: Database, wallet_id: str, limit: int,
     return items, next_cursor
 
 
-def user_jobs(db: Database, owner_id: str, status: str | None, limit: int,
-              cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+def user_jobs(owner_id: str, status: JobStatus | None, limit: int, cursor: str | None, *,
+              db: Database | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of ``owner_id``'s jobs (optionally in one status), newest first, and the next cursor."""
     base: dict[str, Any] = {"ownerId": owner_id}
     if status:
-        base["status"] = status
-    return _page(db, "jobs", base, limit, cursor)
-
-
-def has_access(db: Database, user_id: str, content: dict[str, Any], now: datetime) -> bool:
-    """Unlocked, or an active subscriber of the content's creator, or its creator."""
-    if content["creatorId"] == user_id:
-        return True
-    if db.unlocks.find_one({"userId": user_id, "contentId": content["_id"]}, {"_id": 1}):
-        return True
-    return db.subscriptions.find_one(
-        {"subscriberId": user_id, "creatorId": content["creatorId"], "status": "active",
-         "expiresAt": {"$gt": now}}, {"_id": 1}) is not None
+        base["status"] = JobStatus(status)
+    return page(database(db), "jobs", base, limit, cursor)
 
 
 def subscription_view(sub: dict[str, Any]) -> dict[str, Any]:
     return {"subscriptionId": sub["_id"], "creatorId": sub["creatorId"], "subscriberId": sub["subscriberId"],
             "status": sub["status"], "expiresAt": iso(sub["expiresAt"]), "autoRenew": sub["autoRenew"],
             "price": sub["price"], "periodDays": sub["periodDays"], "renewals": sub.get("renewals", 0)}
-
-
-def content_view(content: dict[str, Any]) -> dict[str, Any]:
-    return {"contentId": content["_id"], "creatorId": content["creatorId"], "title": content["title"],
-            "price": content["price"]}
 
 
 def incoming_credits(db: Database, wallet_id: str, partitions: int) -> int:

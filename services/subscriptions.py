@@ -1,4 +1,5 @@
-"""Subscription lifecycle: the periodic tick that renews or expires due periods.
+"""Subscription lifecycle: creators' plans, cancellations, and the periodic tick that
+renews or expires due periods.
 
 Correctness never depends on only one tick running: expiry is a conditional update
 (``status: active`` in the filter) and a renewal job's id is derived from
@@ -16,12 +17,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from pymongo.client_session import ClientSession
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
 from ledger.operations import Renew
+from ledger.states import SubscriptionStatus
 from ledger.timeutil import iso, to_ms, utcnow
+from services import operator_audit
 from services.jobs import build_job, ring_safely
+from services.store import database
 
 log = logging.getLogger("purser.subscriptions")
 
@@ -57,7 +62,7 @@ def _until(now: datetime) -> dict[str, datetime]:
 
 
 def _expire_filter(now: datetime) -> dict[str, Any]:
-    return {"status": "active", "autoRenew": False, "expiresAt": _until(now)}
+    return {"status": SubscriptionStatus.ACTIVE, "autoRenew": False, "expiresAt": _until(now)}
 
 
 def expire_lapsed(db: Database, now: datetime) -> int:
@@ -65,7 +70,7 @@ def expire_lapsed(db: Database, now: datetime) -> int:
     now = to_ms(now)
     res = db.subscriptions.update_many(
         _expire_filter(now),
-        {"$set": {"status": "expired", "endedReason": "NOT_RENEWED", "endedAt": now}},
+        {"$set": {"status": SubscriptionStatus.EXPIRED, "endedReason": "NOT_RENEWED", "endedAt": now}},
     )
     return res.modified_count
 
@@ -105,7 +110,7 @@ def _due_renewals(db: Database, now: datetime, last: tuple[datetime, str] | None
     then later instants) rather than one top-level ``$or``, which some planners
     (SecantusDB's among them) answer with a collection scan.
     """
-    base: dict[str, Any] = {"status": "active", "autoRenew": True}
+    base: dict[str, Any] = {"status": SubscriptionStatus.ACTIVE, "autoRenew": True}
     if last is None:
         return list(db.subscriptions.find({**base, "expiresAt": _until(now)}).sort(_DUE_ORDER).limit(chunk))
     expires_at, sub_id = last
@@ -125,8 +130,8 @@ def _renew_chunk(db: Database, subs: list[dict[str, Any]], now: datetime, partit
     for sub in subs:
         if sub["creatorId"] not in offered:
             res = db.subscriptions.update_one(
-                {"_id": sub["_id"], "status": "active", "expiresAt": sub["expiresAt"]},
-                {"$set": {"status": "expired", "endedReason": "NO_PLAN", "endedAt": now}})
+                {"_id": sub["_id"], "status": SubscriptionStatus.ACTIVE, "expiresAt": sub["expiresAt"]},
+                {"$set": {"status": SubscriptionStatus.EXPIRED, "endedReason": "NO_PLAN", "endedAt": now}})
             result.no_plan += res.modified_count
             continue
         key = renewal_key(sub["_id"], sub["expiresAt"])
@@ -146,3 +151,58 @@ def _renew_chunk(db: Database, subs: list[dict[str, Any]], now: datetime, partit
     result.renewals_submitted += inserted
     for partition in sorted({j["partition"] for j in jobs}):
         ring_safely(ring, partition, None)
+
+
+# --- what fans and creators do through the API ------------------------------------------
+
+
+def set_plan(creator_id: str, price: int, period_days: int, actor: dict[str, str], request_id: str | None, *,
+             db: Database | None = None) -> dict[str, Any]:
+    """Set ``creator_id``'s plan (price per period), audited in the operator chain; the plan's fields."""
+    db = database(db)
+    fields = {"price": price, "periodDays": period_days, "isActive": True}
+
+    def apply(session: ClientSession) -> operator_audit.Change:
+        now = utcnow()
+        before = db.plans.find_one({"_id": creator_id}, {"_id": 0, "price": 1, "periodDays": 1, "isActive": 1},
+                                   session=session)
+        db.plans.update_one({"_id": creator_id},
+                            {"$set": dict(fields, updatedAt=now), "$setOnInsert": {"createdAt": now}},
+                            upsert=True, session=session)
+        return operator_audit.Change(before, dict(fields))
+
+    operator_audit.record(db, "plan.set", actor, {"type": "plan", "id": creator_id}, request_id, apply)
+    return fields
+
+
+def offers_plan(creator_id: str, *, db: Database | None = None) -> bool:
+    """True when ``creator_id`` has an active plan one can subscribe to."""
+    return database(db).plans.find_one({"_id": creator_id, "isActive": True}, {"_id": 1}) is not None
+
+
+def cancel(subscription_id: str, subscriber_id: str, actor: dict[str, str], request_id: str | None, *,
+           db: Database | None = None) -> dict[str, Any] | None:
+    """Stop auto-renewal of the subscriber's active subscription (access lasts until
+    ``expiresAt``), audited; the subscription, or None when it is not theirs or not active."""
+    db = database(db)
+    mine = {"_id": subscription_id, "subscriberId": subscriber_id, "status": SubscriptionStatus.ACTIVE}
+
+    def apply(session: ClientSession) -> operator_audit.Change | None:
+        before = db.subscriptions.find_one(mine, {"autoRenew": 1, "cancelledAt": 1}, session=session)
+        if before is None:
+            return None
+        after = {"autoRenew": False, "cancelledAt": utcnow()}
+        db.subscriptions.update_one(mine, {"$set": after}, session=session)
+        return operator_audit.Change({"autoRenew": before.get("autoRenew"), "cancelledAt": before.get("cancelledAt")},
+                                     after)
+
+    done = operator_audit.record(db, "subscription.cancel", actor, {"type": "subscription", "id": subscription_id},
+                                 request_id, apply)
+    if done is None:
+        return None
+    return db.subscriptions.find_one({"_id": subscription_id})
+
+
+def subscriptions_of(subscriber_id: str, limit: int = 200, *, db: Database | None = None) -> list[dict[str, Any]]:
+    """The subscriber's subscriptions, newest first."""
+    return list(database(db).subscriptions.find({"subscriberId": subscriber_id}).sort("createdAt", -1).limit(limit))

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from argon2 import PasswordHasher, Type
@@ -25,12 +26,12 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from infra.config import Settings, get_settings
+from ledger.states import Role, WalletStatus
 from ledger.timeutil import utcnow
 from services import operator_audit
 
 log = logging.getLogger("purser.users")
 
-ROLES = ("free", "premium", "creator", "admin")
 # Longest a request waits for a hashing slot before it is answered 503 (busy).
 HASH_WAIT_SECONDS = 10.0
 _DUMMY_PASSWORD = "purser-dummy-password"
@@ -38,6 +39,12 @@ _DUMMY_PASSWORD = "purser-dummy-password"
 _lock = threading.Lock()
 _hashers: dict[tuple[int, int, int], tuple[PasswordHasher, str]] = {}
 _slots: tuple[int, threading.BoundedSemaphore] | None = None
+
+
+class AccountStatus(StrEnum):
+    """``users.accountStatus``: only active accounts log in or hold a role (none other is written yet)."""
+
+    ACTIVE = "active"
 
 
 class EmailTaken(Exception):
@@ -113,22 +120,21 @@ def normalise_email(email: str) -> str:
     return email.strip().lower()
 
 
-def create_user(db: Database, email: str, password: str, *, role: str = "free",
+def create_user(db: Database, email: str, password: str, *, role: str = Role.FREE,
                 display_name: str | None = None, now: datetime | None = None,
                 settings: Settings | None = None) -> dict[str, Any]:
-    """Create the user and the wallet; refuse a taken email."""
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}")
+    """Create the user and the wallet; refuse a taken email (ValueError for an unknown role)."""
+    role = Role(role)
     now = now or utcnow()
     user_id = str(ObjectId())
     user = {"_id": user_id, "email": normalise_email(email), "passwordHash": hash_password(password, settings),
-            "role": role, "displayName": display_name, "accountStatus": "active", "createdAt": now}
+            "role": role, "displayName": display_name, "accountStatus": AccountStatus.ACTIVE, "createdAt": now}
     try:
         db.users.insert_one(user)
     except DuplicateKeyError:
         raise EmailTaken(email) from None
     # The wallet id is the user id: one wallet per user, partitioned by it.
-    db.wallets.insert_one({"_id": user_id, "userId": user_id, "balance": 0, "status": "active",
+    db.wallets.insert_one({"_id": user_id, "userId": user_id, "balance": 0, "status": WalletStatus.ACTIVE,
                            "version": 0, "createdAt": now, "lastTransactionAt": None})
     return user
 
@@ -138,7 +144,7 @@ def authenticate(db: Database, email: str, password: str,
     """The active user with this email and password, or None; re-hashes an outdated hash."""
     settings = settings or get_settings()
     argon, dummy = _hasher_and_dummy(settings)
-    user = db.users.find_one({"email": normalise_email(email), "accountStatus": "active"})
+    user = db.users.find_one({"email": normalise_email(email), "accountStatus": AccountStatus.ACTIVE})
     stored = user["passwordHash"] if user else dummy
     rehashed: str | None = None
     with hashing_slot(settings):
@@ -171,8 +177,7 @@ def get_user(db: Database, user_id: str) -> dict[str, Any] | None:
 def set_role(db: Database, user_id: str, role: str,
              session: ClientSession | None = None) -> dict[str, Any] | None:
     """Set the stored role (unaudited: operators go through :func:`change_role`)."""
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}")
+    role = Role(role)
     res = db.users.update_one({"_id": user_id}, {"$set": {"role": role}}, session=session)
     return db.users.find_one({"_id": user_id}, session=session) if res.matched_count else None
 
@@ -188,8 +193,7 @@ def set_wallet_status(db: Database, user_id: str, status: str,
 def change_role(db: Database, user_id: str, role: str, actor: dict[str, str],
                 request_id: str | None) -> dict[str, Any] | None:
     """An operator's role change, applied and audited in one transaction; None for no such user."""
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}")
+    role = Role(role)
 
     def apply(session: ClientSession) -> operator_audit.Change | None:
         before = db.users.find_one({"_id": user_id}, {"role": 1}, session=session)
@@ -205,7 +209,8 @@ def change_role(db: Database, user_id: str, role: str, actor: dict[str, str],
 def change_wallet_status(db: Database, user_id: str, status: str, actor: dict[str, str],
                          request_id: str | None) -> dict[str, Any] | None:
     """An operator's freeze/unfreeze, applied and audited in one transaction; None for no such wallet."""
-    action = "wallet.freeze" if status == "frozen" else "wallet.unfreeze"
+    status = WalletStatus(status)
+    action = "wallet.freeze" if status == WalletStatus.FROZEN else "wallet.unfreeze"
 
     def apply(session: ClientSession) -> operator_audit.Change | None:
         before = db.wallets.find_one({"_id": user_id, "userId": user_id}, {"status": 1}, session=session)

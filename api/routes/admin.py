@@ -11,15 +11,15 @@ from api.errors import ApiError
 from api.jsonbody import parse_body
 from api.money import accept
 from api.routes.common import require_user_wallet
-from api.schemas import CreditIn, JobOut, RefundIn, RoleIn, UserOut, WalletStatusOut
+from api.schemas import CreditIn, JobOut, RoleIn, UserOut, WalletStatusOut
 from api.spec import endpoint
-from infra.mongo import get_db
 from ledger.money import is_user_id
-from ledger.operations import Credit, Refund
-from services import operator_audit, refunds, users
+from ledger.operations import Credit
+from ledger.states import Role, WalletStatus
+from services import accounts, operator_audit, users
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
-ADMIN = ("admin",)
+ADMIN = (Role.ADMIN,)
 
 
 def _actor() -> dict[str, str]:
@@ -37,7 +37,7 @@ def _user_id(user_id: str) -> str:
           roles=ADMIN, errors=(404,))
 def set_role(userId: str) -> Any:  # noqa: N803
     body = parse_body(RoleIn)
-    user = users.change_role(get_db(), _user_id(userId), body.role, _actor(), g.request_id)
+    user = accounts.change_role(_user_id(userId), body.role, _actor(), g.request_id)
     if user is None:
         raise ApiError(404, "USER_NOT_FOUND", "No such user.")
     forget_role(userId)  # this process at once; the others within ROLE_CACHE_SECONDS
@@ -52,23 +52,8 @@ def credit() -> Any:
     return accept(Credit(body.userId, body.amount, body.reason), body, owner_id=current().user_id)
 
 
-@endpoint(bp, "POST", "/refunds", summary="Refund (part of) a settled unlock, gift, subscription charge or transfer",
-          body=RefundIn, response=JobOut, status=202, roles=ADMIN, idempotent=True, errors=(404,))
-def refund() -> Any:
-    """Accepted as a job routed by the original's creditor; the settler decides the amount
-    (REFUND_EXCEEDS_ORIGINAL, INSUFFICIENT_FUNDS), so concurrent refunds cannot pass the original."""
-    body = parse_body(RefundIn)
-    target = refunds.refund_target(body.jobId)
-    if target is None:
-        raise ApiError(404, "ORIGINAL_NOT_FOUND", "No such job.")
-    if target.debtor is None:
-        raise ApiError(422, "NOT_REFUNDABLE",
-                       "Only a settled unlock, gift, subscription charge or transfer can be refunded.")
-    return accept(Refund(target.debtor, body.jobId, body.amount, body.reason), body, owner_id=current().user_id)
-
-
-def _set_status(user_id: str, status: str) -> Any:
-    wallet = users.change_wallet_status(get_db(), _user_id(user_id), status, _actor(), g.request_id)
+def _set_status(user_id: str, status: WalletStatus) -> Any:
+    wallet = accounts.set_wallet_status(_user_id(user_id), status, _actor(), g.request_id)
     if wallet is None:
         raise ApiError(404, "USER_NOT_FOUND", "No such user.")
     return jsonify(userId=user_id, walletId=wallet["_id"], status=wallet["status"])
@@ -77,10 +62,10 @@ def _set_status(user_id: str, status: str) -> Any:
 @endpoint(bp, "POST", "/wallets/<userId>/freeze", summary="Freeze a wallet: its jobs fail WALLET_FROZEN",
           response=WalletStatusOut, roles=ADMIN, errors=(404,))
 def freeze(userId: str) -> Any:  # noqa: N803
-    return _set_status(userId, "frozen")
+    return _set_status(userId, WalletStatus.FROZEN)
 
 
 @endpoint(bp, "POST", "/wallets/<userId>/unfreeze", summary="Unfreeze a wallet",
           response=WalletStatusOut, roles=ADMIN, errors=(404,))
 def unfreeze(userId: str) -> Any:  # noqa: N803
-    return _set_status(userId, "active")
+    return _set_status(userId, WalletStatus.ACTIVE)

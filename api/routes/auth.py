@@ -14,8 +14,7 @@ from api.login_throttle import LoginThrottle
 from api.schemas import LoginIn, MeOut, RegisterIn, TokenOut, UserOut
 from api.spec import endpoint
 from infra.config import Settings
-from infra.mongo import get_db
-from services import users
+from services import accounts, users
 
 bp = Blueprint("auth", __name__, url_prefix="/api")
 
@@ -38,8 +37,7 @@ def _busy() -> ApiError:
 def register() -> Any:
     body = parse_body(RegisterIn)
     try:
-        user = users.create_user(get_db(), body.email, body.password, display_name=body.displayName,
-                                 settings=_settings())
+        user = accounts.register(body.email, body.password, body.displayName, settings=_settings())
     except users.EmailTaken:
         raise ApiError(409, "EMAIL_TAKEN", "An account with this email already exists.") from None
     except users.HashingBusy:
@@ -55,7 +53,7 @@ def login() -> Any:
     # successful ones are not counted.
     attempt = _throttle().reserve(users.normalise_email(body.email), client_address())
     try:
-        user = users.authenticate(get_db(), body.email, body.password, settings=_settings())
+        user = accounts.login(body.email, body.password, settings=_settings())
     except users.HashingBusy:
         attempt.release()
         raise _busy() from None
@@ -72,7 +70,7 @@ def login() -> Any:
 
 @endpoint(bp, "GET", "/me", summary="The caller's profile", response=MeOut)
 def me() -> Any:
-    user = users.get_user(get_db(), tokens.current().user_id)
+    user = accounts.profile(tokens.current().user_id)
     if user is None:
         raise ApiError(401, "UNAUTHORIZED", "The account no longer exists.")
     return jsonify(**users.user_view(user), walletId=user["_id"], displayName=user.get("displayName"))

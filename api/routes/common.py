@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from api.errors import ApiError
-from infra.mongo import get_db
+from ledger.states import WalletStatus
+from services import wallets
 from services.queries import BadCursor
 
 
-def require_user_wallet(user_id: str, code: str = "RECEIVER_NOT_FOUND") -> dict[str, Any]:
-    wallet = get_db().wallets.find_one({"_id": user_id, "userId": user_id}, {"status": 1})
-    if wallet is None:
+def require_user_wallet(user_id: str, code: str = "RECEIVER_NOT_FOUND") -> WalletStatus:
+    """The status of ``user_id``'s wallet; 422 ``code`` when there is no such user."""
+    status = wallets.user_wallet_status(user_id)
+    if status is None:
         raise ApiError(422, code, "No such user.")
-    return wallet
+    return status
 
 
 def refuse_self(caller: str, other: str) -> None:

@@ -18,8 +18,8 @@ from flask import Blueprint, g, jsonify
 from api.schemas import HealthOut
 from api.spec import endpoint
 from infra import queues
-from infra.mongo import get_client
 from infra.redis_client import get_redis
+from services import store
 
 bp = Blueprint("health", __name__, url_prefix="/api")
 
@@ -42,8 +42,7 @@ def _timed(check: Callable[[], str]) -> dict[str, Any]:
 
 
 def _mongo() -> str:
-    get_client().admin.command("ping")
-    return "ping ok"
+    return store.ping()
 
 
 def _redis() -> str:

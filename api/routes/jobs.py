@@ -1,28 +1,23 @@
-"""Job status, with an optional bounded wait (``Prefer: wait=N``, see ``api/waits.py``).
-
-A settled unlock, gift, subscription charge, transfer or top-up also lists what was
-given back (``refunds``, ``refunded``; ``services/refunds.py``, on the refund_of index).
-"""
+"""Job status, with an optional bounded wait (``Prefer: wait=N``, see ``api/waits.py``)."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 
 from api import waits
-from api.auth import Principal, current
+from api.auth import Principal, current, still_admin
 from api.errors import ApiError
 from api.jsonbody import parse_query
 from api.routes.common import bad_cursor
 from api.schemas import JobOut, JobPage, JobsQuery
-from api.spec import _stored_role, endpoint
-from infra.mongo import get_db
+from api.spec import endpoint
 from ledger.money import is_user_id
+from services.jobs import get_job as load_job
 from services.jobs import job_view
 from services.queries import BadCursor, user_jobs
-from services.refunds import with_refunds
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/jobs")
 
@@ -32,7 +27,7 @@ _PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait=(\d{1,3})(?:$|[;,\s])")
 
 def _visible_job(job_id: str) -> dict[str, Any]:
     principal = current()
-    job = get_db().jobs.find_one({"_id": job_id}) if is_user_id(job_id) else None
+    job = load_job(job_id) if is_user_id(job_id) else None
     # 404, not 403, for other people's jobs: existence is not disclosed.
     if job is None or (job.get("ownerId") != principal.user_id and not _still_admin(principal)):
         raise ApiError(404, "JOB_NOT_FOUND", "No such job.")
@@ -42,7 +37,7 @@ def _visible_job(job_id: str) -> dict[str, Any]:
 def _still_admin(principal: Principal) -> bool:
     # As on the admin routes, the stored role decides: a demoted admin's unexpired
     # token must not keep reading other users' jobs.
-    return principal.is_admin and _stored_role(principal.user_id) == "admin"
+    return still_admin(principal, current_app.config["PURSER"].role_cache_seconds)
 
 
 @endpoint(bp, "GET", "/<jobId>", summary="A job's status; 'Prefer: wait=N' (N<=10) holds until terminal",
@@ -50,25 +45,25 @@ def _still_admin(principal: Principal) -> bool:
 def get_job(jobId: str) -> Any:  # noqa: N803
     match = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
     if not match:
-        return jsonify(with_refunds(job_view(_visible_job(jobId)))), 200, {}
+        return jsonify(job_view(_visible_job(jobId))), 200, {}
     wait = min(int(match.group(1)), MAX_WAIT_SECONDS)
     headers = {"Preference-Applied": f"wait={wait}"}
     if wait == 0 or not is_user_id(jobId):
-        return jsonify(with_refunds(job_view(_visible_job(jobId)))), 200, headers
+        return jsonify(job_view(_visible_job(jobId))), 200, headers
     # No thread and no polling while waiting: the settler announces terminal jobs
     # (api/waits.py); MongoDB is read once now and once when woken or at the deadline.
     result = waits.wait_for_job(jobId, current().user_id, wait, lambda: _visible_job(jobId),
-                                lambda: get_db().jobs.find_one({"_id": jobId}))
+                                lambda: load_job(jobId))
     if not result.applied:
         headers = {}  # over the per-user cap: answered at once, the preference not honoured
-    return jsonify(with_refunds(job_view(result.job))), 200, headers
+    return jsonify(job_view(result.job)), 200, headers
 
 
 @endpoint(bp, "GET", "", summary="The caller's jobs, newest first", query=JobsQuery, response=JobPage)
 def list_jobs() -> Any:
     q = parse_query(JobsQuery)
     try:
-        jobs, next_cursor = user_jobs(get_db(), current().user_id, q.status, q.limit, q.cursor)
+        jobs, next_cursor = user_jobs(current().user_id, q.status, q.limit, q.cursor)
     except BadCursor as exc:
         raise bad_cursor(exc) from None
     return jsonify(items=[job_view(j) for j in jobs], nextCursor=next_cursor)

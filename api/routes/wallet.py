@@ -13,10 +13,10 @@ from api.money import accept
 from api.routes.common import bad_cursor, refuse_self, require_user_wallet
 from api.schemas import BalanceOut, JobOut, PageQuery, TransferIn, TxPage
 from api.spec import endpoint
-from infra.mongo import get_db
 from ledger.operations import Transfer
+from services import wallets
 from services.payouts import held_amount
-from services.queries import BadCursor, incoming_credits, wallet_history
+from services.queries import BadCursor, wallet_history
 
 bp = Blueprint("wallet", __name__, url_prefix="/api/wallet")
 
@@ -24,14 +24,13 @@ bp = Blueprint("wallet", __name__, url_prefix="/api/wallet")
 @endpoint(bp, "GET", "/balance", summary="The caller's balance", response=BalanceOut)
 def balance() -> Any:
     me = current().user_id
-    wallet = get_db().wallets.find_one({"_id": me})
-    if wallet is None:
+    found = wallets.balance(me, current_app.config["PURSER"].ledger_partitions)
+    if found is None:
         raise ApiError(404, "NOT_FOUND", "No wallet for this account.")
     # ``balance`` is spendable now; ``incoming`` was settled for this wallet by another
     # partition's batch and becomes spendable when the owner applies it (sub-second).
-    incoming = incoming_credits(get_db(), me, current_app.config["PURSER"].ledger_partitions)
-    return jsonify(walletId=wallet["_id"], userId=me, balance=wallet["balance"], incoming=incoming,
-                   held=held_amount(me), currency="COIN", status=wallet.get("status", "active"))
+    return jsonify(walletId=found.wallet_id, userId=me, balance=found.balance, incoming=found.incoming,
+                   held=held_amount(me), currency="COIN", status=found.status)
 
 
 @endpoint(bp, "GET", "/transactions", summary="The caller's ledger history, newest first",
@@ -39,7 +38,7 @@ def balance() -> Any:
 def transactions() -> Any:
     q = parse_query(PageQuery)
     try:
-        items, next_cursor = wallet_history(get_db(), current().user_id, q.limit, q.cursor)
+        items, next_cursor = wallet_history(current().user_id, q.limit, q.cursor)
     except BadCursor as exc:
         raise bad_cursor(exc) from None
     return jsonify(items=items, nextCursor=next_cursor)

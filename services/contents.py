@@ -1,0 +1,44 @@
+"""Premium content: publishing, lookup and who may see it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from bson import ObjectId
+from pymongo.database import Database
+
+from ledger.states import SubscriptionStatus
+from ledger.timeutil import utcnow
+from services.store import database
+
+
+def publish(creator_id: str, title: str, price: int, *, db: Database | None = None) -> dict[str, Any]:
+    """Store a new active content of ``creator_id``; the stored document."""
+    doc = {"_id": str(ObjectId()), "creatorId": creator_id, "title": title, "price": price,
+           "isActive": True, "createdAt": utcnow()}
+    database(db).contents.insert_one(doc)
+    return doc
+
+
+def active_content(content_id: str, *, db: Database | None = None) -> dict[str, Any] | None:
+    return database(db).contents.find_one({"_id": content_id, "isActive": True})
+
+
+def has_access(user_id: str, content: dict[str, Any], now: datetime | None = None, *,
+               db: Database | None = None) -> bool:
+    """Unlocked, or an active subscriber of the content's creator, or its creator."""
+    if content["creatorId"] == user_id:
+        return True
+    db = database(db)
+    if db.unlocks.find_one({"userId": user_id, "contentId": content["_id"]}, {"_id": 1}):
+        return True
+    return db.subscriptions.find_one(
+        {"subscriberId": user_id, "creatorId": content["creatorId"], "status": SubscriptionStatus.ACTIVE,
+         "expiresAt": {"$gt": now or utcnow()}}, {"_id": 1}) is not None
+
+
+def content_view(content: dict[str, Any]) -> dict[str, Any]:
+    return {"contentId": content["_id"], "creatorId": content["creatorId"], "title": content["title"],
+            "price": content["price"]}
+
