@@ -148,3 +148,37 @@ def test_naive_datetimes_are_taken_as_utc_whatever_the_local_zone(not_utc):
 
 def test_utcnow_is_utc_whatever_the_local_zone(not_utc):
     assert abs(utcnow() - datetime.now(UTC)) < timedelta(seconds=5)
+
+
+# --- money out (payouts, refunds, chargebacks) -----------------------------------------
+
+def test_money_out_operations_name_what_they_read():
+    from ledger.operations import Chargeback, Payout, PayoutEvent, Refund
+
+    assert Payout("u", 5, "po-1").reads() == Reads(wallets={"u"}, payouts={"po-1"})
+    assert PayoutEvent("u", "po-1", "paid", "ev-1").reads() == Reads(wallets={"u"}, payouts={"po-1"})
+    assert Refund("d", "job-1", None, "duplicate").reads() == Reads(wallets={"d"}, originals={"job-1"})
+    assert Chargeback("u", 5, "ptx-1", "ev-1").reads() == Reads(wallets={"u"}, topups={"ptx-1"})
+    with pytest.raises(ValueError, match=r"^unknown payout event 'lost'$"):
+        PayoutEvent("u", "po-1", "lost", "ev-1")
+    with pytest.raises(ValueError, match=r"^unknown refund reason 'bored'$"):
+        Refund("d", "job-1", None, "bored")
+
+
+def test_allocate_table_and_refusals():
+    from ledger.splits import allocate
+
+    # A literal table: 10 over weights 3/3/4 -> exact; 2 over 1/1/1 -> 0.67 each, ties to the first.
+    assert allocate(10, [("a", 3), ("b", 3), ("c", 4)]) == {"a": 3, "b": 3, "c": 4}
+    assert allocate(2, [("a", 1), ("b", 1), ("c", 1)]) == {"a": 1, "b": 1, "c": 0}
+    assert allocate(5, [("a", 10), ("b", 0)]) == {"a": 5, "b": 0}
+    assert allocate(0, [("a", 1)]) == {"a": 0}
+    assert allocate(0, []) == {}
+    assert allocate(0, [("a", 0)]) == {"a": 0}
+    assert allocate(2, [("a", 1), ("a", 1)]) == {"a": 2}  # a party listed twice adds up
+    for amount in (-1, True, 1.5):
+        with pytest.raises(ValueError, match=r"^amount must be a non-negative integer$"):
+            allocate(amount, [("a", 5)])
+    for amount, weights in [(1, [("a", 0)]), (6, [("a", 5)]), (1, [("a", -1), ("b", 3)]), (1, [])]:
+        with pytest.raises(ValueError, match=r"^amount must not exceed the sum of non-negative weights$"):
+            allocate(amount, weights)
