@@ -43,6 +43,7 @@ CONTRACT: dict[tuple[str, str], tuple[int, str | None, str, set[int]]] = {
     ("post", "/api/gifts"): (202, "GiftIn", "JobOut", MONEY),
     ("post", "/api/payments/webhook"): (202, "WebhookIn", "JobOut", {400, 401, 409, 413, 415, 422}),
     ("post", "/api/admin/credit"): (202, "CreditIn", "JobOut", MONEY | {403}),
+    ("post", "/api/admin/refunds"): (202, "RefundIn", "JobOut", MONEY | {403, 404}),
     ("post", "/api/admin/wallets/{userId}/freeze"): (200, None, "WalletStatusOut", {401, 403, 404}),
     ("post", "/api/admin/wallets/{userId}/unfreeze"): (200, None, "WalletStatusOut", {401, 403, 404}),
     ("get", "/api/jobs/{jobId}"): (200, None, "JobOut", {401, 404}),
