@@ -214,6 +214,16 @@ class JobError(BaseModel):
     message: str
 
 
+class RefundItem(BaseModel):
+    """One refund (or, for a top-up, chargeback) settled against a job."""
+
+    jobId: str
+    type: Literal["refund", "chargeback"]
+    amount: int  # gross, taken back from the original's legs
+    reason: str | None
+    createdAt: str
+
+
 class JobOut(BaseModel):
     jobId: str
     type: str
@@ -222,6 +232,10 @@ class JobOut(BaseModel):
     settledAt: str | None
     result: dict[str, Any] | None
     error: JobError | None
+    # GET /api/jobs/<id> of a settled unlock, gift, subscription charge, transfer or top-up:
+    # what was given back so far (read on the refund_of index), oldest first.
+    refunds: list[RefundItem] | None = None
+    refunded: int | None = None
 
 
 class JobPage(BaseModel):

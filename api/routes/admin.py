@@ -11,12 +11,12 @@ from api.errors import ApiError
 from api.jsonbody import parse_body
 from api.money import accept
 from api.routes.common import require_user_wallet
-from api.schemas import CreditIn, JobOut, RoleIn, UserOut, WalletStatusOut
+from api.schemas import CreditIn, JobOut, RefundIn, RoleIn, UserOut, WalletStatusOut
 from api.spec import endpoint
 from ledger.money import is_user_id
-from ledger.operations import Credit
+from ledger.operations import Credit, Refund
 from ledger.states import Role, WalletStatus
-from services import accounts, operator_audit, users
+from services import accounts, operator_audit, refunds, users
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
 ADMIN = (Role.ADMIN,)
@@ -50,6 +50,21 @@ def credit() -> Any:
     body = parse_body(CreditIn)
     require_user_wallet(body.userId)
     return accept(Credit(body.userId, body.amount, body.reason), body, owner_id=current().user_id)
+
+
+@endpoint(bp, "POST", "/refunds", summary="Refund (part of) a settled unlock, gift, subscription charge or transfer",
+          body=RefundIn, response=JobOut, status=202, roles=ADMIN, idempotent=True, errors=(404,))
+def refund() -> Any:
+    """Accepted as a job routed by the original's creditor; the settler decides the amount
+    (REFUND_EXCEEDS_ORIGINAL, INSUFFICIENT_FUNDS), so concurrent refunds cannot pass the original."""
+    body = parse_body(RefundIn)
+    target = refunds.refund_target(body.jobId)
+    if target is None:
+        raise ApiError(404, "ORIGINAL_NOT_FOUND", "No such job.")
+    if target.debtor is None:
+        raise ApiError(422, "NOT_REFUNDABLE",
+                       "Only a settled unlock, gift, subscription charge or transfer can be refunded.")
+    return accept(Refund(target.debtor, body.jobId, body.amount, body.reason), body, owner_id=current().user_id)
 
 
 def _set_status(user_id: str, status: WalletStatus) -> Any:

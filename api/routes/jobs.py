@@ -1,4 +1,8 @@
-"""Job status, with an optional bounded wait (``Prefer: wait=N``, see ``api/waits.py``)."""
+"""Job status, with an optional bounded wait (``Prefer: wait=N``, see ``api/waits.py``).
+
+A settled unlock, gift, subscription charge, transfer or top-up also lists what was
+given back (``refunds``, ``refunded``; ``services/refunds.py``, on the refund_of index).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from ledger.money import is_user_id
 from services.jobs import get_job as load_job
 from services.jobs import job_view
 from services.queries import BadCursor, user_jobs
+from services.refunds import with_refunds
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/jobs")
 
@@ -45,18 +50,18 @@ def _still_admin(principal: Principal) -> bool:
 def get_job(jobId: str) -> Any:  # noqa: N803
     match = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
     if not match:
-        return jsonify(job_view(_visible_job(jobId))), 200, {}
+        return jsonify(with_refunds(job_view(_visible_job(jobId)))), 200, {}
     wait = min(int(match.group(1)), MAX_WAIT_SECONDS)
     headers = {"Preference-Applied": f"wait={wait}"}
     if wait == 0 or not is_user_id(jobId):
-        return jsonify(job_view(_visible_job(jobId))), 200, headers
+        return jsonify(with_refunds(job_view(_visible_job(jobId)))), 200, headers
     # No thread and no polling while waiting: the settler announces terminal jobs
     # (api/waits.py); MongoDB is read once now and once when woken or at the deadline.
     result = waits.wait_for_job(jobId, current().user_id, wait, lambda: _visible_job(jobId),
                                 lambda: load_job(jobId))
     if not result.applied:
         headers = {}  # over the per-user cap: answered at once, the preference not honoured
-    return jsonify(job_view(result.job)), 200, headers
+    return jsonify(with_refunds(job_view(result.job))), 200, headers
 
 
 @endpoint(bp, "GET", "", summary="The caller's jobs, newest first", query=JobsQuery, response=JobPage)
