@@ -53,6 +53,7 @@ class Stack:
         self.worker_metrics_ports: list[int] = []
         self._started: list[ManagedProcess] = []
         self._worker_runs = 0
+        self.worker_concurrency = options.worker_concurrency  # of the workers running now
         self.env: dict[str, str] = {
             "APP_ENV": "development",
             "PURSER_VAR_DIR": str(self.tmp / "var"),
@@ -106,15 +107,20 @@ class Stack:
         self._started.append(self.web.start())
         return self.web
 
-    def start_workers(self, extra_env: Mapping[str, str] | None = None) -> list[WorkerProcess]:
-        """Start ``worker_nodes`` Celery workers consuming every queue (the stack's env + ``extra_env``)."""
+    def start_workers(self, extra_env: Mapping[str, str] | None = None,
+                      concurrency: int | None = None) -> list[WorkerProcess]:
+        """Start ``worker_nodes`` Celery workers consuming every queue (the stack's env + ``extra_env``).
+
+        ``concurrency`` overrides ``options.worker_concurrency`` (prefork processes per node) for this start.
+        """
         self._worker_runs += 1
         self.worker_metrics_ports = []
+        self.worker_concurrency = concurrency or self.options.worker_concurrency
         for n in range(self.options.worker_nodes):
             port = free_port()
             env = self.child_env({"WORKER_METRICS_PORT": str(port), **(extra_env or {})})
             worker = WorkerProcess(env, self.tmp / "logs" / f"worker-run{self._worker_runs}-{n}.log",
-                                   queues=None, concurrency=self.options.worker_concurrency, cwd=ROOT)
+                                   queues=None, concurrency=self.worker_concurrency, cwd=ROOT)
             self._started.append(worker.start())
             self.workers.append(worker)
             self.worker_metrics_ports.append(port)
@@ -127,9 +133,10 @@ class Stack:
             with contextlib.suppress(ValueError):
                 self._started.remove(worker)
 
-    def restart_workers(self, extra_env: Mapping[str, str] | None = None) -> list[WorkerProcess]:
+    def restart_workers(self, extra_env: Mapping[str, str] | None = None,
+                        concurrency: int | None = None) -> list[WorkerProcess]:
         self.stop_workers()
-        return self.start_workers(extra_env)
+        return self.start_workers(extra_env, concurrency)
 
     def close(self) -> None:
         stop_all(list(reversed(self._started)))
@@ -174,6 +181,26 @@ class Stack:
                     with contextlib.suppress(ValueError):
                         totals[wanted[name]] += float(value)
         return totals
+
+    def worker_histogram(self, name: str = "purser_settle_batch_size") -> dict[str, float]:
+        """Cumulative bucket counts ``{le: count}`` of a worker histogram, summed over the nodes."""
+        import urllib.request
+
+        buckets: dict[str, float] = {}
+        for port in self.worker_metrics_ports:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as response:
+                    text = response.read().decode()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if not line.startswith(name + "_bucket{"):
+                    continue
+                labels, _, value = line.rpartition(" ")
+                le = labels.split('le="', 1)[1].split('"', 1)[0]
+                with contextlib.suppress(ValueError):
+                    buckets[le] = buckets.get(le, 0.0) + float(value)
+        return buckets
 
     def process_groups(self) -> dict[str, list[ManagedProcess]]:
         groups: dict[str, list[ManagedProcess]] = {"web": [], "worker": list(self.workers),
