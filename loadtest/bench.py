@@ -512,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
                 conc = results.get("concurrency", {})
                 mix_rate = dig(conc, f"c{options.worker_concurrency}.ops_per_s") or dig(conc, "c1.ops_per_s")
                 results["subscriptions"] = subscription_stages.subscription_figures(
-                    db, pop, plan.subscriptions, mix_rate)
+                    db, pop, plan.subscriptions, mix_rate, stack)
         with stage(results, "invariants"):
             results["invariants"] = check_invariants(db)
     except Exception as exc:  # noqa: BLE001

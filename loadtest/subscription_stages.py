@@ -20,6 +20,7 @@ from typing import Any
 
 from loadtest.common import kick_all, log, ratio, wait_drained
 from loadtest.seed import Population, job_statuses, wait_settled
+from loadtest.stack import Stack
 
 
 def _insert_due(db: Any, pop: Population, count: int, auto_renew: bool, tag: str) -> list[dict[str, Any]]:
@@ -64,7 +65,8 @@ def _reactivate(db: Any, tag: str) -> int:
     return res.modified_count
 
 
-def subscription_figures(db: Any, pop: Population, count: int, mix_ops_per_s: float | None) -> dict[str, Any]:
+def subscription_figures(db: Any, pop: Population, count: int, mix_ops_per_s: float | None,
+                         stack: Stack | None = None) -> dict[str, Any]:
     from infra.config import get_settings
     from services.subscriptions import renewal_job_id, renewal_key, tick
     from tasks.settle import ring
@@ -98,6 +100,8 @@ def subscription_figures(db: Any, pop: Population, count: int, mix_ops_per_s: fl
 
     wait_drained(db)
     docs = _insert_due(db, pop, count, auto_renew=True, tag="bench-renewal")
+    metrics0 = stack.worker_metrics() if stack is not None else {}
+    hist0 = stack.worker_histogram() if stack is not None else {}
     started, started_wall = time.perf_counter(), time.time()
     res = tick(db, chunk=settings.subscription_chunk, partitions=settings.ledger_partitions, ring=ring)
     tick_s = time.perf_counter() - started
@@ -108,10 +112,21 @@ def subscription_figures(db: Any, pop: Population, count: int, mix_ops_per_s: fl
                         if j.get("settledAt"))
     all_s = settled_at[-1] - started_wall if settled_at else waited_s
     settled = counts.get("settled", 0)
+    workers: dict[str, Any] = {}
+    if stack is not None:
+        from loadtest.scale_stages import _histogram_delta
+
+        delta = {k: v - metrics0.get(k, 0.0) for k, v in stack.worker_metrics().items()}
+        batches = delta.get("batches", 0.0)
+        workers = {"concurrency": stack.worker_concurrency, "batches": int(batches),
+                   "conflict_retries": int(delta.get("conflict_retries", 0.0)),
+                   "mean_batch_size": round(delta.get("jobs", 0.0) / batches, 1) if batches else None,
+                   "mean_batch_ms": round(1000 * delta.get("batch_seconds", 0.0) / batches, 1) if batches else None,
+                   "batch_size_histogram": _histogram_delta(hist0, stack.worker_histogram())}
     rate = round(settled / all_s, 1) if all_s else None
     renewed = {"count": count, "submitted": res.renewals_submitted, "tick_s": round(tick_s, 2),
                "all_settled_s": round(all_s, 2), "waited_s": round(waited_s, 2), "jobs": counts, "renewals_per_s": rate,
                "settle_span_s": round(settled_at[-1] - settled_at[0], 2) if len(settled_at) > 1 else None,
-               "mix_ops_per_s": mix_ops_per_s, "vs_mix": ratio(rate, mix_ops_per_s, 2),
+               "mix_ops_per_s": mix_ops_per_s, "vs_mix": ratio(rate, mix_ops_per_s, 2), "workers": workers,
                "measure": "settled renewals / seconds from the tick's start to the last settledAt"}
     return {"without_renewal": expired, "with_renewal": renewed}
