@@ -12,8 +12,8 @@ def test_balance_of_a_new_user(api):
     user = api.user()
     r = api.get("/api/wallet/balance", user)
     assert r.status == 200, r
-    assert r.json == {"walletId": user.id, "userId": user.id, "balance": 0, "incoming": 0, "currency": "COIN",
-                      "status": "active"}
+    assert r.json == {"walletId": user.id, "userId": user.id, "balance": 0, "incoming": 0, "held": 0,
+                      "currency": "COIN", "status": "active"}
     assert_problem(api.get("/api/wallet/balance"), 401, "UNAUTHORIZED")
 
 
