@@ -270,9 +270,8 @@ def _load_reversible(db: Database, reads: Reads, snap: Snapshot, session: Client
 def _actor(job: dict[str, Any]) -> dict[str, str]:
     owner = job.get("ownerId") or "system"
     # .get: a poison job may lack its type, and failing it must not raise again.
-    kind = {"topup": "provider", "renew": "system"}.get(job.get("type"), "user")
-    if job.get("type") == "credit":
-        kind = "admin"
+    kind = {"topup": "provider", "chargeback": "provider", "payout_event": "provider", "renew": "system",
+            "credit": "admin", "refund": "admin"}.get(job.get("type"), "user")
     return {"type": kind, "id": owner}
 
 
@@ -293,6 +292,9 @@ def _audit_record(job: dict[str, Any], outcome: Outcome, router: Router) -> dict
                               for w, (b, a) in sorted(outcome.balances.items()) if router.is_local(w)]
     else:
         record["code"] = outcome.code
+    reason = (job.get("params") or {}).get("reason")
+    if reason:  # refunds, chargebacks and admin credits say why
+        record["reason"] = reason
     return record
 
 

@@ -28,8 +28,11 @@ def user_wallet_status(user_id: str, *, db: Database | None = None) -> WalletSta
 def balance(user_id: str, partitions: int, *, db: Database | None = None) -> Balance | None:
     """``user_id``'s balance and credits still in flight to it, or None without a wallet."""
     db = database(db)
+    # Credits first: one applied between the two reads then shows in the balance (and,
+    # at worst, also in incoming for an instant), never in neither.
+    incoming = incoming_credits(db, user_id, partitions)
     wallet = db.wallets.find_one({"_id": user_id})
     if wallet is None:
         return None
-    return Balance(wallet["_id"], wallet["balance"], incoming_credits(db, user_id, partitions),
+    return Balance(wallet["_id"], wallet["balance"], incoming,
                    WalletStatus(wallet.get("status", WalletStatus.ACTIVE)))
