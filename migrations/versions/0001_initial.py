@@ -8,6 +8,7 @@ from pymongo import ASCENDING as A
 from pymongo import DESCENDING as D
 from pymongo import IndexModel
 from pymongo.database import Database
+from pymongo.errors import CollectionInvalid
 
 SYSTEM_WALLETS = ("platform:revenue", "platform:processing", "external:funding")
 
@@ -58,7 +59,10 @@ def up(db: Database) -> None:
     for name, indexes in INDEXES.items():
         # Transactions cannot create collections on older servers: create them up front.
         if name not in existing:
-            db.create_collection(name)
+            try:
+                db.create_collection(name)
+            except CollectionInvalid:
+                pass  # created meanwhile (a running worker's first write): what we wanted
         if indexes:
             db[name].create_indexes(indexes)
     now = datetime.now(UTC)

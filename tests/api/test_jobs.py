@@ -15,7 +15,9 @@ def test_job_is_visible_to_its_owner_and_admins_only(api, fresh_db):
     path = f"/api/jobs/{job['jobId']}"
     own = api.get(path, alice)
     assert own.status == 200, own
-    assert set(own.json) == {"jobId", "type", "status", "createdAt", "settledAt", "result", "error"}
+    # A settled refundable job also lists its refunds (issue 14).
+    assert set(own.json) == {"jobId", "type", "status", "createdAt", "settledAt", "result", "error",
+                             "refunds", "refunded"}
     assert own.json == job
     assert api.get(path, admin).json == job
     # The receiver is not the owner: existence is not disclosed.

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 INITIAL = importlib.import_module("migrations.versions.0001_initial")
 DUE_INDEX = importlib.import_module("migrations.versions.0002_subscription_due_index")
 SINGLE_WRITER = importlib.import_module("migrations.versions.0004_single_writer")
+MONEY_OUT = importlib.import_module("migrations.versions.0005_money_out")
 
 
 def _run(stack_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -29,7 +30,7 @@ def _run(stack_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
 
 
 def _index_names(db) -> dict[str, set[str]]:
-    return {name: set(db[name].index_information()) - {"_id_"} for name in [*INITIAL.INDEXES, "credits"]}
+    return {name: set(db[name].index_information()) - {"_id_"} for name in [*INITIAL.INDEXES, "credits", "payouts"]}
 
 
 def _expected_index_names() -> dict[str, set[str]]:
@@ -42,6 +43,9 @@ def _expected_index_names() -> dict[str, set[str]]:
         names[name] |= {ix.document["name"] for ix in indexes}
     for name, indexes in SINGLE_WRITER.OLD_INDEXES.items():
         names[name] -= {ix.document["name"] for ix in indexes}
+    names["payouts"] = set()
+    for name, indexes in MONEY_OUT.INDEXES.items():  # 0005: payouts, refunds
+        names[name] |= {ix.document["name"] for ix in indexes}
     return names
 
 
@@ -61,7 +65,7 @@ def test_migrations_up_twice_is_a_no_op_down_then_up_restores_and_status_reports
     assert "0001 initial" in status.stdout and "applied" in status.stdout and "pending" not in status.stdout
 
     partial = _run(stack_env, "migrations", "down", "--to", "1")
-    assert partial.returncode == 0 and "reverted: [4, 3, 2]" in partial.stdout, partial.stdout + partial.stderr
+    assert partial.returncode == 0 and "reverted: [5, 4, 3, 2]" in partial.stdout, partial.stdout + partial.stderr
     assert "userId_unique" in db.wallets.index_information() and "credits" not in db.list_collection_names()
     assert "status_age" in db.jobs.index_information()
     assert "due_by_renewal" not in db.subscriptions.index_information()
@@ -75,7 +79,7 @@ def test_migrations_up_twice_is_a_no_op_down_then_up_restores_and_status_reports
 
     up = _run(stack_env, "migrations", "up")
     assert up.returncode == 0, up.stderr
-    assert "applied: [1, 2, 3, 4]" in up.stdout
+    assert "applied: [1, 2, 3, 4, 5]" in up.stdout
     assert _index_names(db) == _expected_index_names()
     # System wallets live as per-partition buckets, created by each partition's first batch.
     assert db.wallets.count_documents({"system": {"$exists": True}}) == 0
