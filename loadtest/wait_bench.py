@@ -37,7 +37,6 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +44,7 @@ from typing import Any
 
 import psutil
 
+from loadtest.common import percentiles
 from loadtest.stack import MemorySampler, Stack, StackOptions
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -54,19 +54,6 @@ TARGET_ANSWER_LAG_MS = 100.0
 
 def log(message: str) -> None:
     print(f"[wait-bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def percentiles(values: Sequence[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None, "p99": None, "max": None, "n": 0}
-    ordered = sorted(values)
-
-    def rank(q: float) -> float:
-        index = max(0, min(len(ordered) - 1, int(round(q * len(ordered) + 0.5)) - 1))
-        return round(ordered[index], 2)
-
-    return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99), "max": round(ordered[-1], 2),
-            "n": len(ordered)}
 
 
 # ------------------------------------------------------------------------- a tiny client

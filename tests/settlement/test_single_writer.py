@@ -6,7 +6,6 @@ these partitions alone): the interleavings are chosen by the test, not by timing
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from pymongo import MongoClient, monitoring
@@ -18,6 +17,7 @@ from services.queries import audit_entry_of, incoming_credits
 from services.reconcile import reconcile, system_balances
 from services.settlement import settle_partition
 from tests.support.invariants import assert_money_invariants
+from tests.support.load import fire
 from tests.support.seeding import add_user, partitions
 from tests.support.settle import apply_credits_here, balances, fund_here, queue_jobs
 
@@ -62,21 +62,8 @@ def test_a_credit_is_applied_exactly_once_by_concurrent_and_repeated_settlers(db
     _settle(db, 2)
     seq_before = db.partitions.find_one({"_id": 3})["seq"] if db.partitions.find_one({"_id": 3}) else 0
 
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            for _ in range(3):
-                _settle(db, 3)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
+    # Four threads draining the owner partition three times each, released together.
+    fire(lambda _: [_settle(db, 3) for _ in range(3)], range(4), workers=4)
     assert balances(db, [sender, receiver]) == {sender: 360, receiver: 140}
     assert db.credits.count_documents({"to": 3, "applied": True}) == 1
     # One batch applied it; the eleven other drains found nothing and wrote nothing.
@@ -151,18 +138,8 @@ def test_settlers_of_different_partitions_never_conflict(db):
     fans = [add_user(db, partition=p) for p in (0, 1, 2, 3) for _ in range(5)]
     fund_here(db, fans, 1000)
     queue_jobs(db, [Gift(fan, creator, 10 + i) for i, fan in enumerate(fans) for _ in range(6)])
-    results: dict[int, Any] = {}
-    barrier = threading.Barrier(4)
-
-    def run(p: int) -> None:
-        barrier.wait()
-        results[p] = settle_partition(db, p, partitions=partitions(), batch_max=5)
-
-    threads = [threading.Thread(target=run, args=(p,)) for p in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    results = dict(zip(range(4), fire(lambda p: settle_partition(db, p, partitions=partitions(), batch_max=5),
+                                      range(4), workers=4), strict=True))
     assert sum(r.settled for r in results.values()) == len(fans) * 6
     assert sum(b.retries for r in results.values() for b in r.batches) == 0
     apply_credits_here(db)
