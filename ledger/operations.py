@@ -55,6 +55,10 @@ class _Routed:
     """Names the wallet that decides the operation's partition (``wallet_field``)."""
 
     wallet_field: ClassVar[str]
+    # The field that carries the operation's own job id (a payout's id IS its job's id,
+    # the provider's idempotency key), or None. Set when the job is built, so a retry
+    # that takes over a stale idempotency claim names the claim's job, not a new one.
+    job_id_field: ClassVar[str | None] = None
 
     @property
     def wallet(self) -> str:
@@ -161,9 +165,10 @@ class Payout(_Amounted):
 
     kind: ClassVar[str] = "payout"
     wallet_field: ClassVar[str] = "user"
+    job_id_field: ClassVar[str | None] = "payout_id"
     user: str
     amount: int
-    payout_id: str
+    payout_id: str = ""
 
     def reads(self) -> Reads:
         return Reads(wallets={self.user}, payouts={self.payout_id})

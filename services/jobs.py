@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -47,8 +47,11 @@ def build_job(
     job_id: str | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
+    job_id = job_id or new_job_id()
+    if op.job_id_field is not None:
+        op = replace(op, **{op.job_id_field: job_id})
     return {
-        "_id": job_id or new_job_id(),
+        "_id": job_id,
         "type": op.kind,
         "ownerId": owner_id,
         "params": to_params(op),

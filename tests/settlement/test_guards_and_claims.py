@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 import services.settlement as settlement
-from ledger.operations import Transfer
+from ledger.operations import Payout, Transfer
 from ledger.timeutil import utcnow
 from services import idempotency
+from services.jobs import KeyClaim, accept_job
 from tests.support.invariants import assert_money_invariants
 from tests.support.seeding import add_user, partitions
 from tests.support.settle import balances, fund_here, queue_jobs
@@ -110,3 +111,18 @@ def test_a_credit_received_is_spendable_in_the_batch_that_applies_it(db):
     assert db.jobs.find_one({"_id": spend["_id"]})["status"] == "settled"
     assert balances(db, [payer, owner, friend]) == {payer: 70, owner: 0, friend: 30}
     assert_money_invariants(db)
+
+
+def test_a_payout_retried_over_a_stale_claim_keeps_one_id_for_job_and_payout(db):
+    """A payout's id is its job's id (the provider's idempotency key). A retry that takes
+    over the stale claim of a crashed first attempt must name that attempt's job in the
+    payout too, or the provider would see a second id for the same payout."""
+
+    user = add_user(db, partition=0)
+    t0 = utcnow()
+    idempotency.claim(db, user, "key-p", "fp", "job-first", 24, _response("job-first"),
+                      now=t0 - idempotency.STALE_AFTER)
+    got = accept_job(Payout(user, 1500, "job-retry"), user, partitions=partitions(), ring=lambda *a: None,
+                     key="key-p", claim=KeyClaim(user, "fp", 24), job_id="job-retry", db=db)
+    assert got.job is not None and got.job["_id"] == "job-first"
+    assert got.job["params"]["payout_id"] == "job-first"
