@@ -21,6 +21,7 @@ import pytest
 from devstack.stores import ManagedProcess, MongoServer, RedisServer, install_signal_cleanup, stop_all
 from tests.support.env import TEST_ENV_BASE, child_env
 from tests.support.stack import RoleWorker, Web, Workers
+from tests.support.store import drop_database_unblocked
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -160,7 +161,7 @@ def _clean_database() -> None:
     from infra.redis_client import get_redis
 
     db = get_db()
-    db.client.drop_database(db.name)
+    drop_database_unblocked(db)
     migrations.up(db)
     redis = get_redis()
     for key in redis.scan_iter(match="purser:ring:*", count=500):

@@ -22,6 +22,7 @@ import pytest
 from devstack.stores import MongoServer, RedisServer
 from tests.chaos.chaoskit import SCALES, ChaosStack, Scale
 from tests.support.env import ROOT, child_env
+from tests.support.store import drop_database_unblocked
 
 REPORT_DIR = ROOT / "var" / "chaos"
 _rows: list[dict[str, Any]] = []
@@ -95,7 +96,7 @@ def chaos(stack_env: dict[str, str], chaos_stores: tuple[MongoServer, RedisServe
     _reset_clients()
     db = get_db()
     db.client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
-    db.client.drop_database(db.name)
+    drop_database_unblocked(db)
     migrations.up(db)
     get_redis().flushall()
     env = child_env(stack_env, {"MONGODB_URI": mongo.uri, "REDIS_URL": redis.url, "RATE_LIMIT_ENABLED": "false",

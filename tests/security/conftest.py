@@ -24,6 +24,7 @@ from tests.support.client import ApiClient
 from tests.support.env import child_env
 from tests.support.seeding import User, seed_users
 from tests.support.stack import Web
+from tests.support.store import drop_database_unblocked
 
 COUNTED = ("jobs", "transactions", "idempotency_keys", "users", "wallets", "contents", "plans", "subscriptions",
            "unlocks", "auditlogs")
@@ -76,7 +77,7 @@ def start_web(stack_env: dict[str, str]) -> StartWeb:
 
 def _clean(db: Any) -> None:
     import migrations
-    db.client.drop_database(db.name)
+    drop_database_unblocked(db)
     migrations.up(db)
 
 
