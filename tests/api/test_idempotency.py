@@ -12,7 +12,7 @@ import requests
 from tests.api.helpers import Api, User, assert_problem
 from tests.support.client import ApiClient
 from tests.support.invariants import assert_money_invariants
-from tests.support.waiting import wait_drained as wait_until_drained
+from tests.support.waiting import wait_drained
 
 
 def _money_bodies(api: Api, creator: User) -> dict[str, dict]:
@@ -175,7 +175,7 @@ def test_concurrent_identical_requests_with_one_key_create_one_job(web_server, f
     finally:
         for s in sessions:
             s.close()
-    wait_until_drained(fresh_db)
+    wait_drained(fresh_db)
     assert api.balance(alice) == 1000 - rounds * amount
     assert api.balance(bob) == rounds * amount
     assert_money_invariants(fresh_db)

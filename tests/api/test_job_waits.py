@@ -25,15 +25,14 @@ from pymongo import monitoring
 from devstack.apps import WebServer
 from devstack.stores import stop_all
 from tests.api.helpers import mint_token
-from tests.support.env import ROOT
-from tests.support.env import child_env as _child_env
+from tests.support.env import ROOT, child_env
 
 CAP = 4
 
 
 @pytest.fixture(scope="module")
 def wait_web(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
-    env = _child_env(stack_env, {"WEB_WORKER_CLASS": "gevent", "JOB_WAIT_MAX_PER_USER": str(CAP),
+    env = child_env(stack_env, {"WEB_WORKER_CLASS": "gevent", "JOB_WAIT_MAX_PER_USER": str(CAP),
                                  "LOG_LEVEL": "WARNING"})
     server = WebServer(env, tmp_path_factory.mktemp("wait-web") / "gunicorn.log", concurrency=1, cwd=ROOT)
     try:
@@ -224,7 +223,7 @@ def test_a_wait_that_times_out_reads_once_at_its_deadline(wait_web: WebServer, f
 
 def test_waits_count_in_rate_limits(stack_env: dict[str, str], fresh_db: Any,
                                     tmp_path_factory: pytest.TempPathFactory) -> None:
-    env = _child_env(stack_env, {"RATE_LIMIT_ENABLED": "true", "RATE_LIMITS_FREE": "3/minute",
+    env = child_env(stack_env, {"RATE_LIMIT_ENABLED": "true", "RATE_LIMITS_FREE": "3/minute",
                                  "LOG_LEVEL": "WARNING"})
     server = WebServer(env, tmp_path_factory.mktemp("wait-limits") / "gunicorn.log", concurrency=1, cwd=ROOT)
     try:

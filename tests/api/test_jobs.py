@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.api.helpers import UNKNOWN_ID, assert_problem
 from tests.support.invariants import assert_money_invariants
-from tests.support.waiting import wait_drained as wait_until_drained
+from tests.support.waiting import wait_drained
 
 
 def test_job_is_visible_to_its_owner_and_admins_only(api, fresh_db):
@@ -85,7 +85,7 @@ def test_list_jobs_newest_first_with_status_filter_and_cursor(api, fresh_db):
     assert [j["jobId"] for j in page["items"] + rest["items"]] == [bad2["jobId"], bad1["jobId"]]
     assert rest["nextCursor"] is None
     assert [j["type"] for j in api.get("/api/jobs", bob).json["items"]] == ["topup"]
-    wait_until_drained(fresh_db)
+    wait_drained(fresh_db)
     assert_money_invariants(fresh_db)
 
 

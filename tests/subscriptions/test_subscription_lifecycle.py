@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import timedelta
 
@@ -10,6 +9,7 @@ from ledger.operations import Subscribe
 from ledger.timeutil import utcnow
 from services.queries import audit_entry_of
 from tests.support.invariants import assert_money_invariants
+from tests.support.load import fire
 from tests.support.seeding import add_user, add_users, new_id, partitions
 from tests.support.settle import (
     balances,
@@ -208,22 +208,8 @@ def test_two_concurrent_ticks_over_1000_due_subscriptions_renew_each_exactly_onc
     assert len(seeded) == 1000
 
     ring = live_ring()
-    barrier = threading.Barrier(2)
-    results, errors = [], []
-
-    def run():
-        try:
-            barrier.wait(30)
-            results.append(_tick(db, now, ring=ring, chunk=97))
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
+    # Two ticks released at the same instant (fire re-raises a tick's error).
+    results = fire(lambda _: _tick(db, now, ring=ring, chunk=97), range(2), workers=2)
     # Every renewal job was stored by exactly one of the two ticks.
     assert sum(r.renewals_submitted for r in results) == 1000
     wait_drained(db, timeout=180)
