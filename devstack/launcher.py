@@ -4,6 +4,12 @@ Starts SecantusDB and Redis unless ``MONGODB_URI`` / ``REDIS_URL`` point
 elsewhere, validates the configuration, applies migrations, then runs the
 Procfile under honcho. Data lives in ``var/`` (or ``PURSER_VAR_DIR``) and is
 reused by the next start. Ctrl-C stops the app processes first, then the stores.
+
+On a terminal (``APP_ENV=development``) honcho's output goes through
+:mod:`devstack.console`: one readable line per event instead of raw JSON
+(``DEVSTACK_LOG_FORMAT=console|json`` decides explicitly). With ``demo=True``
+(``make demo``, ``make run DEMO=1``) :mod:`devstack.demo` seeds accounts and money
+once the stack is ready and prints the commands to try.
 """
 
 from __future__ import annotations
@@ -14,13 +20,16 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 
+from devstack import demo as demo_data
+from devstack.console import ConsoleRenderer, choose_format, use_colour
 from devstack.provider_sim import ProviderSimProcess
 from devstack.stores import MongoServer, RedisServer
 from devstack.supervisor import ManagedProcess, ProcessStartError, port_in_use, stop_all
@@ -28,6 +37,8 @@ from devstack.supervisor import ManagedProcess, ProcessStartError, port_in_use, 
 ROOT = Path(__file__).resolve().parent.parent
 HONCHO_STOP_TIMEOUT = 15.0
 BANNER_WAIT = 60.0
+# The console renderer's lines and the launcher's blocks come from different threads.
+_OUTPUT_LOCK = threading.Lock()
 
 
 class _Signals:
@@ -58,7 +69,14 @@ class _Signals:
 
 
 def _say(message: str) -> None:
-    print(f"devstack: {message}", file=sys.stderr, flush=True)
+    with _OUTPUT_LOCK:
+        print(f"devstack: {message}", file=sys.stderr, flush=True)
+
+
+def _emit(text: str) -> None:
+    with _OUTPUT_LOCK:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
 
 def flower_basic_auth(var_dir: Path) -> str:
@@ -90,6 +108,10 @@ def _api_base(env: Mapping[str, str]) -> str:
     return f"http://127.0.0.1:{env.get('PORT', '5000')}"
 
 
+def _flower_base(env: Mapping[str, str]) -> str:
+    return f"http://{env.get('FLOWER_ADDRESS', '127.0.0.1')}:{env.get('FLOWER_PORT', '5555')}"
+
+
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
@@ -110,7 +132,7 @@ def banner(
                      if env.get("PURSER_PROVIDER_SIM") else "external")
     api = _api_base(env)
     user, _, password = env.get("FLOWER_BASIC_AUTH", "").partition(":")
-    flower = f"http://{env.get('FLOWER_ADDRESS', '127.0.0.1')}:{env.get('FLOWER_PORT', '5555')}"
+    flower = _flower_base(env)
     mongo_note = f"SecantusDB, data {mongo.storage_path}" if mongo else "external"
     redis_note = f"data {redis.data_dir}" if redis else "external"
     store_logs = ", ".join(f"{p.name} {p.log_path}" for p in (mongo, redis) if p is not None and p.log_path is not None)
@@ -147,6 +169,8 @@ def build_env(root: Path, environ: Mapping[str, str]) -> tuple[dict[str, str], P
     env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", os.defpath)])
     env.setdefault("PORT", "5000")
     env.setdefault("FLOWER_PORT", "5555")
+    # Job webhooks to a receiver on this machine (docs/webhooks.md); production refuses them.
+    env.setdefault("WEBHOOK_ALLOW_PRIVATE", "true")
     # Without it Python children block-buffer into honcho's pipe and logs lag.
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env, var_dir
@@ -173,9 +197,17 @@ def run_migrations(root: Path, env: Mapping[str, str]) -> int:
     return subprocess.run([sys.executable, "-m", "migrations", "up"], env=dict(env), cwd=root).returncode
 
 
-def run(root: Path = ROOT, environ: Mapping[str, str] | None = None) -> int:
-    """Run the dev stack until Ctrl-C/SIGTERM or until honcho exits; returns the exit status."""
+def run(root: Path = ROOT, environ: Mapping[str, str] | None = None, demo: bool = False) -> int:
+    """Run the dev stack until Ctrl-C/SIGTERM or until honcho exits; returns the exit status.
+
+    ``demo``: seed the demo data once the stack is ready (:mod:`devstack.demo`).
+    """
     env, var_dir = build_env(root, os.environ if environ is None else environ)
+    try:
+        log_format = choose_format(env, sys.stdout)
+    except ValueError as exc:
+        print(f"devstack: {exc}", file=sys.stderr)
+        return 2
     var_dir.mkdir(parents=True, exist_ok=True)
 
     mongo = None if env.get("MONGODB_URI") else MongoServer(var_dir / "mongo")
@@ -227,17 +259,16 @@ def run(root: Path = ROOT, environ: Mapping[str, str] | None = None) -> int:
             started.append(sim.start())
         if signals.requested:
             return 0
-        honcho = ManagedProcess(
-            [sys.executable, "-m", "honcho", "start", "-f", "Procfile"],
-            log_path=None,
-            env=env,
-            cwd=root,
-            name="honcho",
-        )
+        command = [sys.executable, "-m", "honcho", "start", "-f", "Procfile"]
+        sink = None
+        if log_format == "console":
+            command.append("--no-colour")  # the renderer colours, and only on a terminal
+            sink = _console_sink(ConsoleRenderer(colour=use_colour(env, sys.stdout)))
+        honcho = ManagedProcess(command, log_path=None, env=env, cwd=root, name="honcho", line_sink=sink)
         honcho.stop_timeout = HONCHO_STOP_TIMEOUT
         started.append(honcho.start())
         signals.interruptible = False
-        status = supervise(honcho, [p for p in (mongo, redis) if p is not None], env, var_dir, signals)
+        status = supervise(honcho, [p for p in (mongo, redis) if p is not None], env, var_dir, signals, demo=demo)
     except KeyboardInterrupt:
         status = 0
     except ProcessStartError as exc:
@@ -259,10 +290,12 @@ def supervise(
     env: Mapping[str, str],
     var_dir: Path,
     signals: _Signals,
+    demo: bool = False,
 ) -> int:
     shown = False
     since = time.monotonic()
     health = f"{_api_base(env)}/api/health"
+    seeding: threading.Thread | None = None
     while not signals.requested:
         if not honcho.alive:
             code = honcho.returncode
@@ -275,10 +308,34 @@ def supervise(
         if not shown:
             ready = _answers(health)
             if ready or time.monotonic() - since > BANNER_WAIT:
-                print(banner(env, var_dir, *_split(stores), api_ready=ready), flush=True)
+                _emit(banner(env, var_dir, *_split(stores), api_ready=ready))
                 shown = True
+        if shown and demo and seeding is None:
+            # A thread: seeding waits for a worker and for settlement, while this loop
+            # must keep watching the processes and the signals.
+            seeding = threading.Thread(target=seed_demo, args=(env,), name="demo-seed", daemon=True)
+            seeding.start()
         time.sleep(0.5)
     return 0
+
+
+def _console_sink(renderer: ConsoleRenderer) -> Callable[[str], None]:
+    def sink(line: str) -> None:
+        _emit(renderer.render(line))
+
+    return sink
+
+
+def seed_demo(env: Mapping[str, str]) -> None:
+    """Seed the demo data through the stack's API and print who is who and what to try."""
+    _say("seeding the demo data (accounts, content, plan, funded fans)")
+    try:
+        seeded = demo_data.seed(_api_base(env), env, flower_url=_flower_base(env))
+        env_file = demo_data.write_env_file(seeded)
+    except Exception as exc:  # noqa: BLE001 - report any failure and keep the stack up for a look
+        _say(f"demo seeding failed: {type(exc).__name__}: {exc}")
+        return
+    _emit(demo_data.report(seeded, env_file))
 
 
 def _split(stores: list[MongoServer | RedisServer]) -> tuple[MongoServer | None, RedisServer | None]:

@@ -104,6 +104,11 @@ class Settings:
     payout_resolve_after_seconds: int
     payout_tick_seconds: int
     provider_sim_delay_seconds: float
+    webhook_allow_private: bool
+    webhook_timeout_seconds: float
+    webhook_backoff_seconds: tuple[float, ...]
+    webhook_tick_seconds: int
+    webhook_secret_grace_hours: int
     metrics_port: int
     metrics_address: str
     prometheus_multiproc_dir: str | None
@@ -200,6 +205,17 @@ def seconds(lo: float, hi: float) -> Parser:
             raise ValueError(f"must be between {lo:g} and {hi:g}, got {value:g}")
         return value
     return parse
+
+
+def delays(raw: str) -> tuple[float, ...]:
+    """A comma-separated list of delays in seconds (a retry schedule), at least one."""
+    try:
+        values = tuple(float(v) for v in raw.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"expected comma-separated seconds like '5,300,1800', got {raw!r}") from None
+    if not values or len(values) > 20 or any(not 0 < v <= 86400 for v in values):
+        raise ValueError(f"expected 1 to 20 delays between 0 and 86400 seconds, got {raw!r}")
+    return values
 
 
 def rate(raw: str) -> str:
@@ -342,6 +358,12 @@ VARIABLES: tuple[Var, ...] = (
     Var("payout_resolve_after_seconds", "PAYOUT_RESOLVE_AFTER_SECONDS", integer(1, 86400), 120),
     Var("payout_tick_seconds", "PAYOUT_TICK_SECONDS", integer(1, 3600), 30),
     Var("provider_sim_delay_seconds", "PROVIDER_SIM_DELAY_SECONDS", seconds(0, 3600), 1.0),
+    # job webhooks (services/webhooks.py): SSRF guard, delivery timeout, retry schedule, beat tick
+    Var("webhook_allow_private", "WEBHOOK_ALLOW_PRIVATE", boolean, False),
+    Var("webhook_timeout_seconds", "WEBHOOK_TIMEOUT_SECONDS", seconds(1, 60), 15.0),
+    Var("webhook_backoff_seconds", "WEBHOOK_BACKOFF_SECONDS", delays, (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)),
+    Var("webhook_tick_seconds", "WEBHOOK_TICK_SECONDS", integer(1, 3600), 5),
+    Var("webhook_secret_grace_hours", "WEBHOOK_SECRET_GRACE_HOURS", integer(0, 24 * 30), 24),
     # web tier (gunicorn.conf.py)
     Var("port", "PORT", integer(1, 65535), 5000),
     Var("web_bind", "WEB_BIND", text, None),

@@ -16,6 +16,7 @@ from infra.redis_client import get_redis
 from ledger.decide import Settled
 from services.jobs import ring_safely
 from services.settlement import BatchResult, settle_partition
+from tasks.webhooks import notify as notify_webhooks
 from workers.celery_app import task
 
 log = logging.getLogger("purser.settle")
@@ -63,6 +64,7 @@ def _record(batch: BatchResult) -> None:
     from infra import metrics
     metrics.record_batch(batch)
     _submit_payouts(batch)
+    notify_webhooks(batch)  # job events are derived from the committed audit block; never raises
     for job, outcome in batch.outcomes:
         with context.bound(requestId=job.get("requestId"), jobId=job["_id"], userId=job.get("ownerId"),
                            partition=job.get("partition")):

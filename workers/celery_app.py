@@ -24,7 +24,7 @@ from kombu import Queue
 from infra.config import ConfigError, Settings, get_settings, settings_or_exit
 from infra.queues import DEFAULT_QUEUE, partition_queue
 
-TASK_MODULES = ("tasks.settle", "tasks.maintenance", "tasks.subscriptions", "tasks.payouts")
+TASK_MODULES = ("tasks.settle", "tasks.maintenance", "tasks.subscriptions", "tasks.payouts", "tasks.webhooks")
 # Registered only outside production (APP_ENV=development or test): debug.boom fails on
 # purpose (error-reporting checks), bench.noop measures the queue ceiling (make bench).
 TEST_TASK_MODULES = ("tasks.debug", "tasks.bench")
@@ -85,6 +85,8 @@ def create_celery(settings: Settings) -> Celery:
                                    "options": {"expires": settings.subscription_tick_seconds}},
             "payouts-tick": {"task": "payouts.tick", "schedule": timedelta(seconds=settings.payout_tick_seconds),
                              "options": {"expires": settings.payout_tick_seconds}},
+            "webhooks-tick": {"task": "webhooks.tick", "schedule": timedelta(seconds=settings.webhook_tick_seconds),
+                              "options": {"expires": settings.webhook_tick_seconds * 2}},
         },
     )
     return app

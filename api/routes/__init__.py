@@ -6,9 +6,22 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from api.routes import admin, auth, docs, gifts, health, jobs, payments, payouts, premium, subscription, wallet
+    from api.routes import (
+        admin,
+        auth,
+        docs,
+        gifts,
+        health,
+        jobs,
+        payments,
+        payouts,
+        premium,
+        subscription,
+        wallet,
+        webhooks,
+    )
 
-    for module in (health, auth, wallet, premium, subscription, gifts, payments, payouts, admin, jobs, docs):
+    for module in (health, auth, wallet, premium, subscription, gifts, payments, payouts, admin, webhooks, jobs, docs):
         app.register_blueprint(module.bp)
 
     if not app.config["PURSER"].is_production:

@@ -26,6 +26,8 @@ TEST_ENV_BASE = {
     "RATE_LIMIT_ENABLED": "false",
     "LEDGER_PARTITIONS": "4",
     "LOG_LEVEL": "INFO",
+    # Job webhooks go to receivers on 127.0.0.1 (tests/webhooks); production mode refuses them.
+    "WEBHOOK_ALLOW_PRIVATE": "true",
     # Both worker roles' metrics servers would want their default port (9808, 9809);
     # tests that need one pass a free port.
     "WORKER_METRICS_PORT": "0",

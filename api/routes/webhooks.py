@@ -1,0 +1,145 @@
+"""Job webhook endpoints (admin): register, list, disable, rotate the secret, read the log, replay.
+
+What is delivered and how is ``services/webhooks.py``; every change an admin makes
+here is recorded in the operator audit chain.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import Blueprint, current_app, g, jsonify
+
+from api.auth import current
+from api.errors import ApiError
+from api.jsonbody import parse_body, parse_query
+from api.routes.common import bad_cursor
+from api.spec import endpoint
+from api.webhook_schemas import (
+    DeliveryOut,
+    DeliveryPage,
+    WebhookCreated,
+    WebhookIn,
+    WebhookOut,
+    WebhookPage,
+    WebhooksQuery,
+)
+from ledger.money import is_user_id
+from ledger.states import Role
+from services import operator_audit, webhooks
+from services.queries import BadCursor
+from services.webhook_http import UrlRefused
+
+bp = Blueprint("webhooks", __name__, url_prefix="/api/admin/webhooks")
+ADMIN = (Role.ADMIN,)
+
+
+def _actor() -> dict[str, str]:
+    me = current()
+    return operator_audit.actor_of(me.user_id, me.role)
+
+
+def _not_found() -> ApiError:
+    return ApiError(404, "WEBHOOK_NOT_FOUND", "No such webhook endpoint.")
+
+
+def _endpoint(webhook_id: str) -> dict[str, Any]:
+    found = webhooks.get_endpoint(webhook_id) if is_user_id(webhook_id) else None
+    if found is None:
+        raise _not_found()
+    return found
+
+
+def _parse_webhook() -> WebhookIn:
+    try:
+        return parse_body(WebhookIn)
+    except ApiError as exc:
+        errors = exc.extra.get("errors", [])
+        if exc.code == "VALIDATION_FAILED" and any(e["field"].startswith("eventTypes.") and e["type"] == "literal_error"
+                                                    for e in errors):
+            raise ApiError(422, "UNKNOWN_EVENT_TYPE", "eventTypes: one of " + ", ".join(webhooks.EVENT_TYPES),
+                           extra={"errors": errors}) from None
+        raise
+
+
+@endpoint(bp, "POST", "", summary="Register a job webhook endpoint; its secret is shown once", body=WebhookIn,
+          response=WebhookCreated, status=201, roles=ADMIN)
+def create() -> Any:
+    body = _parse_webhook()
+    settings = current_app.config["PURSER"]
+    try:
+        doc, secret = webhooks.register(body.url, body.eventTypes, body.description, _actor(), g.request_id,
+                                        allow_private=settings.webhook_allow_private)
+    except UrlRefused as exc:
+        raise ApiError(422, exc.code, exc.reason) from None
+    return jsonify({**webhooks.endpoint_view(doc), "secret": secret}), 201, {
+        "Location": f"/api/admin/webhooks/{doc['_id']}"}
+
+
+@endpoint(bp, "GET", "", summary="Webhook endpoints, newest first", query=WebhooksQuery, response=WebhookPage,
+          roles=ADMIN)
+def list_all() -> Any:
+    q = parse_query(WebhooksQuery)
+    try:
+        items, next_cursor = webhooks.list_endpoints(q.limit, q.cursor)
+    except BadCursor as exc:
+        raise bad_cursor(exc) from None
+    return jsonify(items=[webhooks.endpoint_view(e) for e in items], nextCursor=next_cursor)
+
+
+@endpoint(bp, "GET", "/<webhookId>", summary="One webhook endpoint", response=WebhookOut, roles=ADMIN,
+          errors=(404,))
+def get_one(webhookId: str) -> Any:  # noqa: N803
+    return jsonify(webhooks.endpoint_view(_endpoint(webhookId)))
+
+
+@endpoint(bp, "DELETE", "/<webhookId>", summary="Disable a webhook endpoint (its delivery log is kept)",
+          response=WebhookOut, roles=ADMIN, errors=(404,))
+def delete(webhookId: str) -> Any:  # noqa: N803
+    done = webhooks.disable(webhookId, _actor(), g.request_id) if is_user_id(webhookId) else None
+    if done is None:
+        raise _not_found()
+    return jsonify(webhooks.endpoint_view(done))
+
+
+@endpoint(bp, "POST", "/<webhookId>/rotate",
+          summary="New signing secret; the previous one keeps signing for WEBHOOK_SECRET_GRACE_HOURS",
+          response=WebhookCreated, roles=ADMIN, errors=(404,))
+def rotate(webhookId: str) -> Any:  # noqa: N803
+    grace = timedelta(hours=current_app.config["PURSER"].webhook_secret_grace_hours)
+    done = webhooks.rotate(webhookId, _actor(), g.request_id, grace) if is_user_id(webhookId) else None
+    if done is None:
+        raise _not_found()
+    doc, secret = done
+    return jsonify({**webhooks.endpoint_view(doc), "secret": secret})
+
+
+@endpoint(bp, "GET", "/<webhookId>/deliveries", summary="An endpoint's deliveries with their attempts, newest first",
+          query=WebhooksQuery, response=DeliveryPage, roles=ADMIN, errors=(404,))
+def deliveries(webhookId: str) -> Any:  # noqa: N803
+    q = parse_query(WebhooksQuery)
+    _endpoint(webhookId)
+    try:
+        items, next_cursor = webhooks.list_deliveries(webhookId, q.limit, q.cursor)
+    except BadCursor as exc:
+        raise bad_cursor(exc) from None
+    return jsonify(items=[webhooks.delivery_view(d) for d in items], nextCursor=next_cursor)
+
+
+@endpoint(bp, "POST", "/<webhookId>/deliveries/<deliveryId>/replay",
+          summary="Deliver again now (same event id and body), whatever the delivery's status",
+          response=DeliveryOut, status=202, roles=ADMIN, errors=(404, 409))
+def replay(webhookId: str, deliveryId: str) -> Any:  # noqa: N803
+    if not (is_user_id(webhookId) and is_user_id(deliveryId)):
+        raise ApiError(404, "DELIVERY_NOT_FOUND", "No such delivery.")
+    try:
+        done = webhooks.replay(webhookId, deliveryId, _actor(), g.request_id)
+    except webhooks.WebhookDisabled:
+        raise ApiError(409, "WEBHOOK_DISABLED", "The endpoint is disabled; register it again.") from None
+    if done is None:
+        raise ApiError(404, "DELIVERY_NOT_FOUND", "No such delivery.")
+    from tasks.webhooks import enqueue  # the due sweep of beat's tick would find it too
+
+    enqueue(deliveryId)
+    return jsonify(webhooks.delivery_view(done)), 202
