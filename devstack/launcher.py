@@ -321,7 +321,9 @@ def supervise(
 
 def _console_sink(renderer: ConsoleRenderer) -> Callable[[str], None]:
     def sink(line: str) -> None:
-        _emit(renderer.render(line))
+        rendered = renderer.render(line)
+        if rendered is not None:
+            _emit(rendered)
 
     return sink
 

@@ -206,7 +206,9 @@ def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
 class ManagedProcess:
     """A child process in its own session with its output in a log file.
 
-    ``log_path=None`` lets the child write to our stdout/stderr instead.
+    ``log_path=None`` lets the child write to our stdout/stderr instead, or, with
+    ``line_sink``, hands each line of its merged stdout and stderr to that callable
+    (from a reader thread; the dev launcher renders honcho's output this way).
 
     Subclasses provide the command (:meth:`build_command`) and a readiness
     probe (:meth:`probe`); :meth:`start` waits until the probe succeeds.
@@ -226,8 +228,13 @@ class ManagedProcess:
         cwd: Path | None = None,
         pid_path: Path | None = None,
         name: str | None = None,
+        line_sink: Callable[[str], None] | None = None,
     ) -> None:
+        if line_sink is not None and log_path is not None:
+            raise ValueError("line_sink replaces the log file; pass one or the other")
         self._command = list(command) if command is not None else None
+        self.line_sink = line_sink
+        self._pump: threading.Thread | None = None
         self.log_path = Path(log_path) if log_path is not None else None
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
@@ -299,16 +306,21 @@ class ManagedProcess:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S")
                 output.write(f"--- {stamp} starting: {' '.join(command)}\n".encode())
                 output.flush()
+            piped = self.line_sink is not None
             self._proc = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT if output is not None else None,
+                stdout=subprocess.PIPE if piped else output,
+                stderr=subprocess.STDOUT if output is not None or piped else None,
                 env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,
                 preexec_fn=_death_signal_preexec(self.death_signal),
             )
+        if self.line_sink is not None:
+            self._pump = threading.Thread(target=self._pump_lines, args=(self._proc, self.line_sink),
+                                          name=f"{self.name}-output", daemon=True)
+            self._pump.start()
         _register_exit_hook()
         with _live_lock:
             _live[id(self)] = self
@@ -322,6 +334,16 @@ class ManagedProcess:
             raise
         log.info("%s ready (pid %s)", self.name, self.pid)
         return self
+
+    @staticmethod
+    def _pump_lines(proc: subprocess.Popen[bytes], sink: Callable[[str], None]) -> None:
+        assert proc.stdout is not None
+        with proc.stdout:
+            for raw in iter(proc.stdout.readline, b""):
+                try:
+                    sink(raw.decode("utf-8", "replace"))
+                except Exception:  # noqa: BLE001 - a rendering bug must not stop the child's output
+                    log.exception("output sink of %s failed", proc.pid)
 
     def _wait_ready(self, timeout: float) -> None:
         assert self._proc is not None
@@ -395,6 +417,11 @@ class ManagedProcess:
         return self.start()
 
     def _finish(self) -> None:
+        # The child's last lines (honcho's shutdown report) reach the sink before we return;
+        # a grandchild that kept the pipe open must not hold the caller up for long.
+        if self._pump is not None and self._pump is not threading.current_thread():
+            self._pump.join(timeout=3)
+            self._pump = None
         with _live_lock:
             _live.pop(id(self), None)
         if self.pid_path is not None:
