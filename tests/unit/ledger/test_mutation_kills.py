@@ -8,16 +8,35 @@ handling on a machine whose local zone is not UTC, and the routing loop.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from ledger import audit
-from ledger.decide import _Refused
-from ledger.money import SYSTEM_WALLETS
-from ledger.operations import Reads, Renew, Subscribe, Unlock, partition_of
+from ledger.decide import (
+    PAYOUT_STATE_CONFLICT,
+    WALLET_NOT_FOUND,
+    ContentInfo,
+    Entry,
+    Original,
+    PayoutState,
+    Snapshot,
+    WalletState,
+    _Refused,
+    decide_batch,
+)
+from ledger.money import (
+    EXTERNAL_FUNDING,
+    PAYOUTS_IN_FLIGHT,
+    PLATFORM_PROCESSING,
+    PLATFORM_REVENUE,
+    SYSTEM_WALLETS,
+)
+from ledger.money_out import payout_moves
+from ledger.operations import Payout, PayoutEvent, Reads, Refund, Renew, Subscribe, TopUp, Unlock, partition_of
 from ledger.routing import Router, all_buckets, bucket_id, route
-from ledger.splits import SplitRuleError, split, validate_rule
+from ledger.splits import SplitRuleError, allocate, split, validate_rule
 from ledger.timeutil import to_ms, utcnow
 
 # --- audit -----------------------------------------------------------------------
@@ -182,3 +201,106 @@ def test_allocate_table_and_refusals():
     for amount, weights in [(1, [("a", 0)]), (6, [("a", 5)]), (1, [("a", -1), ("b", 3)]), (1, [])]:
         with pytest.raises(ValueError, match=r"^amount must not exceed the sum of non-negative weights$"):
             allocate(amount, weights)
+
+
+def test_a_party_listed_twice_gets_the_sum_of_its_shares():
+    # a holds all the weight, so all 10 (5 + 5, no leftover coin).
+    assert allocate(10, [("a", 5), ("a", 5)]) == {"a": 10}
+    # 7 over a:3, b:3, a:3 -> a 14/3 = 4.67, b 7/3 = 2.33: floors 2 + 2 and 2, the one
+    # leftover coin to a (the remainders tie; a is listed first).
+    assert allocate(7, [("a", 3), ("b", 3), ("a", 3)]) == {"a": 5, "b": 2}
+
+
+# --- money out, within one batch (later operations see earlier effects) ---------------
+
+_NOW = datetime(2026, 1, 1, tzinfo=UTC)
+_FAN, _CREATOR = "f" * 24, "c" * 24
+_CONTENT = "e" * 24
+
+
+def _money_out_snapshot(**kw):
+    wallets = {_FAN: WalletState(0), _CREATOR: WalletState(1000), PLATFORM_REVENUE: WalletState(0),
+               PLATFORM_PROCESSING: WalletState(0), EXTERNAL_FUNDING: WalletState(0),
+               PAYOUTS_IN_FLIGHT: WalletState(0)}
+    return Snapshot(wallets=wallets, **kw)
+
+
+# A hold of 600 from a creator holding 1000, then one provider event in the same batch:
+# (event) -> (event job settles?, payout status after, creator, in flight, funding mirror).
+HOLD_THEN_EVENT = {
+    "paid": (True, "paid", 400, 0, 600),
+    "failed": (True, "failed", 1000, 0, 0),
+    "expired": (True, "expired", 1000, 0, 0),
+    "returned": (False, "pending", 400, 600, 0),  # a pending payout was never paid: conflict
+}
+
+
+@pytest.mark.parametrize("event", sorted(HOLD_THEN_EVENT))
+def test_a_hold_and_a_provider_event_in_one_batch_act_on_the_held_payout(event):
+    ok, status, creator, in_flight, funding = HOLD_THEN_EVENT[event]
+    decision = decide_batch([("job-1", Payout(_CREATOR, 600, "p1")),
+                             ("job-2", PayoutEvent(_CREATOR, "p1", event, "ev-1"))],
+                            _money_out_snapshot(), _NOW)
+    hold, answer = decision.outcomes
+    assert hold.ok is True
+    assert answer.ok is ok
+    if not ok:
+        assert answer.code == PAYOUT_STATE_CONFLICT
+    balances = {w: s.balance for w, s in decision.state.wallets.items()}
+    assert (balances[_CREATOR], balances[PAYOUTS_IN_FLIGHT], balances[EXTERNAL_FUNDING]) == (
+        creator, in_flight, funding)
+    assert decision.state.payouts == {"p1": PayoutState("p1", _CREATOR, 600, status)}
+
+
+def test_a_fully_refunded_unlock_can_be_bought_again_in_the_same_batch():
+    # 99 coins: 79 / 15 / 5 (80 % = 79.2, 15 % = 14.85, 5 % = 4.95; the two leftover coins
+    # to the larger remainders, processing .95 and revenue .85).
+    original = Original("orig", "unlock", _FAN, ((_CREATOR, 79), (PLATFORM_REVENUE, 15),
+                                                 (PLATFORM_PROCESSING, 5)), {"contentId": _CONTENT})
+
+    def snap():
+        return _money_out_snapshot(contents={_CONTENT: ContentInfo(_CONTENT, _CREATOR, 99)},
+                                   unlocks={(_FAN, _CONTENT)}, originals={"orig": original})
+
+    refunded = decide_batch([("job-1", Refund(_CREATOR, "orig", None, "duplicate"))], snap(), _NOW)
+    assert refunded.outcomes[0].ok is True
+    assert refunded.state.unlocks == set()
+
+    again = decide_batch([("job-1", Refund(_CREATOR, "orig", None, "duplicate")),
+                          ("job-2", Unlock(_FAN, _CONTENT))], snap(), _NOW)
+    assert [o.ok for o in again.outcomes] == [True, True]
+    assert again.state.unlocks == {(_FAN, _CONTENT)}
+    # The fan paid 99, got 99 back, paid 99 again; the creator gave back 79 and earned 79.
+    assert again.deltas == {}
+    assert (again.state.wallets[_FAN].balance, again.state.wallets[_CREATOR].balance) == (0, 1000)
+
+
+def test_a_refund_whose_debtor_has_no_wallet_fails_and_the_batch_goes_on():
+    original = Original("orig", "unlock", _FAN, ((_CREATOR, 79), (PLATFORM_REVENUE, 15),
+                                                 (PLATFORM_PROCESSING, 5)), {"contentId": _CONTENT})
+    snap = _money_out_snapshot(originals={"orig": original})
+    del snap.wallets[_CREATOR]
+    decision = decide_batch([("job-1", Refund(_CREATOR, "orig", None, "duplicate")),
+                             ("job-2", TopUp(_FAN, 5, "pi_1"))], snap, _NOW)
+    refused, topup = decision.outcomes
+    assert refused.ok is False
+    assert (refused.code, refused.message) == (WALLET_NOT_FOUND, "The paying wallet does not exist.")
+    assert topup.ok is True
+    assert decision.state.wallets[_FAN].balance == 5
+
+
+def test_an_operation_without_a_decider_stops_the_batch_naming_its_type():
+    @dataclass(frozen=True)
+    class Orphan:
+        kind = "orphan"
+
+    with pytest.raises(TypeError, match=r"^no decider for Orphan$"):
+        decide_batch([("job-1", Orphan())], Snapshot(), _NOW)
+
+
+def test_payout_moves_table_and_an_unknown_move_refused_by_name():
+    assert payout_moves("u", 7, "post") == [Entry(PAYOUTS_IN_FLIGHT, -7), Entry(EXTERNAL_FUNDING, 7)]
+    assert payout_moves("u", 7, "void") == [Entry(PAYOUTS_IN_FLIGHT, -7), Entry("u", 7)]
+    assert payout_moves("u", 7, "return") == [Entry(EXTERNAL_FUNDING, -7), Entry("u", 7)]
+    with pytest.raises(ValueError, match=r"^unknown payout move 'teleport'$"):
+        payout_moves("u", 7, "teleport")
