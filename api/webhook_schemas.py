@@ -14,19 +14,19 @@ WebhookStatus: Any = one_of(EndpointStatus)
 WebhookDeliveryStatus: Any = one_of(DeliveryStatus)
 
 
-class WebhookIn(Strict):
+class WebhookEndpointIn(Strict):
     url: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=2000)] = Field(
         description="http(s) URL of the receiver; private, loopback and link-local targets are refused "
-                    "(WEBHOOK_URL_PRIVATE) unless WEBHOOK_ALLOW_PRIVATE=true, and https is required then")
+                    "(WEBHOOK_URL_PRIVATE) and https is required, unless WEBHOOK_ALLOW_PRIVATE=true")
     eventTypes: Annotated[list[EventType], Field(min_length=1, max_length=len(EVENT_TYPES))]
     description: Annotated[str, StringConstraints(strict=True, max_length=200)] | None = None
 
 
-class WebhooksQuery(PageQuery):
+class WebhookPageQuery(PageQuery):
     pass
 
 
-class WebhookOut(BaseModel):
+class WebhookEndpointOut(BaseModel):
     webhookId: str
     url: str
     description: str | None
@@ -38,16 +38,16 @@ class WebhookOut(BaseModel):
     updatedAt: str
 
 
-class WebhookCreated(WebhookOut):
+class WebhookEndpointCreated(WebhookEndpointOut):
     secret: str = Field(description="whsec_<base64>: the signing secret, shown only in this answer")
 
 
-class WebhookPage(BaseModel):
-    items: list[WebhookOut]
+class WebhookEndpointPage(BaseModel):
+    items: list[WebhookEndpointOut]
     nextCursor: str | None
 
 
-class DeliveryAttemptOut(BaseModel):
+class WebhookAttemptOut(BaseModel):
     at: str
     attempt: int
     run: int
@@ -56,7 +56,7 @@ class DeliveryAttemptOut(BaseModel):
     durationMs: int
 
 
-class DeliveryOut(BaseModel):
+class WebhookDeliveryOut(BaseModel):
     deliveryId: str
     eventId: str
     type: str
@@ -69,9 +69,9 @@ class DeliveryOut(BaseModel):
     lastStatus: int | None
     lastError: str | None
     createdAt: str
-    log: list[DeliveryAttemptOut] = Field(description="the newest attempts first (at most 50 kept)")
+    log: list[WebhookAttemptOut] = Field(description="the newest attempts first (at most 50 kept)")
 
 
-class DeliveryPage(BaseModel):
-    items: list[DeliveryOut]
+class WebhookDeliveryPage(BaseModel):
+    items: list[WebhookDeliveryOut]
     nextCursor: str | None

@@ -17,13 +17,13 @@ from api.jsonbody import parse_body, parse_query
 from api.routes.common import bad_cursor
 from api.spec import endpoint
 from api.webhook_schemas import (
-    DeliveryOut,
-    DeliveryPage,
-    WebhookCreated,
-    WebhookIn,
-    WebhookOut,
-    WebhookPage,
-    WebhooksQuery,
+    WebhookDeliveryOut,
+    WebhookDeliveryPage,
+    WebhookEndpointCreated,
+    WebhookEndpointIn,
+    WebhookEndpointOut,
+    WebhookEndpointPage,
+    WebhookPageQuery,
 )
 from ledger.money import is_user_id
 from ledger.states import Role
@@ -51,9 +51,9 @@ def _endpoint(webhook_id: str) -> dict[str, Any]:
     return found
 
 
-def _parse_webhook() -> WebhookIn:
+def _parse_webhook() -> WebhookEndpointIn:
     try:
-        return parse_body(WebhookIn)
+        return parse_body(WebhookEndpointIn)
     except ApiError as exc:
         errors = exc.extra.get("errors", [])
         if exc.code == "VALIDATION_FAILED" and any(e["field"].startswith("eventTypes.") and e["type"] == "literal_error"
@@ -63,8 +63,8 @@ def _parse_webhook() -> WebhookIn:
         raise
 
 
-@endpoint(bp, "POST", "", summary="Register a job webhook endpoint; its secret is shown once", body=WebhookIn,
-          response=WebhookCreated, status=201, roles=ADMIN)
+@endpoint(bp, "POST", "", summary="Register a job webhook endpoint; its secret is shown once", body=WebhookEndpointIn,
+          response=WebhookEndpointCreated, status=201, roles=ADMIN)
 def create() -> Any:
     body = _parse_webhook()
     settings = current_app.config["PURSER"]
@@ -77,10 +77,10 @@ def create() -> Any:
         "Location": f"/api/admin/webhooks/{doc['_id']}"}
 
 
-@endpoint(bp, "GET", "", summary="Webhook endpoints, newest first", query=WebhooksQuery, response=WebhookPage,
-          roles=ADMIN)
+@endpoint(bp, "GET", "", summary="Webhook endpoints, newest first", query=WebhookPageQuery,
+          response=WebhookEndpointPage, roles=ADMIN)
 def list_all() -> Any:
-    q = parse_query(WebhooksQuery)
+    q = parse_query(WebhookPageQuery)
     try:
         items, next_cursor = webhooks.list_endpoints(q.limit, q.cursor)
     except BadCursor as exc:
@@ -88,14 +88,14 @@ def list_all() -> Any:
     return jsonify(items=[webhooks.endpoint_view(e) for e in items], nextCursor=next_cursor)
 
 
-@endpoint(bp, "GET", "/<webhookId>", summary="One webhook endpoint", response=WebhookOut, roles=ADMIN,
+@endpoint(bp, "GET", "/<webhookId>", summary="One webhook endpoint", response=WebhookEndpointOut, roles=ADMIN,
           errors=(404,))
 def get_one(webhookId: str) -> Any:  # noqa: N803
     return jsonify(webhooks.endpoint_view(_endpoint(webhookId)))
 
 
 @endpoint(bp, "DELETE", "/<webhookId>", summary="Disable a webhook endpoint (its delivery log is kept)",
-          response=WebhookOut, roles=ADMIN, errors=(404,))
+          response=WebhookEndpointOut, roles=ADMIN, errors=(404,))
 def delete(webhookId: str) -> Any:  # noqa: N803
     done = webhooks.disable(webhookId, _actor(), g.request_id) if is_user_id(webhookId) else None
     if done is None:
@@ -105,7 +105,7 @@ def delete(webhookId: str) -> Any:  # noqa: N803
 
 @endpoint(bp, "POST", "/<webhookId>/rotate",
           summary="New signing secret; the previous one keeps signing for WEBHOOK_SECRET_GRACE_HOURS",
-          response=WebhookCreated, roles=ADMIN, errors=(404,))
+          response=WebhookEndpointCreated, roles=ADMIN, errors=(404,))
 def rotate(webhookId: str) -> Any:  # noqa: N803
     grace = timedelta(hours=current_app.config["PURSER"].webhook_secret_grace_hours)
     done = webhooks.rotate(webhookId, _actor(), g.request_id, grace) if is_user_id(webhookId) else None
@@ -116,9 +116,9 @@ def rotate(webhookId: str) -> Any:  # noqa: N803
 
 
 @endpoint(bp, "GET", "/<webhookId>/deliveries", summary="An endpoint's deliveries with their attempts, newest first",
-          query=WebhooksQuery, response=DeliveryPage, roles=ADMIN, errors=(404,))
+          query=WebhookPageQuery, response=WebhookDeliveryPage, roles=ADMIN, errors=(404,))
 def deliveries(webhookId: str) -> Any:  # noqa: N803
-    q = parse_query(WebhooksQuery)
+    q = parse_query(WebhookPageQuery)
     _endpoint(webhookId)
     try:
         items, next_cursor = webhooks.list_deliveries(webhookId, q.limit, q.cursor)
@@ -129,7 +129,7 @@ def deliveries(webhookId: str) -> Any:  # noqa: N803
 
 @endpoint(bp, "POST", "/<webhookId>/deliveries/<deliveryId>/replay",
           summary="Deliver again now (same event id and body), whatever the delivery's status",
-          response=DeliveryOut, status=202, roles=ADMIN, errors=(404, 409))
+          response=WebhookDeliveryOut, status=202, roles=ADMIN, errors=(404, 409))
 def replay(webhookId: str, deliveryId: str) -> Any:  # noqa: N803
     if not (is_user_id(webhookId) and is_user_id(deliveryId)):
         raise ApiError(404, "DELIVERY_NOT_FOUND", "No such delivery.")

@@ -102,10 +102,10 @@ def make_handler(script: Script) -> type[BaseHTTPRequestHandler]:
             status, headers, sleep = script.answer(self.path)
             record = {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
                       "body": base64.b64encode(body).decode(), "receivedAt": time.time(), "status": status}
+            with script.lock:  # recorded on arrival: a test may kill the sender while we sleep
+                script.received.append(record)
             if sleep:
                 time.sleep(sleep)
-            with script.lock:
-                script.received.append(record)
             try:
                 self._send(status, headers=headers)
             except OSError:
