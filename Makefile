@@ -3,7 +3,7 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all install run test test-all test-unit lint bench bench-wait chaos migrate mutants mutants-ledger mutants-curated clean
+.PHONY: all install run demo test test-all test-unit lint bench bench-wait chaos migrate mutants mutants-ledger mutants-curated clean
 
 all: test
 
@@ -18,6 +18,11 @@ install: $(VENV)/.installed
 
 run: $(VENV)/.installed
 	$(PY) -m devstack run
+
+# `make run` plus demo accounts, content and money through the API (README, "Try it").
+# `make run DEMO=1` does the same: make exports command-line variables to the launcher.
+demo: $(VENV)/.installed
+	$(PY) -m devstack demo
 
 # Test lanes (docs/testing.md). `make test`: what CI must prove on every change, <= 8 min on
 # 2 cores: every suite but chaos, plus the chaos smoke (marker `smoke`, CI scale).
