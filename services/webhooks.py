@@ -68,7 +68,7 @@ EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + PAYOUT_EVENTS + MONEY_BACK_EVENTS
 LOG_KEEP = 50  # attempts kept per delivery (newest); the count is kept in ``attempts``/``run``
 DISPATCH_PAGE = 200  # audit blocks per dispatcher page
 SWEEP_LIMIT = 500  # due deliveries handed out per beat tick
-LEASE_MARGIN = 10.0  # seconds a claimed attempt may take beyond the request timeout
+LEASE_MARGIN = 5.0  # seconds a claimed attempt may take beyond connect + read timeouts (then: at least once)
 
 
 class WebhookDisabled(RuntimeError):

@@ -33,6 +33,8 @@ from services.webhook_http import UrlRefused
 
 bp = Blueprint("webhooks", __name__, url_prefix="/api/admin/webhooks")
 ADMIN = (Role.ADMIN,)
+# Per status, the problem codes a view gives (api/spec.py documents them).
+NOT_FOUND = {404: ("WEBHOOK_NOT_FOUND",)}
 
 
 def _actor() -> dict[str, str]:
@@ -64,7 +66,8 @@ def _parse_webhook() -> WebhookEndpointIn:
 
 
 @endpoint(bp, "POST", "", summary="Register a job webhook endpoint; its secret is shown once", body=WebhookEndpointIn,
-          response=WebhookEndpointCreated, status=201, roles=ADMIN)
+          response=WebhookEndpointCreated, status=201, roles=ADMIN,
+          errors={422: ("UNKNOWN_EVENT_TYPE", "WEBHOOK_URL_INVALID", "WEBHOOK_URL_PRIVATE")})
 def create() -> Any:
     body = _parse_webhook()
     settings = current_app.config["PURSER"]
@@ -89,13 +92,13 @@ def list_all() -> Any:
 
 
 @endpoint(bp, "GET", "/<webhookId>", summary="One webhook endpoint", response=WebhookEndpointOut, roles=ADMIN,
-          errors=(404,))
+          errors=NOT_FOUND)
 def get_one(webhookId: str) -> Any:  # noqa: N803
     return jsonify(webhooks.endpoint_view(_endpoint(webhookId)))
 
 
 @endpoint(bp, "DELETE", "/<webhookId>", summary="Disable a webhook endpoint (its delivery log is kept)",
-          response=WebhookEndpointOut, roles=ADMIN, errors=(404,))
+          response=WebhookEndpointOut, roles=ADMIN, errors=NOT_FOUND)
 def delete(webhookId: str) -> Any:  # noqa: N803
     done = webhooks.disable(webhookId, _actor(), g.request_id) if is_user_id(webhookId) else None
     if done is None:
@@ -105,7 +108,7 @@ def delete(webhookId: str) -> Any:  # noqa: N803
 
 @endpoint(bp, "POST", "/<webhookId>/rotate",
           summary="New signing secret; the previous one keeps signing for WEBHOOK_SECRET_GRACE_HOURS",
-          response=WebhookEndpointCreated, roles=ADMIN, errors=(404,))
+          response=WebhookEndpointCreated, roles=ADMIN, errors=NOT_FOUND)
 def rotate(webhookId: str) -> Any:  # noqa: N803
     grace = timedelta(hours=current_app.config["PURSER"].webhook_secret_grace_hours)
     done = webhooks.rotate(webhookId, _actor(), g.request_id, grace) if is_user_id(webhookId) else None
@@ -116,7 +119,7 @@ def rotate(webhookId: str) -> Any:  # noqa: N803
 
 
 @endpoint(bp, "GET", "/<webhookId>/deliveries", summary="An endpoint's deliveries with their attempts, newest first",
-          query=WebhookPageQuery, response=WebhookDeliveryPage, roles=ADMIN, errors=(404,))
+          query=WebhookPageQuery, response=WebhookDeliveryPage, roles=ADMIN, errors=NOT_FOUND)
 def deliveries(webhookId: str) -> Any:  # noqa: N803
     q = parse_query(WebhookPageQuery)
     _endpoint(webhookId)
@@ -129,7 +132,8 @@ def deliveries(webhookId: str) -> Any:  # noqa: N803
 
 @endpoint(bp, "POST", "/<webhookId>/deliveries/<deliveryId>/replay",
           summary="Deliver again now (same event id and body), whatever the delivery's status",
-          response=WebhookDeliveryOut, status=202, roles=ADMIN, errors=(404, 409))
+          response=WebhookDeliveryOut, status=202, roles=ADMIN,
+          errors={404: ("DELIVERY_NOT_FOUND",), 409: ("WEBHOOK_DISABLED",)})
 def replay(webhookId: str, deliveryId: str) -> Any:  # noqa: N803
     if not (is_user_id(webhookId) and is_user_id(deliveryId)):
         raise ApiError(404, "DELIVERY_NOT_FOUND", "No such delivery.")
