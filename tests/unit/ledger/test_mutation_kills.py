@@ -304,3 +304,23 @@ def test_payout_moves_table_and_an_unknown_move_refused_by_name():
     assert payout_moves("u", 7, "return") == [Entry(EXTERNAL_FUNDING, -7), Entry("u", 7)]
     with pytest.raises(ValueError, match=r"^unknown payout move 'teleport'$"):
         payout_moves("u", 7, "teleport")
+
+
+def test_after_small_refunds_from_one_leg_the_rest_comes_from_what_each_leg_has_left():
+    # 99 coins: 79 / 15 / 5. A 1-coin refund goes whole to the leg with the most left (ties
+    # to the first listed): the creator's, while it has >= 15 left, i.e. for 65 refunds.
+    # What is left is then 14 / 15 / 5, and refunding it all must give back exactly that.
+    original = Original("orig", "unlock", _FAN, ((_CREATOR, 79), (PLATFORM_REVENUE, 15),
+                                                 (PLATFORM_PROCESSING, 5)), {"contentId": _CONTENT})
+    ops = [(f"job-{i}", Refund(_CREATOR, "orig", 1, "requested_by_customer")) for i in range(65)]
+    ops.append(("job-last", Refund(_CREATOR, "orig", None, "requested_by_customer")))
+    decision = decide_batch(ops, _money_out_snapshot(originals={"orig": original}), _NOW)
+    assert all(o.ok for o in decision.outcomes)
+    assert [o.result["legs"] for o in decision.outcomes[:65]] == [
+        {_CREATOR: 1, PLATFORM_REVENUE: 0, PLATFORM_PROCESSING: 0}] * 65
+    last = decision.outcomes[-1]
+    assert last.result["legs"] == {_CREATOR: 14, PLATFORM_REVENUE: 15, PLATFORM_PROCESSING: 5}
+    assert {e.wallet_id: e.amount for e in last.entries} == {
+        _CREATOR: -14, PLATFORM_REVENUE: -15, PLATFORM_PROCESSING: -5, _FAN: 34}
+    assert decision.state.originals["orig"].reversed == {_CREATOR: 79, PLATFORM_REVENUE: 15,
+                                                         PLATFORM_PROCESSING: 5}
