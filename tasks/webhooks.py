@@ -102,5 +102,5 @@ def tick() -> dict[str, int]:
     for delivery_id in due:
         enqueue(delivery_id)
     if created or due:
-        log.info("webhook tick", extra={"created": created, "due": len(due)})
+        log.info("webhook tick", extra={"deliveriesCreated": created, "due": len(due)})
     return {"created": created, "due": len(due)}

@@ -153,7 +153,8 @@ def test_410_disables_the_endpoint_and_nothing_more_is_sent_to_it(hooks: Any) ->
 
 def test_a_worker_sigkilled_mid_delivery_still_delivers(hooks: Any) -> None:
     s = hooks
-    s.receiver.script("/slow", sleep=1.5, sleepCount=1)  # holds the first request open
+    # Holds the first request open just under the 2 s timeout: the kill lands mid-request.
+    s.receiver.script("/slow", sleep=1.9, sleepCount=1)
     slow, secret = register(s, "/slow", ["job.settled"])
     _, topup = fund(s, 50)
 
@@ -161,9 +162,10 @@ def test_a_worker_sigkilled_mid_delivery_still_delivers(hooks: Any) -> None:
     s.housekeeping.kill()  # the whole worker, mid-request: its message stays unacknowledged in Redis
     s.new_housekeeping()
 
-    # Its lease (2 x timeout + 5 s) runs out; beat's tick hands the delivery to the new worker.
+    # Its lease (2 x timeout + 5 s = 9 s) runs out; beat's tick hands the delivery to the new worker.
     [done] = settled_deliveries(s, slow, 1, timeout=45)
     assert done["jobId"] == topup and done["log"][0]["statusCode"] == 204
+    assert done["attempts"] == 1, "the killed attempt logged nothing; the lease's successor delivered"
     got = verified(s, "/slow", [secret])
     assert len(got) >= 2 and {r["headers"]["webhook-id"] for r, _ in got} == {f"evt_{topup}"}
     assert got[-1][0]["status"] == 204
