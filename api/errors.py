@@ -37,6 +37,70 @@ _HTTP_CODES = {
 }
 
 
+# Every problem code the API answers with, and what it means: the OpenAPI document lists
+# them per answer (api/spec.py), tests/api/test_openapi_codes.py fails on a code missing here.
+PROBLEM_CODES: dict[str, str] = {
+    # generic, by status
+    "BAD_REQUEST": "The request could not be read.",
+    "UNAUTHORIZED": "No bearer token, a token that is invalid or expired, or an account that no longer exists.",
+    "FORBIDDEN": "The caller's stored role does not allow this operation.",
+    "NOT_FOUND": "No such resource (or no route for this path).",
+    "METHOD_NOT_ALLOWED": "The path does not accept this method (see Allow).",
+    "CONFLICT": "Conflict.",
+    "PAYLOAD_TOO_LARGE": "The body is larger than 16 KB.",
+    "UNSUPPORTED_MEDIA_TYPE": "The body must be sent as application/json.",
+    "VALIDATION_FAILED": "A field is missing, unknown or of the wrong type or shape (the `errors` list names "
+                         "each); amounts and counts must be JSON integers, `1.0` and `\"1\"` are refused.",
+    "RATE_LIMITED": "Too many requests for the caller's tier; retry after Retry-After seconds.",
+    "INTERNAL_ERROR": "The server could not complete the request.",
+    "SERVICE_UNAVAILABLE": "A dependency is unavailable or the outcome of a write is unknown; retry (money "
+                           "requests with the same Idempotency-Key).",
+    # request shape
+    "MALFORMED_JSON": "The body is not valid UTF-8 JSON (NaN, Infinity and duplicate keys are refused).",
+    "IDEMPOTENCY_KEY_REQUIRED": "A money request needs an Idempotency-Key header.",
+    "IDEMPOTENCY_KEY_INVALID": "The Idempotency-Key must be 1-255 printable ASCII characters without spaces.",
+    "IDEMPOTENCY_KEY_REUSED": "This Idempotency-Key was already used with a different body.",
+    "IDEMPOTENCY_KEY_IN_USE": "A request with this Idempotency-Key is still being accepted; retry shortly.",
+    # accounts
+    "EMAIL_TAKEN": "An account with this email already exists.",
+    "INVALID_CREDENTIALS": "Email or password is wrong.",
+    "USER_NOT_FOUND": "No such user.",
+    # business refusals at accept time
+    "RECEIVER_NOT_FOUND": "The user the money would go to does not exist.",
+    "SELF_TRANSFER": "The caller cannot send coins to themself.",
+    "CONTENT_NOT_FOUND": "The content does not exist or is no longer offered.",
+    "OWN_CONTENT": "Creators cannot unlock their own content.",
+    "NO_PLAN": "The creator offers no subscription plan.",
+    "SUBSCRIPTION_NOT_FOUND": "The caller has no active subscription with this id.",
+    "PAYOUT_NOT_ALLOWED": "The caller's role cannot request payouts.",
+    "PAYOUT_BELOW_MINIMUM": "The amount is below the deployment's payout minimum (PAYOUT_MIN_AMOUNT).",
+    "PAYOUT_NOT_FOUND": "No such payout (or not the caller's).",
+    "ORIGINAL_NOT_FOUND": "The job to refund does not exist.",
+    "NOT_REFUNDABLE": "Only a settled unlock, gift, subscription charge or transfer can be refunded.",
+    "JOB_NOT_FOUND": "No such job (or not the caller's).",
+    # provider and job webhooks
+    "INVALID_SIGNATURE": "The provider signature is missing, malformed, outside the time window or wrong.",
+    "WEBHOOK_NOT_FOUND": "No such webhook endpoint.",
+    "DELIVERY_NOT_FOUND": "No such delivery.",
+    "WEBHOOK_DISABLED": "The webhook endpoint is disabled.",
+    "UNKNOWN_EVENT_TYPE": "An event type is not one of the job event types.",
+    "WEBHOOK_URL_INVALID": "The webhook URL is not a usable http(s) URL.",
+    "WEBHOOK_URL_PRIVATE": "The webhook URL resolves to a private, loopback or link-local address.",
+    # readiness
+    "NOT_READY": "A dependency check failed (`checks` names which).",
+}
+
+
+def problem_example(status: int, code: str) -> dict[str, Any]:
+    """A problem body as the API writes it, for the OpenAPI document's examples."""
+    return {"type": problem_type(code), "title": _HTTP_CODES.get(status, ("", "Error"))[1], "status": status,
+            "detail": PROBLEM_CODES.get(code, code), "code": code, "requestId": "5b0f8c8e-2c1e-4d4e-9a57-0c6f1f0e2b1a"}
+
+
+def problem_type(code: str) -> str:
+    return f"https://purser.dev/problems/{code.lower().replace('_', '-')}"
+
+
 class ApiError(Exception):
     """An error answer with a stable code."""
 
@@ -54,7 +118,7 @@ class ApiError(Exception):
 def problem(status: int, code: str, detail: str, *, title: str | None = None,
             headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> Response:
     body: dict[str, Any] = {
-        "type": f"https://purser.dev/problems/{code.lower().replace('_', '-')}",
+        "type": problem_type(code),
         "title": title or _HTTP_CODES.get(status, ("", "Error"))[1],
         "status": status,
         "detail": detail,

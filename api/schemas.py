@@ -13,10 +13,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ledger import states
+from ledger.decide import FAILURE_MESSAGES
 from ledger.money import MAX_AMOUNT
 
 Id = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{24}$", strict=True)]
-Amount = Annotated[int, Field(strict=True, gt=0, le=MAX_AMOUNT)]
+STRICT_INTEGER = ("A JSON integer: `1.0`, `\"1\"` and `true` are refused with 422 VALIDATION_FAILED, although "
+                  "JSON Schema counts `1.0` as an integer.")
+Amount = Annotated[int, Field(strict=True, ge=1, le=MAX_AMOUNT,
+                              description=f"Coins (integer minor units), 1 to {MAX_AMOUNT}. {STRICT_INTEGER}")]
 Email = Annotated[str, StringConstraints(strict=True, min_length=3, max_length=254, strip_whitespace=True,
                                          pattern=r"^[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f]+$")]
 Text = Annotated[str, StringConstraints(strict=True, max_length=500)]
@@ -70,7 +74,7 @@ class UnlockIn(Strict):
 
 class PlanIn(Strict):
     price: Amount
-    periodDays: Annotated[int, Field(strict=True, ge=1, le=366)]
+    periodDays: Annotated[int, Field(strict=True, ge=1, le=366, description=f"Days per period. {STRICT_INTEGER}")]
 
 
 class SubscribeIn(Strict):
@@ -131,10 +135,18 @@ class DisputeData(Strict):
     amount: Amount
 
 
+# What services/queries.encode_cursor writes: unpadded base64url of "<epoch ms>:<24-hex id>"
+# (1 to 15 digits: 26 to 40 bytes, 35 to 54 characters).
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]{35,54}$"
+
+
 class PageQuery(Strict):
     model_config = ConfigDict(extra="forbid", strict=False)
-    limit: Annotated[int, Field(ge=1, le=100)] = 20
-    cursor: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,200}$")] | None = None
+    limit: Annotated[int, Field(ge=1, le=100, description="Items per page")] = 20
+    cursor: Annotated[str, StringConstraints(min_length=35, max_length=54, pattern=CURSOR_PATTERN)] | None = Field(
+        default=None, description="Opaque: the `nextCursor` of the previous page, sent back unchanged (unpadded "
+                                  "base64url, 35 to 54 characters). A string this API did not issue is refused "
+                                  "with 422 VALIDATION_FAILED.")
 
 
 class JobsQuery(PageQuery):
@@ -209,8 +221,13 @@ class PayoutPage(BaseModel):
     nextCursor: str | None
 
 
+# A job that fails is still a 200 on GET /api/jobs/<id>: its refusal is ``error.code``.
+JobFailureCode = Literal[tuple(FAILURE_MESSAGES)]  # type: ignore[valid-type]
+
+
 class JobError(BaseModel):
-    code: str
+    code: JobFailureCode = Field(description="Why the job failed (stable):" + "".join(
+        f"\n- `{code}`: {message}" for code, message in FAILURE_MESSAGES.items()))
     message: str
 
 
@@ -225,7 +242,7 @@ class RefundItem(BaseModel):
 
 
 class JobOut(BaseModel):
-    jobId: str
+    jobId: str = Field(description="GET /api/jobs/{jobId} follows it (a payout's id too)")
     type: str
     status: JobStatus
     createdAt: str
@@ -285,13 +302,22 @@ class HealthOut(BaseModel):
     version: str
 
 
+class FieldError(BaseModel):
+    field: str
+    message: str
+    type: str
+
+
 class Problem(BaseModel):
+    """RFC 9457 problem details; ``code`` is stable (each answer lists the codes it can carry)."""
+
     type: str
     title: str
     status: int
     detail: str
     code: str
     requestId: str | None
+    errors: list[FieldError] | None = Field(default=None, description="VALIDATION_FAILED: one entry per field")
 
 
 # The request body that asks for each operation kind (None: never requested over HTTP,

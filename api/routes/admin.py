@@ -34,7 +34,7 @@ def _user_id(user_id: str) -> str:
 
 
 @endpoint(bp, "PATCH", "/users/<userId>", summary="Change a user's role", body=RoleIn, response=UserOut,
-          roles=ADMIN, errors=(404,))
+          roles=ADMIN, errors={404: "USER_NOT_FOUND"})
 def set_role(userId: str) -> Any:  # noqa: N803
     body = parse_body(RoleIn)
     user = accounts.change_role(_user_id(userId), body.role, _actor(), g.request_id)
@@ -45,7 +45,7 @@ def set_role(userId: str) -> Any:  # noqa: N803
 
 
 @endpoint(bp, "POST", "/credit", summary="Credit a wallet (goodwill, corrections)", body=CreditIn,
-          response=JobOut, status=202, roles=ADMIN, idempotent=True)
+          response=JobOut, status=202, roles=ADMIN, idempotent=True, errors={422: "RECEIVER_NOT_FOUND"})
 def credit() -> Any:
     body = parse_body(CreditIn)
     require_user_wallet(body.userId)
@@ -53,7 +53,8 @@ def credit() -> Any:
 
 
 @endpoint(bp, "POST", "/refunds", summary="Refund (part of) a settled unlock, gift, subscription charge or transfer",
-          body=RefundIn, response=JobOut, status=202, roles=ADMIN, idempotent=True, errors=(404,))
+          body=RefundIn, response=JobOut, status=202, roles=ADMIN, idempotent=True,
+          errors={404: "ORIGINAL_NOT_FOUND", 422: "NOT_REFUNDABLE"})
 def refund() -> Any:
     """Accepted as a job routed by the original's creditor; the settler decides the amount
     (REFUND_EXCEEDS_ORIGINAL, INSUFFICIENT_FUNDS), so concurrent refunds cannot pass the original."""
@@ -75,12 +76,12 @@ def _set_status(user_id: str, status: WalletStatus) -> Any:
 
 
 @endpoint(bp, "POST", "/wallets/<userId>/freeze", summary="Freeze a wallet: its jobs fail WALLET_FROZEN",
-          response=WalletStatusOut, roles=ADMIN, errors=(404,))
+          response=WalletStatusOut, roles=ADMIN, errors={404: "USER_NOT_FOUND"})
 def freeze(userId: str) -> Any:  # noqa: N803
     return _set_status(userId, WalletStatus.FROZEN)
 
 
 @endpoint(bp, "POST", "/wallets/<userId>/unfreeze", summary="Unfreeze a wallet",
-          response=WalletStatusOut, roles=ADMIN, errors=(404,))
+          response=WalletStatusOut, roles=ADMIN, errors={404: "USER_NOT_FOUND"})
 def unfreeze(userId: str) -> Any:  # noqa: N803
     return _set_status(userId, WalletStatus.ACTIVE)

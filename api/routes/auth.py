@@ -12,7 +12,7 @@ from api.jsonbody import parse_body
 from api.limits import client_address
 from api.login_throttle import LoginThrottle
 from api.schemas import LoginIn, MeOut, RegisterIn, TokenOut, UserOut
-from api.spec import endpoint
+from api.spec import Link, endpoint
 from infra.config import Settings
 from services import accounts, users
 
@@ -33,7 +33,10 @@ def _busy() -> ApiError:
 
 
 @endpoint(bp, "POST", "/auth/register", summary="Create an account (role free) and its wallet",
-          body=RegisterIn, response=UserOut, status=201, errors=(409, 503), auth_required=False)
+          body=RegisterIn, response=UserOut, status=201, errors={409: "EMAIL_TAKEN", 503: "SERVICE_UNAVAILABLE"},
+          auth_required=False,
+          links={"Login": Link("auth.login", "Log in with the new account",
+                               body={"email": "$request.body#/email", "password": "$request.body#/password"})})
 def register() -> Any:
     body = parse_body(RegisterIn)
     try:
@@ -46,7 +49,8 @@ def register() -> Any:
 
 
 @endpoint(bp, "POST", "/auth/login", summary="Exchange email and password for a bearer token",
-          body=LoginIn, response=TokenOut, errors=(401, 503), auth_required=False)
+          body=LoginIn, response=TokenOut, auth_required=False,
+          errors={401: "INVALID_CREDENTIALS", 429: "RATE_LIMITED", 503: "SERVICE_UNAVAILABLE"})
 def login() -> Any:
     body = parse_body(LoginIn)
     # Failed attempts are throttled per e-mail and per address (api/login_throttle.py);

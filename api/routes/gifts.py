@@ -18,7 +18,8 @@ bp = Blueprint("gifts", __name__, url_prefix="/api")
 
 
 @endpoint(bp, "POST", "/gifts", summary="Send a gift to a creator (split 80/15/5, settled asynchronously)",
-          body=GiftIn, response=JobOut, status=202, idempotent=True)
+          body=GiftIn, response=JobOut, status=202, idempotent=True,
+          errors={422: ("SELF_TRANSFER", "RECEIVER_NOT_FOUND")})
 def gift() -> Any:
     body = parse_body(GiftIn)
     me = current().user_id

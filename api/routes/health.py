@@ -70,7 +70,7 @@ def _caller_is_admin() -> bool:
 
 
 @endpoint(bp, "GET", "/health/ready", summary="Readiness: MongoDB, Redis and a live worker",
-          auth_required=False, limited=False, errors=(503,))
+          auth_required=False, limited=False, errors={503: "NOT_READY"})
 def ready() -> Any:
     detailed = _caller_is_admin()
     checks = {"mongodb": _timed(_mongo), "redis": _timed(_redis)}

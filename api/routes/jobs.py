@@ -17,7 +17,7 @@ from api.errors import ApiError
 from api.jsonbody import parse_query
 from api.routes.common import bad_cursor
 from api.schemas import JobOut, JobPage, JobsQuery
-from api.spec import endpoint
+from api.spec import Link, endpoint
 from ledger.money import is_user_id
 from services.jobs import get_job as load_job
 from services.jobs import job_view
@@ -46,7 +46,7 @@ def _still_admin(principal: Principal) -> bool:
 
 
 @endpoint(bp, "GET", "/<jobId>", summary="A job's status; 'Prefer: wait=N' (N<=10) holds until terminal",
-          response=JobOut, errors=(404,), extra_headers={"Prefer": "wait=N"})
+          response=JobOut, errors={404: "JOB_NOT_FOUND"}, extra_headers={"Prefer": "wait=N"})
 def get_job(jobId: str) -> Any:  # noqa: N803
     match = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
     if not match:
@@ -64,7 +64,9 @@ def get_job(jobId: str) -> Any:  # noqa: N803
     return jsonify(with_refunds(job_view(result.job))), 200, headers
 
 
-@endpoint(bp, "GET", "", summary="The caller's jobs, newest first", query=JobsQuery, response=JobPage)
+@endpoint(bp, "GET", "", summary="The caller's jobs, newest first", query=JobsQuery, response=JobPage,
+          links={"GetJob": Link("jobs.get_job", "The first job of the page",
+                                parameters={"jobId": "$response.body#/items/0/jobId"})})
 def list_jobs() -> Any:
     q = parse_query(JobsQuery)
     try:

@@ -48,7 +48,9 @@ def _verify_signature(secret: str) -> None:
 
 
 @endpoint(bp, "POST", "/webhook", summary="Provider top-up (HMAC-signed, idempotent on providerTxId)",
-          body=WebhookIn, response=JobOut, status=202, auth_required=False, errors=(401, 409),
+          body=WebhookIn, response=JobOut, status=202, auth_required=False,
+          errors={401: "INVALID_SIGNATURE", 409: "IDEMPOTENCY_KEY_IN_USE",
+                  422: ("RECEIVER_NOT_FOUND", "IDEMPOTENCY_KEY_REUSED")},
           extra_headers={SIGNATURE_HEADER: "t=<unix>,v1=<hex hmac>"}, limited=False)
 def webhook() -> Any:
     _verify_signature(current_app.config["PURSER"].provider_webhook_secret)
@@ -68,7 +70,9 @@ def _data(model: type[PayoutEventData] | type[DisputeData], data: dict[str, Any]
 
 @endpoint(bp, "POST", "/events", summary="Provider events: payout.paid|failed|returned, topup.disputed "
           "(HMAC-signed like top-ups, each event id applied once)",
-          body=ProviderEventIn, response=JobOut, status=202, auth_required=False, errors=(401, 404, 409),
+          body=ProviderEventIn, response=JobOut, status=202, auth_required=False,
+          errors={401: "INVALID_SIGNATURE", 404: "PAYOUT_NOT_FOUND", 409: "IDEMPOTENCY_KEY_IN_USE",
+                  422: ("RECEIVER_NOT_FOUND", "IDEMPOTENCY_KEY_REUSED")},
           extra_headers={SIGNATURE_HEADER: "t=<unix>,v1=<hex hmac>"}, limited=False)
 def events() -> Any:
     _verify_signature(current_app.config["PURSER"].provider_webhook_secret)

@@ -17,7 +17,7 @@ from api.jsonbody import parse_body, parse_query
 from api.money import accept
 from api.routes.common import bad_cursor
 from api.schemas import JobOut, PageQuery, PayoutIn, PayoutOut, PayoutPage
-from api.spec import endpoint
+from api.spec import Link, endpoint
 from ledger.money import is_user_id
 from ledger.operations import Payout
 from ledger.states import Role
@@ -30,7 +30,8 @@ bp = Blueprint("payouts", __name__, url_prefix="/api/payouts")
 
 
 @endpoint(bp, "POST", "", summary="Request a payout to the bank: the amount is held, then paid or released",
-          body=PayoutIn, response=JobOut, status=202, idempotent=True, errors=(403,))
+          body=PayoutIn, response=JobOut, status=202, idempotent=True,
+          errors={403: "PAYOUT_NOT_ALLOWED", 422: "PAYOUT_BELOW_MINIMUM"})
 def request_payout() -> Any:
     principal = current()
     settings = current_app.config["PURSER"]
@@ -45,7 +46,9 @@ def request_payout() -> Any:
                   job_id=job_id)
 
 
-@endpoint(bp, "GET", "", summary="The caller's payouts, newest first", query=PageQuery, response=PayoutPage)
+@endpoint(bp, "GET", "", summary="The caller's payouts, newest first", query=PageQuery, response=PayoutPage,
+          links={"GetPayout": Link("payouts.get_payout", "The first payout of the page",
+                                   parameters={"payoutId": "$response.body#/items/0/payoutId"})})
 def list_payouts() -> Any:
     q = parse_query(PageQuery)
     try:
@@ -62,7 +65,7 @@ def _still_admin(principal: Principal) -> bool:
 
 
 @endpoint(bp, "GET", "/<payoutId>", summary="One payout (its owner's, or any for an admin)", response=PayoutOut,
-          errors=(404,))
+          errors={404: "PAYOUT_NOT_FOUND"})
 def get_payout(payoutId: str) -> Any:  # noqa: N803
     principal = current()
     doc = load_payout(payoutId) if is_user_id(payoutId) else None

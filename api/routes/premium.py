@@ -11,7 +11,7 @@ from api.errors import ApiError
 from api.jsonbody import parse_body
 from api.money import accept
 from api.schemas import ContentIn, ContentOut, JobOut, UnlockIn
-from api.spec import endpoint
+from api.spec import Link, endpoint
 from ledger.operations import Unlock
 from ledger.states import Role
 from services import contents
@@ -20,7 +20,11 @@ bp = Blueprint("premium", __name__, url_prefix="/api/premium")
 
 
 @endpoint(bp, "POST", "/content", summary="Publish premium content with a price",
-          body=ContentIn, response=ContentOut, status=201, roles=(Role.CREATOR, Role.ADMIN))
+          body=ContentIn, response=ContentOut, status=201, roles=(Role.CREATOR, Role.ADMIN),
+          links={"GetContent": Link("premium.get_content", "Read the new content",
+                                    parameters={"contentId": "$response.body#/contentId"}),
+                 "Unlock": Link("premium.unlock", "Buy access to it (its creator is refused OWN_CONTENT)",
+                                body={"contentId": "$response.body#/contentId"})})
 def create_content() -> Any:
     body = parse_body(ContentIn)
     doc = contents.publish(current().user_id, body.title, body.price)
@@ -28,7 +32,7 @@ def create_content() -> Any:
 
 
 @endpoint(bp, "GET", "/content/<contentId>", summary="Content details and whether the caller has access",
-          response=ContentOut, errors=(404,))
+          response=ContentOut, errors={404: "CONTENT_NOT_FOUND"})
 def get_content(contentId: str) -> Any:  # noqa: N803 - the path parameter name is the contract
     content = contents.active_content(contentId)
     if content is None:
@@ -37,7 +41,8 @@ def get_content(contentId: str) -> Any:  # noqa: N803 - the path parameter name 
 
 
 @endpoint(bp, "POST", "/unlock", summary="Buy access to premium content (settled asynchronously)",
-          body=UnlockIn, response=JobOut, status=202, idempotent=True)
+          body=UnlockIn, response=JobOut, status=202, idempotent=True,
+          errors={422: ("CONTENT_NOT_FOUND", "OWN_CONTENT")})
 def unlock() -> Any:
     body = parse_body(UnlockIn)
     me = current().user_id

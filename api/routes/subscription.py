@@ -12,7 +12,7 @@ from api.jsonbody import parse_body
 from api.money import accept
 from api.routes.common import refuse_self, require_user_wallet
 from api.schemas import CancelIn, JobOut, PlanIn, PlanOut, SubscribeIn, SubscriptionOut, SubscriptionPage
-from api.spec import endpoint
+from api.spec import Link, endpoint
 from ledger.operations import Subscribe
 from ledger.states import Role
 from services import operator_audit, subscriptions
@@ -32,7 +32,8 @@ def put_plan() -> Any:
 
 
 @endpoint(bp, "POST", "/subscribe", summary="Subscribe to a creator (first period charged asynchronously)",
-          body=SubscribeIn, response=JobOut, status=202, idempotent=True)
+          body=SubscribeIn, response=JobOut, status=202, idempotent=True,
+          errors={422: ("SELF_TRANSFER", "RECEIVER_NOT_FOUND", "NO_PLAN")})
 def subscribe() -> Any:
     body = parse_body(SubscribeIn)
     me = current().user_id
@@ -44,7 +45,7 @@ def subscribe() -> Any:
 
 
 @endpoint(bp, "POST", "/cancel", summary="Stop auto-renewal; access lasts until expiresAt",
-          body=CancelIn, response=SubscriptionOut, errors=(404,))
+          body=CancelIn, response=SubscriptionOut, errors={404: "SUBSCRIPTION_NOT_FOUND"})
 def cancel() -> Any:
     body = parse_body(CancelIn)
     principal = current()
@@ -55,6 +56,8 @@ def cancel() -> Any:
     return jsonify(subscription_view(sub))
 
 
-@endpoint(bp, "GET", "", summary="The caller's subscriptions", response=SubscriptionPage)
+@endpoint(bp, "GET", "", summary="The caller's subscriptions", response=SubscriptionPage,
+          links={"Cancel": Link("subscription.cancel", "Stop the first subscription's auto-renewal",
+                                body={"subscriptionId": "$response.body#/items/0/subscriptionId"})})
 def list_subscriptions() -> Any:
     return jsonify(items=[subscription_view(s) for s in subscriptions.subscriptions_of(current().user_id)])

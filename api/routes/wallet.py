@@ -21,7 +21,7 @@ from services.queries import BadCursor, wallet_history
 bp = Blueprint("wallet", __name__, url_prefix="/api/wallet")
 
 
-@endpoint(bp, "GET", "/balance", summary="The caller's balance", response=BalanceOut)
+@endpoint(bp, "GET", "/balance", summary="The caller's balance", response=BalanceOut, errors={404: "NOT_FOUND"})
 def balance() -> Any:
     me = current().user_id
     found = wallets.balance(me, current_app.config["PURSER"].ledger_partitions)
@@ -45,7 +45,8 @@ def transactions() -> Any:
 
 
 @endpoint(bp, "POST", "/transfer", summary="Send coins to another user (settled asynchronously)",
-          body=TransferIn, response=JobOut, status=202, idempotent=True)
+          body=TransferIn, response=JobOut, status=202, idempotent=True,
+          errors={422: ("SELF_TRANSFER", "RECEIVER_NOT_FOUND")})
 def transfer() -> Any:
     body = parse_body(TransferIn)
     me = current().user_id
