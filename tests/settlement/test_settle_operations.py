@@ -64,8 +64,9 @@ def test_migrations_up_twice_is_a_no_op_down_then_up_restores_and_status_reports
     assert status.returncode == 0, status.stderr
     assert "0001 initial" in status.stdout and "applied" in status.stdout and "pending" not in status.stdout
 
+    versions = [m.number for m in migrations.discover()]
     partial = _run(stack_env, "migrations", "down", "--to", "1")
-    assert partial.returncode == 0 and "reverted: [5, 4, 3, 2]" in partial.stdout, partial.stdout + partial.stderr
+    assert partial.returncode == 0 and f"reverted: {versions[:0:-1]}" in partial.stdout, partial.stdout + partial.stderr
     assert "userId_unique" in db.wallets.index_information() and "credits" not in db.list_collection_names()
     assert "status_age" in db.jobs.index_information()
     assert "due_by_renewal" not in db.subscriptions.index_information()
@@ -79,7 +80,7 @@ def test_migrations_up_twice_is_a_no_op_down_then_up_restores_and_status_reports
 
     up = _run(stack_env, "migrations", "up")
     assert up.returncode == 0, up.stderr
-    assert "applied: [1, 2, 3, 4, 5]" in up.stdout
+    assert f"applied: {versions}" in up.stdout
     assert _index_names(db) == _expected_index_names()
     # System wallets live as per-partition buckets, created by each partition's first batch.
     assert db.wallets.count_documents({"system": {"$exists": True}}) == 0
