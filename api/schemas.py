@@ -21,8 +21,15 @@ STRICT_INTEGER = ("A JSON integer: `1.0`, `\"1\"` and `true` are refused with 42
                   "JSON Schema counts `1.0` as an integer.")
 Amount = Annotated[int, Field(strict=True, ge=1, le=MAX_AMOUNT,
                               description=f"Coins (integer minor units), 1 to {MAX_AMOUNT}. {STRICT_INTEGER}")]
+# ``\s`` differs between the engines that read this pattern (Python's and Rust's include
+# U+0085, ECMA-262's, which OpenAPI clients use, includes U+FEFF instead): both are named.
+# Surrounding white space is stripped (Rust's ``trim``, pydantic-core) before the pattern,
+# so the documented pattern allows exactly those characters around the address.
+_NOT_IN_EMAIL = r"[^@\s\x00-\x1f\x85\ufeff]"
+_TRIMMED = r"[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*"
 Email = Annotated[str, StringConstraints(strict=True, min_length=3, max_length=254, strip_whitespace=True,
-                                         pattern=r"^[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f]+$")]
+                                         pattern=rf"^{_TRIMMED}{_NOT_IN_EMAIL}+@{_NOT_IN_EMAIL}+\.{_NOT_IN_EMAIL}+"
+                                                 rf"{_TRIMMED}$")]
 Text = Annotated[str, StringConstraints(strict=True, max_length=500)]
 
 

@@ -36,7 +36,12 @@ def _busy() -> ApiError:
           body=RegisterIn, response=UserOut, status=201, errors={409: "EMAIL_TAKEN", 503: "SERVICE_UNAVAILABLE"},
           auth_required=False,
           links={"Login": Link("auth.login", "Log in with the new account",
-                               body={"email": "$request.body#/email", "password": "$request.body#/password"})})
+                               body={"email": "$request.body#/email", "password": "$request.body#/password"}),
+                 "Transfer": Link("wallet.transfer", "Send the new user coins",
+                                  body={"receiverId": "$response.body#/userId"}),
+                 "Gift": Link("gifts.gift", "Send the new user a gift", body={"creatorId": "$response.body#/userId"}),
+                 "Credit": Link("admin.credit", "Credit the new user's wallet (admin)",
+                                body={"userId": "$response.body#/userId"})})
 def register() -> Any:
     body = parse_body(RegisterIn)
     try:

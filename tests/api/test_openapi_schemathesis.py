@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -32,7 +33,8 @@ from tests.support.invariants import assert_money_invariants
 from tests.support.waiting import wait_drained
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
-EXAMPLES = int(os.environ.get("PURSER_SCHEMATHESIS_EXAMPLES", "8"))  # per operation and phase
+EXAMPLES = int(os.environ.get("PURSER_SCHEMATHESIS_EXAMPLES", "12"))  # per operation and phase
+STATEFUL_EXAMPLES = int(os.environ.get("PURSER_SCHEMATHESIS_SCENARIOS", "60"))  # stateful scenarios: cheap
 STATEFUL_STEPS = int(os.environ.get("PURSER_SCHEMATHESIS_STEPS", "12"))
 SEED = 1
 
@@ -125,12 +127,19 @@ def test_positive_acceptance_exceptions_are_the_documented_ones(api):
     assert {op["include-operation-id"] for op in parsed["operations"]} == set(kinds)
 
 
-def _run(base_url: str, token: str, config: Path, report: Path) -> subprocess.CompletedProcess[str]:
+def _run(base_url: str, token: str, config: Path, report: Path, phases: str,
+         examples: int) -> subprocess.CompletedProcess[str]:
     argv = [str(SCHEMATHESIS), "--config-file", str(config), "run", f"{base_url}/api/openapi.json",
             "--url", base_url, "--checks", "all", "--header", f"Authorization: Bearer {token}",
-            "--max-examples", str(EXAMPLES), "--seed", str(SEED), "--workers", "1", "--request-timeout", "30",
-            "--no-shrink", "--no-color", "--report", "junit", "--report-junit-path", str(report)]
+            "--phases", phases, "--max-examples", str(examples), "--seed", str(SEED), "--workers", "1",
+            "--request-timeout", "30", "--no-shrink", "--no-color",
+            "--report", "junit", "--report-junit-path", str(report)]
     return subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=config.parent)
+
+
+# One run per token and kind of phase: the stateful phase gets more scenarios than the
+# per-operation phases get examples, as a scenario costs a few requests.
+RUNS = (("examples,coverage,fuzzing", EXAMPLES), ("stateful", STATEFUL_EXAMPLES))
 
 
 @pytest.mark.timeout(600)
@@ -154,18 +163,25 @@ def test_schemathesis_all_checks_as_user_and_admin(web_server, fresh_db, session
     api.expect_settled(creator, api.money("/api/payouts", creator, {"amount": 5_000}))
     document = requests.get(f"{server.base_url}/api/openapi.json", timeout=30).json()
 
-    failures = []
+    failures, links_covered = [], {}
     for who, user in (("creator", creator), ("admin", admin)):
         config = tmp_path / f"schemathesis-{who}.toml"
         config.write_text(config_toml(document, fan.id if who == "admin" else None))
-        started = time.monotonic()
-        done = _run(server.base_url, user.token, config, tmp_path / f"junit-{who}.xml")
-        took = time.monotonic() - started
-        print(f"schemathesis as {who}: exit {done.returncode} in {took:.0f}s\n{done.stdout[-3000:]}")
-        if done.returncode != 0:
-            failures.append(f"--- as {who} (exit {done.returncode}, {took:.0f}s) ---\n{done.stdout[-20000:]}"
-                            f"\n{done.stderr[-3000:]}")
+        for phases, examples in RUNS:
+            started = time.monotonic()
+            done = _run(server.base_url, user.token, config, tmp_path / f"junit-{who}-{phases}.xml", phases,
+                        examples)
+            took = time.monotonic() - started
+            print(f"schemathesis as {who} ({phases}): exit {done.returncode} in {took:.0f}s\n{done.stdout[-3000:]}")
+            if done.returncode != 0:
+                failures.append(f"--- as {who}, {phases} (exit {done.returncode}, {took:.0f}s) ---\n"
+                                f"{done.stdout[-20000:]}\n{done.stderr[-3000:]}")
+            covered = re.search(r"API Links:\s+(\d+) covered", done.stdout)
+            if phases == "stateful":
+                links_covered[who] = int(covered.group(1)) if covered else 0
     assert not failures, "\n".join(failures)
+    # The stateful phase really followed links (how many depends on what the run created).
+    assert all(n >= 3 for n in links_covered.values()), links_covered
     assert api.get("/api/me", admin).json["role"] == "admin"
     wait_drained(fresh_db)
     assert_money_invariants(fresh_db)
