@@ -31,26 +31,26 @@ def _job(db: Any, job_id: str) -> dict[str, Any]:
 def test_a_payout_holds_then_posts_and_a_failed_one_gives_the_money_back(db):
     creator = add_user(db, partition=2, role="creator")
     fund_here(db, [creator], 5000)
-    paid, failed = queue_jobs(db, [Payout(creator, 1200, "a" * 24), Payout(creator, 1300, "b" * 24)])
-    # The payout id is the job id in production; here the test picks them.
+    # The payout id is the job's id, whatever the operation was built with (build_job stamps it).
+    a, b = (j["_id"] for j in queue_jobs(db, [Payout(creator, 1200, "x" * 24), Payout(creator, 1300, "x" * 24)]))
     _settle_all(db)
     assert balances(db, [creator])[creator] == 2500
     assert system_balances(db)[PAYOUTS_IN_FLIGHT] == 2500
-    assert {p["_id"]: p["status"] for p in db.payouts.find({})} == {"a" * 24: "pending", "b" * 24: "pending"}
+    assert {p["_id"]: p["status"] for p in db.payouts.find({})} == {a: "pending", b: "pending"}
 
-    queue_jobs(db, [PayoutEvent(creator, "a" * 24, "paid", "evt-1"), PayoutEvent(creator, "b" * 24, "failed", "evt-2"),
-                    PayoutEvent(creator, "a" * 24, "paid", "evt-3")])  # a second "paid": moves nothing
+    queue_jobs(db, [PayoutEvent(creator, a, "paid", "evt-1"), PayoutEvent(creator, b, "failed", "evt-2"),
+                    PayoutEvent(creator, a, "paid", "evt-3")])  # a second "paid": moves nothing
     _settle_all(db)
     assert balances(db, [creator])[creator] == 3800
     totals = system_balances(db)
     assert totals[PAYOUTS_IN_FLIGHT] == 0 and totals["external:funding"] == -5000 + 1200
-    assert {p["_id"]: p["status"] for p in db.payouts.find({})} == {"a" * 24: "paid", "b" * 24: "failed"}
+    assert {p["_id"]: p["status"] for p in db.payouts.find({})} == {a: "paid", b: "failed"}
     dup = db.jobs.find_one({"type": "payout_event", "params.event_id": "evt-3"})
     assert dup["status"] == "failed" and dup["error"]["code"] == "PAYOUT_STATE_CONFLICT"
     assert audit_entry_of(db, dup["_id"])[1]["code"] == "PAYOUT_STATE_CONFLICT"  # recorded
 
     # Paid, then the bank returns it: a new compensating credit, the posted entries untouched.
-    queue_jobs(db, [PayoutEvent(creator, "a" * 24, "returned", "evt-4")])
+    queue_jobs(db, [PayoutEvent(creator, a, "returned", "evt-4")])
     _settle_all(db)
     assert balances(db, [creator])[creator] == 5000
     assert db.transactions.count_documents({"type": "payout_event"}) == 3
