@@ -147,7 +147,7 @@ def banner(
         f"  MongoDB    {_mask(env.get('MONGODB_URI', ''))}   ({mongo_note})",
         f"  Redis      {_mask(env.get('REDIS_URL', ''))}   ({redis_note})",
         f"  Payouts    {provider}   ({provider_note})",
-        "  logs       web, worker, housekeeping, beat, flower: this terminal"
+        "  logs       web, worker, housekeeping, webhooks, beat, flower: this terminal"
         + (f"; {store_logs}" if store_logs else ""),
         "  Ctrl-C to stop (data in var is kept for the next start)",
         rule,

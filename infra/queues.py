@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_QUEUE = "purser.default"
+# Webhook deliveries wait on other people's servers (up to 15 s each): their own queue
+# and worker role, so a slow receiver holds neither a settler nor beat's housekeeping.
+WEBHOOK_QUEUE = "purser.webhooks"
 LEDGER_QUEUE_PREFIX = "ledger."
 
 HEARTBEAT_KEY_PREFIX = "purser:heartbeats:"

@@ -1,7 +1,8 @@
 """Job webhooks on Celery: dispatch after a committed batch, one task per delivery, beat's tick.
 
-All three run on the housekeeping queue (``purser.default``), never on a ledger
-queue: a slow receiver must not hold a settler. Every message is a hint; the state
+The dispatcher and the tick run on the housekeeping queue (``purser.default``);
+deliveries on their own (``purser.webhooks``, the Procfile's ``webhooks`` role, a
+thread pool): a slow receiver must hold neither a settler nor beat's housekeeping. Every message is a hint; the state
 lives in MongoDB (``services/webhooks.py``), so a lost message, a doubled one or a
 worker SIGKILLed mid-delivery changes nothing but latency: beat's tick dispatches
 every partition and hands out every due delivery again.

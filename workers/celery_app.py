@@ -22,7 +22,7 @@ from celery.local import Proxy
 from kombu import Queue
 
 from infra.config import ConfigError, Settings, get_settings, settings_or_exit
-from infra.queues import DEFAULT_QUEUE, partition_queue
+from infra.queues import DEFAULT_QUEUE, WEBHOOK_QUEUE, partition_queue
 
 TASK_MODULES = ("tasks.settle", "tasks.maintenance", "tasks.subscriptions", "tasks.payouts", "tasks.webhooks")
 # Registered only outside production (APP_ENV=development or test): debug.boom fails on
@@ -46,7 +46,8 @@ def check_flower(settings: Settings, argv: list[str]) -> None:
 def create_celery(settings: Settings) -> Celery:
     """A Celery app configured from ``settings``; opens no connection (the broker is lazy)."""
     app = Celery("purser", broker=settings.redis_url, include=task_modules(settings), set_as_current=False)
-    queues = [Queue(DEFAULT_QUEUE)] + [Queue(partition_queue(p)) for p in range(settings.ledger_partitions)]
+    queues = ([Queue(DEFAULT_QUEUE), Queue(WEBHOOK_QUEUE)]
+              + [Queue(partition_queue(p)) for p in range(settings.ledger_partitions)])
     app.conf.update(
         # Money settings: a message is acknowledged only after its work committed, and
         # a worker process that dies mid-batch gives its message back to the queue.
@@ -65,7 +66,7 @@ def create_celery(settings: Settings) -> Celery:
         broker_connection_max_retries=None,
         task_queues=queues,
         task_default_queue=DEFAULT_QUEUE,
-        task_routes={"ledger.settle": {"queue": partition_queue(0)}},
+        task_routes={"ledger.settle": {"queue": partition_queue(0)}, "webhooks.deliver": {"queue": WEBHOOK_QUEUE}},
         task_time_limit=300,
         task_soft_time_limit=240,
         worker_send_task_events=True,

@@ -366,7 +366,7 @@ def _stack_processes(var_dir: Path, ports: list[int]) -> list[psutil.Process]:
 
 
 def _money_round_trip(launch: _Launch, var_dir: Path) -> None:
-    """Both Procfile worker roles are up: a top-up settles, beat's housekeeping worker beats."""
+    """Every Procfile worker role is up: a top-up settles, housekeeping and webhook workers beat."""
     from tests.support.client import ApiClient
 
     api = ApiClient(f"http://127.0.0.1:{launch.port}")
@@ -382,7 +382,7 @@ def _money_round_trip(launch: _Launch, var_dir: Path) -> None:
     client = redis.Redis.from_url(match.group(1))
     roles = {role: sorted(m.decode().split("@")[0] for m in client.zrange(f"purser:heartbeats:{role}", 0, -1))
              for role in ("ledger", "other")}
-    assert roles == {"ledger": ["worker"], "other": ["housekeeping"]}, roles
+    assert roles == {"ledger": ["worker"], "other": ["housekeeping", "webhooks"]}, roles
 
 
 @pytest.mark.slow

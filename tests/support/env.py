@@ -32,6 +32,7 @@ TEST_ENV_BASE = {
     # tests that need one pass a free port.
     "WORKER_METRICS_PORT": "0",
     "HOUSEKEEPING_METRICS_PORT": "0",
+    "WEBHOOKS_METRICS_PORT": "0",
 }
 
 

@@ -3,9 +3,10 @@
 What production runs is what the tests run: :func:`procfile_command` reads a role's
 line from ``Procfile`` (the one parser of it in the tests), expands its
 ``${VAR:-default}`` references against the child's environment and splits it like
-a shell would. :class:`RoleWorker` runs the ``worker`` role (ledger queues) or the
+a shell would. :class:`RoleWorker` runs the ``worker`` role (ledger queues), the
 ``housekeeping`` role (``purser.default``: beat's sweep, reconcile and subscription
-tick); :class:`Workers` is the pair a shared test stack runs; :class:`Beat` and
+tick) or the ``webhooks`` role (``purser.webhooks``: deliveries, a thread pool);
+:class:`Workers` is the set a shared test stack runs; :class:`Beat` and
 :class:`Web` run the ``beat`` and ``web`` lines.
 
 A test may narrow what a process does (``queues``, ``concurrency``, a private beat
@@ -130,19 +131,21 @@ class RoleWorker(WorkerProcess):
 
 @dataclass
 class Workers:
-    """The two worker roles of a stack, as the Procfile runs them."""
+    """The worker roles of a stack, as the Procfile runs them."""
 
     ledger: RoleWorker
     housekeeping: RoleWorker
+    webhooks: RoleWorker
 
     @classmethod
     def create(cls, env: Mapping[str, str], logs: Path) -> Workers:
         return cls(RoleWorker("worker", env, logs / "worker.log"),
-                   RoleWorker("housekeeping", env, logs / "housekeeping.log"))
+                   RoleWorker("housekeeping", env, logs / "housekeeping.log"),
+                   RoleWorker("webhooks", env, logs / "webhooks.log"))
 
     @property
     def processes(self) -> list[RoleWorker]:
-        return [self.ledger, self.housekeeping]
+        return [self.ledger, self.housekeeping, self.webhooks]
 
     def start(self, timeout: float | None = None) -> Workers:
         for worker in self.processes:

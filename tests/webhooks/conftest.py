@@ -1,7 +1,7 @@
-"""A stack of its own for the webhook suite: gunicorn, the ledger and housekeeping workers,
+"""A stack of its own for the webhook suite: gunicorn, the ledger, housekeeping and webhooks workers,
 beat (webhook tick every second) and a receiver process, on a Redis database and a
 MongoDB database no other suite's worker reads, so a delivery can only be taken by
-this module's housekeeping worker (the SIGKILL test depends on it).
+this module's webhooks worker (the SIGKILL test depends on it).
 
 Retries are scaled down (``WEBHOOK_BACKOFF_SECONDS=1,1,1,1``: five attempts in about
 four seconds) and the per-attempt timeout is 2 s (a lease of 9 s).
@@ -35,6 +35,7 @@ class Stack:
     web: Web
     ledger: RoleWorker
     housekeeping: RoleWorker
+    webhooks: RoleWorker
     beat: Beat
     receiver: Receiver
     http: ApiClient
@@ -42,18 +43,18 @@ class Stack:
     admin: User
     extra: list[Any] = field(default_factory=list)
 
-    def new_housekeeping(self) -> RoleWorker:
-        worker = RoleWorker("housekeeping", self.env, self.logs / f"housekeeping-{len(self.extra) + 2}.log")
+    def new_webhooks_worker(self) -> RoleWorker:
+        worker = RoleWorker("webhooks", self.env, self.logs / f"webhooks-{len(self.extra) + 2}.log")
         self.extra.append(worker)
-        self.housekeeping = worker.start(timeout=60)
+        self.webhooks = worker.start(timeout=60)
         return worker
 
     @property
     def processes(self) -> list[Any]:
-        return [self.web, self.ledger, self.housekeeping, self.beat, self.receiver, *self.extra]
+        return [self.web, self.ledger, self.housekeeping, self.webhooks, self.beat, self.receiver, *self.extra]
 
     def logs_tail(self) -> str:
-        return "\n".join(p.log_tail(40) for p in (self.housekeeping, self.ledger, self.beat))
+        return "\n".join(p.log_tail(40) for p in (self.webhooks, self.housekeeping, self.ledger, self.beat))
 
 
 @pytest.fixture(scope="module")
@@ -67,18 +68,19 @@ def stack(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
     db = client[DB_NAME]
     web = Web(env, logs / "gunicorn.log", concurrency=1)
     ledger = RoleWorker("worker", env, logs / "worker.log")
-    housekeeping = RoleWorker("housekeeping", env, logs / "housekeeping-1.log")
+    housekeeping = RoleWorker("housekeeping", env, logs / "housekeeping.log")
+    webhooks = RoleWorker("webhooks", env, logs / "webhooks-1.log")
     beat = Beat(env, logs / "beat.log", logs / "celerybeat-schedule")
     receiver = Receiver(logs / "receiver.log")
     started: list[Any] = []
     stack_: Stack | None = None
     try:
-        for process in (receiver, web, ledger, housekeeping, beat):
+        for process in (receiver, web, ledger, housekeeping, webhooks, beat):
             started.append(process)
             process.start(timeout=60)
         admin = seed_users(db, 1, role="admin", prefix="hookadmin")[0]
-        stack_ = Stack(env, logs, web, ledger, housekeeping, beat, receiver, ApiClient(web.base_url, timeout=30),
-                       db, admin)
+        stack_ = Stack(env, logs, web, ledger, housekeeping, webhooks, beat, receiver,
+                       ApiClient(web.base_url, timeout=30), db, admin)
         yield stack_
     finally:
         if stack_ is not None:

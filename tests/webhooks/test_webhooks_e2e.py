@@ -159,8 +159,8 @@ def test_a_worker_sigkilled_mid_delivery_still_delivers(hooks: Any) -> None:
     _, topup = fund(s, 50)
 
     wait_for(lambda: s.receiver.received("/slow"), 30, what="the first attempt to reach the receiver")
-    s.housekeeping.kill()  # the whole worker, mid-request: its message stays unacknowledged in Redis
-    s.new_housekeeping()
+    s.webhooks.kill()  # the whole worker, mid-request: its message stays unacknowledged in Redis
+    s.new_webhooks_worker()
 
     # Its lease (2 x timeout + 5 s = 9 s) runs out; beat's tick hands the delivery to the new worker.
     [done] = settled_deliveries(s, slow, 1, timeout=45)
