@@ -10,6 +10,14 @@ from ledger.states import WalletStatus
 from services.queries import incoming_credits
 from services.store import database
 
+# Credits are applied once per settlement batch (tens of ms apart at most), so a few
+# tries find a quiet moment; each try is three point/range reads.
+_CONSISTENT_READ_TRIES = 8
+
+
+class ConsistentReadError(RuntimeError):
+    """The wallet kept changing while its balance was read (retryable)."""
+
 
 @dataclass(frozen=True)
 class Balance:
@@ -26,13 +34,27 @@ def user_wallet_status(user_id: str, *, db: Database | None = None) -> WalletSta
 
 
 def balance(user_id: str, partitions: int, *, db: Database | None = None) -> Balance | None:
-    """``user_id``'s balance and credits still in flight to it, or None without a wallet."""
+    """``user_id``'s balance and credits still in flight to it, or None without a wallet.
+
+    The two live in different documents and the owner partition moves a credit from one
+    to the other in one transaction that also bumps the wallet's ``version``. Reading the
+    wallet on both sides of the credits read, and retrying when its version moved, gives a
+    pair from one instant: an applied credit never shows in both (a client summing them
+    would see money twice; the Try-it CI run did) nor in neither.
+    """
     db = database(db)
-    # Credits first: one applied between the two reads then shows in the balance (and,
-    # at worst, also in incoming for an instant), never in neither.
-    incoming = incoming_credits(db, user_id, partitions)
     wallet = db.wallets.find_one({"_id": user_id})
-    if wallet is None:
-        return None
+    for _ in range(_CONSISTENT_READ_TRIES):
+        if wallet is None:
+            return None
+        incoming = incoming_credits(db, user_id, partitions)
+        again = db.wallets.find_one({"_id": user_id})
+        if again is not None and again.get("version") == wallet.get("version"):
+            break
+        wallet = again
+    else:
+        # A wallet applying credits on every read for this long is not a state a
+        # balance view can wait out; say so loudly rather than answer a torn pair.
+        raise ConsistentReadError(user_id)
     return Balance(wallet["_id"], wallet["balance"], incoming,
                    WalletStatus(wallet.get("status", WalletStatus.ACTIVE)))

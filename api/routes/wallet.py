@@ -21,10 +21,15 @@ from services.queries import BadCursor, wallet_history
 bp = Blueprint("wallet", __name__, url_prefix="/api/wallet")
 
 
-@endpoint(bp, "GET", "/balance", summary="The caller's balance", response=BalanceOut, errors={404: "NOT_FOUND"})
+@endpoint(bp, "GET", "/balance", summary="The caller's balance", response=BalanceOut,
+          errors={404: "NOT_FOUND", 503: "SERVICE_UNAVAILABLE"})
 def balance() -> Any:
     me = current().user_id
-    found = wallets.balance(me, current_app.config["PURSER"].ledger_partitions)
+    try:
+        found = wallets.balance(me, current_app.config["PURSER"].ledger_partitions)
+    except wallets.ConsistentReadError:
+        raise ApiError(503, "SERVICE_UNAVAILABLE", "The wallet is changing; retry shortly.",
+                       headers={"Retry-After": "1"}) from None
     if found is None:
         raise ApiError(404, "NOT_FOUND", "No wallet for this account.")
     # ``balance`` is spendable now; ``incoming`` was settled for this wallet by another

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from pymongo import MongoClient, monitoring
 
 from ledger.money import SYSTEM_WALLETS
 from ledger.operations import Gift, Transfer, partition_of
 from ledger.routing import parse_bucket
+from services import wallets
 from services.queries import audit_entry_of, incoming_credits
 from services.reconcile import reconcile, system_balances
 from services.settlement import settle_partition
@@ -53,6 +55,40 @@ def test_a_cross_partition_credit_is_incoming_until_its_owner_applies_it(db):
     block = db.auditlogs.find_one({"partition": 1, "creditsIn.creditId": credit["_id"]})
     assert block is not None and block["jobs"] == []
     assert_money_invariants(db)
+
+
+def test_the_balance_view_never_counts_a_credit_applied_mid_read_twice(db, monkeypatch):
+    # The owner applies the credit between the view's reads of credits and wallet: the
+    # torn pair would say balance 30 + incoming 30 (the Try-it CI failure).
+    sender, receiver = add_user(db, partition=0), add_user(db, partition=1)
+    fund_here(db, [sender], 100)
+    queue_jobs(db, [Transfer(sender, receiver, 30)])
+    _settle(db, 0)
+    read_credits, applied = wallets.incoming_credits, []
+
+    def credits_then_apply(*args: Any) -> int:
+        found = read_credits(*args)
+        if not applied:
+            applied.append(_settle(db, 1).batches[0].credits_applied)
+        return found
+
+    monkeypatch.setattr(wallets, "incoming_credits", credits_then_apply)
+    seen = wallets.balance(receiver, partitions(), db=db)
+    assert applied == [1]
+    assert (seen.balance, seen.incoming) == (30, 0)
+    assert_money_invariants(db)
+
+
+def test_a_balance_read_that_never_finds_the_wallet_still_refuses_a_torn_answer(db, monkeypatch):
+    receiver = add_user(db, partition=1)
+
+    def credits_while_the_wallet_moves(*args: Any) -> int:
+        db.wallets.update_one({"_id": receiver}, {"$inc": {"version": 1}})
+        return 0
+
+    monkeypatch.setattr(wallets, "incoming_credits", credits_while_the_wallet_moves)
+    with pytest.raises(wallets.ConsistentReadError):
+        wallets.balance(receiver, partitions(), db=db)
 
 
 def test_a_credit_is_applied_exactly_once_by_concurrent_and_repeated_settlers(db):
