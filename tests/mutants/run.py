@@ -42,6 +42,7 @@ class Mutant:
 
 
 S = "tests/settlement/"
+MO = S + "test_money_out_settlement.py::"
 MUTANTS: tuple[Mutant, ...] = (
     # --- the five planted bugs of issue 17 -------------------------------------------
     Mutant("settlement: debit guard removed", "services/settlement.py",
@@ -93,6 +94,16 @@ MUTANTS: tuple[Mutant, ...] = (
            '{"$set": {"applied": True, "appliedAt": now, "appliedIn": batch_seq}}',
            '{"$set": {"appliedAt": now, "appliedIn": batch_seq}}',
            (S + "test_single_writer.py::test_a_cross_partition_credit_is_incoming_until_its_owner_applies_it",)),
+    # --- money out: refunds and chargebacks (the loader and the write plan) -------------
+    Mutant("refunds: earlier refunds not loaded (each refund sees the whole original)", "services/settlement.py",
+           'legs[row["walletId"]] = legs.get(row["walletId"], 0) + row["amount"]', "pass",
+           (MO + "test_partial_then_full_refund_of_an_unlock_gives_back_exactly_the_price",)),
+    Mutant("refunds: legs given back not recorded on the refund", "services/settlement.py",
+           'tx["refundLegs"] = [{"walletId": w, "amount": a} for w, a in effect.legs]', "pass",
+           (MO + "test_partial_then_full_refund_of_an_unlock_gives_back_exactly_the_price",)),
+    Mutant("chargebacks: the store guard ignores the allowed debt", "services/settlement.py",
+           "floor = -delta - overdraw.get(doc_id, 0)", "floor = -delta",
+           (MO + "test_a_chargeback_leaves_debt_that_blocks_debits_until_a_credit_repays_it",)),
     # --- reconcile and audit verification ----------------------------------------------
     Mutant("reconcile: unapplied credits left out of the drift check", "services/reconcile.py",
            "if balance + incoming != ledger:", "if balance != ledger:",
