@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 import jwt
-from flask import g, request
+from flask import current_app, g, request
 
 from api.errors import ApiError
 from infra.config import Settings
@@ -184,14 +184,17 @@ def require_roles(principal: Principal, roles: tuple[Role, ...] | None) -> None:
         raise ApiError(403, "FORBIDDEN", "Your role does not allow this action.")
 
 
-def still_admin(principal: Principal, ttl: float) -> bool:
+def still_admin(principal: Principal, ttl: float | None = None) -> bool:
     """True when ``principal`` is an admin by the role stored now (read through the cache).
 
     For routes that show admins other users' data: a demoted admin's unexpired token
-    must not keep reading it. A missing account is 401.
+    must not keep reading it. A missing account is 401. ``ttl`` defaults to the app's
+    role cache setting.
     """
     if not principal.is_admin:
         return False
+    if ttl is None:
+        ttl = current_app.config["PURSER"].role_cache_seconds
     role = stored_role(principal.user_id, ttl)
     if role is None:
         raise ApiError(401, "UNAUTHORIZED", "The account no longer exists.")

@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 
 from api import waits
-from api.auth import Principal, current, still_admin
+from api.auth import current, still_admin
 from api.errors import ApiError
 from api.jsonbody import parse_query
 from api.routes.common import bad_cursor
@@ -34,15 +34,9 @@ def _visible_job(job_id: str) -> dict[str, Any]:
     principal = current()
     job = load_job(job_id) if is_user_id(job_id) else None
     # 404, not 403, for other people's jobs: existence is not disclosed.
-    if job is None or (job.get("ownerId") != principal.user_id and not _still_admin(principal)):
+    if job is None or (job.get("ownerId") != principal.user_id and not still_admin(principal)):
         raise ApiError(404, "JOB_NOT_FOUND", "No such job.")
     return job
-
-
-def _still_admin(principal: Principal) -> bool:
-    # As on the admin routes, the stored role decides: a demoted admin's unexpired
-    # token must not keep reading other users' jobs.
-    return still_admin(principal, current_app.config["PURSER"].role_cache_seconds)
 
 
 @endpoint(bp, "GET", "/<jobId>", summary="A job's status; 'Prefer: wait=N' (N<=10) holds until terminal",

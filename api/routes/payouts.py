@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify
 
-from api.auth import Principal, current, stored_role
+from api.auth import current, still_admin
 from api.errors import ApiError
 from api.jsonbody import parse_body, parse_query
 from api.money import accept
@@ -20,7 +20,6 @@ from api.schemas import JobOut, PageQuery, PayoutIn, PayoutOut, PayoutPage
 from api.spec import Link, endpoint
 from ledger.money import is_user_id
 from ledger.operations import Payout
-from ledger.states import Role
 from services.jobs import new_job_id
 from services.payouts import get_payout as load_payout
 from services.payouts import payout_view, user_payouts
@@ -58,18 +57,12 @@ def list_payouts() -> Any:
     return jsonify(items=[payout_view(d) for d in docs], nextCursor=next_cursor)
 
 
-def _still_admin(principal: Principal) -> bool:
-    # The stored role decides (as for jobs): a demoted admin's unexpired token reads nothing.
-    ttl = current_app.config["PURSER"].role_cache_seconds
-    return principal.is_admin and stored_role(principal.user_id, ttl) == Role.ADMIN
-
-
 @endpoint(bp, "GET", "/<payoutId>", summary="One payout (its owner's, or any for an admin)", response=PayoutOut,
           errors={404: "PAYOUT_NOT_FOUND"})
 def get_payout(payoutId: str) -> Any:  # noqa: N803
     principal = current()
     doc = load_payout(payoutId) if is_user_id(payoutId) else None
     # 404, not 403, for other people's payouts: existence is not disclosed.
-    if doc is None or (doc["userId"] != principal.user_id and not _still_admin(principal)):
+    if doc is None or (doc["userId"] != principal.user_id and not still_admin(principal)):
         raise ApiError(404, "PAYOUT_NOT_FOUND", "No such payout.")
     return jsonify(payout_view(doc))
