@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 import services.settlement as settlement
-from ledger.operations import Payout, Transfer
+from ledger.money import PAYOUTS_IN_FLIGHT
+from ledger.operations import Payout, PayoutEvent, Transfer
+from ledger.routing import bucket_id
 from ledger.timeutil import utcnow
 from services import idempotency
 from services.jobs import KeyClaim, accept_job
@@ -55,6 +57,38 @@ def test_debit_guard_refuses_a_decision_made_on_a_stale_balance(db, monkeypatch)
     assert balances(db, [sender, receiver]) == {sender: 100, receiver: 0}
     monkeypatch.undo()
     assert_money_invariants(db)
+
+
+def test_the_in_flight_bucket_guard_refuses_to_post_more_than_it_holds(db, monkeypatch):
+    """The payout hold bucket can only give back what it holds (the store-side guard).
+
+    The domain rule refuses a hold bucket short of the payout; here the settler's
+    snapshot is stale and says the bucket holds the whole payout while the store holds
+    less (as drift would leave it). The write must not match: nothing moves, the event
+    stays queued, and the drain reports more work once its time runs out.
+    """
+    creator = add_user(db, partition=2, role="creator")
+    fund_here(db, [creator], 5000)
+    payout = queue_jobs(db, [Payout(creator, 1200, "x" * 24)])[0]["_id"]
+    settlement.settle_partition(db, 2, partitions=partitions(), batch_max=200)
+    bucket = bucket_id(PAYOUTS_IN_FLIGHT, 2)
+    assert db.wallets.find_one({"_id": bucket})["balance"] == 1200
+    db.wallets.update_one({"_id": bucket}, {"$inc": {"balance": -1000}})
+    real = settlement.load_snapshot
+
+    def stale(*args: Any, **kwargs: Any) -> Any:
+        snap = real(*args, **kwargs)
+        snap.wallets[PAYOUTS_IN_FLIGHT].balance = 1200
+        return snap
+
+    monkeypatch.setattr(settlement, "load_snapshot", stale)
+    event = queue_jobs(db, [PayoutEvent(creator, payout, "paid", "evt-short")])[0]["_id"]
+    drained = settlement.settle_partition(db, 2, partitions=partitions(), batch_max=200, time_budget=1.0)
+    assert drained.more and drained.settled == 0
+    assert db.jobs.find_one({"_id": event})["status"] == "queued"
+    assert db.wallets.find_one({"_id": bucket})["balance"] == 200
+    assert db.payouts.find_one({"_id": payout})["status"] == "pending"
+    assert balances(db, [creator]) == {creator: 3800}
 
 
 def _response(job_id: str) -> dict[str, Any]:
