@@ -7,6 +7,9 @@
   scheme must be https: the body carries job data.
 * :func:`post` sends one attempt: no redirects followed (a 3xx could point inside),
   no proxy taken from the environment, a bounded timeout, the answer's body never read.
+  Unless private targets are allowed, the address the socket actually connected to is
+  checked again before a byte is sent: a name that resolved to a public address for
+  :func:`check_url` and to a private one a moment later (DNS rebinding) is refused.
 * :func:`next_delay` is the retry schedule, with ``Retry-After`` honoured when longer.
 """
 
@@ -22,6 +25,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import NewConnectionError
 
 # Standard Webhooks' suggested schedule: about a day in all, 7 attempts.
 DEFAULT_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000)
@@ -158,11 +165,52 @@ class Attempt:
         return 200 <= self.status < 300
 
 
-def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Attempt:
+def _checked_peer(conn: HTTPConnection, sock: socket.socket) -> socket.socket:
+    """``sock`` when its peer is a public address; closed and refused otherwise."""
+    peer = ipaddress.ip_address(str(sock.getpeername()[0]).split("%", 1)[0])
+    reason = address_refusal(peer)
+    if reason is None:
+        return sock
+    sock.close()
+    raise NewConnectionError(conn, f"refused: {conn.host} connected to a {reason} address ({peer})")
+
+
+class _PublicHTTPConnection(HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        return _checked_peer(self, super()._new_conn())
+
+
+class _PublicHTTPSConnection(HTTPSConnection):
+    # TLS is wrapped around the socket _new_conn returns: the check comes first, and
+    # the certificate is still verified against the URL's host name.
+    def _new_conn(self) -> socket.socket:
+        return _checked_peer(self, super()._new_conn())
+
+
+class _PublicHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _PublicHTTPConnection
+
+
+class _PublicHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _PublicHTTPSConnection
+
+
+class _PublicOnlyAdapter(HTTPAdapter):
+    """Connects only to public addresses, whatever DNS answers at connect time."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _PublicHTTPPool, "https": _PublicHTTPSPool}
+
+
+def post(url: str, body: bytes, headers: dict[str, str], timeout: float, *, allow_private: bool = False) -> Attempt:
     """POST ``body`` once; never raises for a network failure (it is an :class:`Attempt`)."""
     started = time.monotonic()
     with requests.Session() as session:
         session.trust_env = False  # an environment proxy must not become a way around the guard
+        if not allow_private:
+            session.mount("http://", _PublicOnlyAdapter())
+            session.mount("https://", _PublicOnlyAdapter())
         try:
             response = session.post(url, data=body, timeout=timeout, allow_redirects=False, stream=True,
                                     headers={**headers, "content-type": "application/json",

@@ -366,7 +366,7 @@ class Outcome:
     retry_in: float | None = None
 
 
-Sender = Callable[[str, bytes, dict[str, str], float], Attempt]
+Sender = Callable[..., Attempt]  # post's signature: url, body, headers, timeout, *, allow_private
 
 
 def _fail_pending(db: Database, endpoint_id: str, reason: str, now: datetime) -> None:
@@ -423,7 +423,7 @@ def deliver_one(delivery_id_: str, *, timeout: float, schedule: Sequence[float],
     else:
         stamp = int(time.time())
         attempt = send(endpoint["url"], body, signed_headers(_valid_secrets(endpoint, now), event["_id"], stamp, body),
-                       timeout)
+                       timeout, allow_private=allow_private)
     done = clock()
     entry = {"at": done, "attempt": attempt_no, "run": delivery["run"], "statusCode": attempt.status or None,
              "error": attempt.error, "durationMs": attempt.duration_ms}

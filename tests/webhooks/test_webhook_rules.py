@@ -8,8 +8,10 @@ its own HMAC code), literal address tables and hand-added schedules.
 from __future__ import annotations
 
 import base64
+import http.server
 import ipaddress
 import socket
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -176,3 +178,36 @@ def test_ids_are_derived_so_a_second_dispatch_inserts_nothing() -> None:
     assert one == webhooks.delivery_id(f"evt_{job}", "65a1b2c3d4e5f60718293a4c")
     assert one != webhooks.delivery_id(f"evt_{job}", "65a1b2c3d4e5f60718293a4d")
     assert len(one) == 24 and int(one, 16) >= 0  # the API's id shape (path parameters, cursors)
+
+
+class _Counting(http.server.BaseHTTPRequestHandler):
+    hits = 0
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        type(self).hits += 1
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_name_that_resolves_inside_at_connect_time_is_refused_before_sending(scheme: str) -> None:
+    # DNS rebinding: check_url saw a public address, the connection goes to loopback.
+    # Posting straight to "localhost" is that second moment; nothing may reach it.
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Counting)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"{scheme}://localhost:{server.server_port}/hook"
+        refused = webhook_http.post(url, b"{}", {}, 5)
+        assert refused.status == 0 and "loopback address" in (refused.error or ""), refused
+        assert _Counting.hits == 0
+        if scheme == "http":  # allowed (dev and test), the same call is delivered
+            assert webhook_http.post(url, b"{}", {}, 5, allow_private=True).status == 204
+            assert _Counting.hits == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+        _Counting.hits = 0
