@@ -60,6 +60,10 @@ JOBS_FAILED = Counter("purser_jobs_failed", "Jobs failed with a stable error cod
 SETTLE_LATENCY = Histogram("purser_settle_latency_seconds",
                            "From acceptance (createdAt) to the committed outcome (settledAt)",
                            ["type", "outcome"], buckets=LATENCY_BUCKETS)
+WEBHOOK_ATTEMPTS = Counter("purser_webhook_attempts",
+                           "Webhook delivery attempts by what the delivery became: delivered, pending "
+                           "(another attempt scheduled) or failed (schedule spent, 410, endpoint disabled)",
+                           ["result"])
 TASK_FAILURES = Counter("purser_task_failures", "Celery tasks that ended with an exception", ["task"])
 QUEUED_JOBS = Gauge("purser_jobs_queued", "Jobs waiting in a partition (observed by the sweeper)",
                     ["partition"], multiprocess_mode="mostrecent")

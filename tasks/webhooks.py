@@ -92,6 +92,12 @@ def deliver(delivery_id: str) -> str | None:
                           allow_private=settings.webhook_allow_private, db=get_db())
     if outcome.retry_in is not None and outcome.retry_in <= COUNTDOWN_MAX:
         enqueue(delivery_id, countdown=outcome.retry_in)
+    if outcome.claimed and outcome.status is not None:
+        # Here, not at the top: prometheus_client must be imported after celeryd_init
+        # chose the multi-process directory (as in tasks/settle.py).
+        from infra import metrics
+
+        metrics.WEBHOOK_ATTEMPTS.labels(str(outcome.status)).inc()
     return None if outcome.status is None else str(outcome.status)
 
 

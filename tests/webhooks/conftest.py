@@ -18,6 +18,7 @@ import pytest
 from pymongo import MongoClient
 
 from devstack.stores import stop_all
+from devstack.supervisor import free_port
 from tests.support.client import ApiClient
 from tests.support.env import child_env, migrated_db, redis_db
 from tests.support.receiver import Receiver
@@ -63,7 +64,7 @@ def stack(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
     migrated_db(stack_env["MONGODB_URI"], DB_NAME)
     env = child_env(stack_env, MONGODB_DB=DB_NAME, REDIS_URL=redis_db(stack_env["REDIS_URL"], REDIS_DB),
                     WEBHOOK_BACKOFF_SECONDS="1,1,1,1", WEBHOOK_TIMEOUT_SECONDS="2", WEBHOOK_TICK_SECONDS="1",
-                    WORKER_CONCURRENCY="2", SWEEP_INTERVAL_SECONDS="2")
+                    WORKER_CONCURRENCY="2", SWEEP_INTERVAL_SECONDS="2", WEBHOOKS_METRICS_PORT=str(free_port()))
     client: MongoClient = MongoClient(stack_env["MONGODB_URI"], tz_aware=True)
     db = client[DB_NAME]
     web = Web(env, logs / "gunicorn.log", concurrency=1)

@@ -8,6 +8,7 @@ the signer under test.
 from __future__ import annotations
 
 import re
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,7 @@ def test_every_terminal_job_reaches_every_endpoint_once_with_a_valid_signature(h
 
 def test_a_failing_receiver_is_retried_with_backoff_and_retry_after_then_succeeds(hooks: Any) -> None:
     s = hooks
+    before = attempt_counts(s)
     s.receiver.script("/flaky", fail=3, status=503, retryAfter="2")
     s.receiver.script("/down", fail=1000, status=500)
     flaky, secret = register(s, "/flaky", ["job.settled"])
@@ -127,7 +129,19 @@ def test_a_failing_receiver_is_retried_with_backoff_and_retry_after_then_succeed
     assert gave_up["attempts"] == 5 and gave_up["nextAttemptAt"] is None
     assert [e["statusCode"] for e in gave_up["log"]] == [500] * 5
     assert len(s.receiver.received("/down")) == 5
+    # The webhooks worker counts what each attempt made of its delivery (an operator's view).
+    after = attempt_counts(s)
+    assert {k: after.get(k, 0) - before.get(k, 0) for k in ("pending", "delivered", "failed")} == {
+        "pending": 3 + 4, "delivered": 1, "failed": 1}, (before, after)
     assert_money_invariants(s.db)
+
+
+def attempt_counts(s: Any) -> dict[str, float]:
+    url = f"http://127.0.0.1:{s.env['WEBHOOKS_METRICS_PORT']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(r'^purser_webhook_attempts_total\{result="(\w+)"\} (\S+)$', text, re.M)}
 
 
 def test_410_disables_the_endpoint_and_nothing_more_is_sent_to_it(hooks: Any) -> None:
