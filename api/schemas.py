@@ -298,6 +298,16 @@ class SubscriptionPage(BaseModel):
     items: list[SubscriptionOut]
 
 
+class SystemWalletOut(BaseModel):
+    walletId: str = Field(description="A system wallet: the sum of its per-partition buckets")
+    balance: int
+
+
+class SystemWalletsOut(BaseModel):
+    items: list[SystemWalletOut]
+    currency: Literal["COIN"]
+
+
 class WalletStatusOut(BaseModel):
     userId: str
     walletId: str

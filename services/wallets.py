@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from pymongo.database import Database
 
+from ledger.money import SYSTEM_WALLETS
+from ledger.routing import bucket_id
 from ledger.states import WalletStatus
 from services.queries import incoming_credits
 from services.store import database
@@ -58,3 +60,16 @@ def balance(user_id: str, partitions: int, *, db: Database | None = None) -> Bal
         raise ConsistentReadError(user_id)
     return Balance(wallet["_id"], wallet["balance"], incoming,
                    WalletStatus(wallet.get("status", WalletStatus.ACTIVE)))
+
+
+def platform_balances(partitions: int, *, db: Database | None = None) -> dict[str, int]:
+    """Each system wallet's figure: the sum of its per-partition buckets.
+
+    Point reads by ``_id`` (partitions x system wallets documents), so the cost does
+    not grow with users or history; reconcile's aggregate sums the same documents.
+    """
+    owner = {bucket_id(name, p): name for name in SYSTEM_WALLETS for p in range(partitions)}
+    totals = dict.fromkeys(SYSTEM_WALLETS, 0)
+    for doc in database(db).wallets.find({"_id": {"$in": list(owner)}}, {"balance": 1}):
+        totals[owner[doc["_id"]]] += doc["balance"]
+    return totals

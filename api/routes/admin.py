@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, g, jsonify
+from flask import Blueprint, current_app, g, jsonify
 
 from api.auth import current, forget_role
 from api.errors import ApiError
 from api.jsonbody import parse_body
 from api.money import accept
 from api.routes.common import require_user_wallet
-from api.schemas import CreditIn, JobOut, RefundIn, RoleIn, UserOut, WalletStatusOut
+from api.schemas import CreditIn, JobOut, RefundIn, RoleIn, SystemWalletsOut, UserOut, WalletStatusOut
 from api.spec import endpoint
 from ledger.money import is_user_id
 from ledger.operations import Credit, Refund
 from ledger.states import Role, WalletStatus
-from services import accounts, operator_audit, refunds, users
+from services import accounts, operator_audit, refunds, users, wallets
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
 ADMIN = (Role.ADMIN,)
@@ -85,3 +85,11 @@ def freeze(userId: str) -> Any:  # noqa: N803
           response=WalletStatusOut, roles=ADMIN, errors={404: "USER_NOT_FOUND"})
 def unfreeze(userId: str) -> Any:  # noqa: N803
     return _set_status(userId, WalletStatus.ACTIVE)
+
+
+@endpoint(bp, "GET", "/system-wallets", summary="The platform's own wallets (revenue, processing, funding, payouts "
+          "in flight), each the sum of its per-partition buckets", response=SystemWalletsOut, roles=ADMIN)
+def system_wallets() -> Any:
+    totals = wallets.platform_balances(current_app.config["PURSER"].ledger_partitions)
+    return jsonify(items=[{"walletId": name, "balance": amount} for name, amount in totals.items()],
+                   currency="COIN")

@@ -60,6 +60,13 @@ def test_unlock_settles_with_the_exact_80_15_5_split(api, fresh_db):
                              "split": split}
     assert (api.balance(fan), api.balance(creator)) == (901, 79)
     assert (api.system_balance("platform:revenue"), api.system_balance("platform:processing")) == (15, 5)
+    # The operator's view over HTTP: the same figures, buckets summed (the top-up came from funding).
+    admin = api.user("admin")
+    platform = api.get("/api/admin/system-wallets", admin)
+    assert platform.status == 200 and platform.json["currency"] == "COIN", platform
+    assert {i["walletId"]: i["balance"] for i in platform.json["items"]} == {
+        "platform:revenue": 15, "platform:processing": 5, "external:funding": -1000, "platform:payouts-in-flight": 0}
+    assert_problem(api.get("/api/admin/system-wallets", fan), 403, "FORBIDDEN")
     tx = fresh_db.transactions.find_one({"jobId": job["jobId"]})
     assert sorted((e["walletId"], e["amount"]) for e in tx["entries"]) == sorted([
         (fan.id, -99), (creator.id, 79), ("platform:revenue", 15), ("platform:processing", 5)])
