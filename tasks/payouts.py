@@ -10,7 +10,7 @@ from infra.config import get_settings
 from infra.mongo import get_db
 from infra.redis_client import get_redis
 from services import payout_provider, payouts
-from tasks.settle import ring
+from tasks.settle import PAYOUT_SUBMIT_TASK, ring
 from workers.celery_app import task
 
 log = logging.getLogger("purser.payouts")
@@ -24,7 +24,7 @@ def _provider() -> payout_provider.HttpPayoutProvider | None:
     return payout_provider.from_url(get_settings().payout_provider_url)
 
 
-@task(name="payouts.submit", bind=True, acks_late=True, ignore_result=True, max_retries=SUBMIT_RETRIES)
+@task(name=PAYOUT_SUBMIT_TASK, bind=True, acks_late=True, ignore_result=True, max_retries=SUBMIT_RETRIES)
 def submit(self, payout_id: str) -> str:  # type: ignore[no-untyped-def]
     """Send one held payout to the provider; a lost answer is retried, never voided."""
     settings = get_settings()

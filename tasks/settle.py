@@ -17,11 +17,12 @@ from ledger.decide import Settled
 from services.jobs import ring_safely
 from services.settlement import BatchResult, settle_partition
 from tasks.webhooks import notify as notify_webhooks
-from workers.celery_app import task
+from workers.celery_app import get_celery, task
 
 log = logging.getLogger("purser.settle")
 
 RING_FLAG_TTL = 30
+PAYOUT_SUBMIT_TASK = "payouts.submit"  # tasks/payouts.py
 # Well below the task soft time limit (workers/celery_app.py): a drain never gets cut
 # off mid-way, where a SoftTimeLimitExceeded could be mistaken for a poison job.
 SETTLE_TIME_BUDGET = 60.0
@@ -76,13 +77,14 @@ def _record(batch: BatchResult) -> None:
 
 def _submit_payouts(batch: BatchResult) -> None:
     """Each hold this batch placed goes to the provider now (tasks/payouts.py); a lost
-    message is harmless: the payout tick submits pending payouts it finds."""
-    from tasks.payouts import submit  # here: tasks.payouts imports this module
+    message is harmless: the payout tick submits pending payouts it finds.
 
+    Sent by name: tasks.payouts rings through this module, so importing it here would
+    make the two modules import each other."""
     for job, outcome in batch.outcomes:
         if isinstance(outcome, Settled) and outcome.kind == "payout":
             try:
-                submit.apply_async(args=[outcome.result["payoutId"]])
+                get_celery().send_task(PAYOUT_SUBMIT_TASK, args=[outcome.result["payoutId"]])
             except Exception:  # noqa: BLE001 - the beat tick submits it later
                 log.warning("could not enqueue a payout submission", extra={"jobId": job["_id"]},
                             exc_info=True)
