@@ -144,6 +144,29 @@ def attempt_counts(s: Any) -> dict[str, float]:
             for m in re.finditer(r'^purser_webhook_attempts_total\{result="(\w+)"\} (\S+)$', text, re.M)}
 
 
+def test_a_refund_reaches_an_endpoint_that_asked_for_money_back_events_only(hooks: Any) -> None:
+    s = hooks
+    refunds, secret = register(s, "/money-back", ["refund.settled"])
+    fan, _ = fund(s, 100)
+    friend = seed_users(s.db, 1)[0]
+    original = transfer(s, fan, friend, 40)
+    assert s.http.wait_job(s.admin, original)["status"] == "settled"
+    r = s.http.money("/api/admin/refunds", s.admin, {"jobId": original, "amount": 15, "reason": "duplicate"})
+    assert r.status == 202, r
+    refund = r.json["jobId"]
+    assert s.http.wait_job(s.admin, refund)["status"] == "settled"
+
+    [delivery] = settled_deliveries(s, refunds, 1)
+    assert delivery["jobId"] == refund and delivery["type"] == "refund.settled"
+    [(record, payload)] = verified(s, "/money-back", [secret])
+    assert payload["type"] == "refund.settled" and record["headers"]["webhook-id"] == f"evt_{refund}_refund"
+    assert payload["data"]["jobId"] == refund and payload["data"]["type"] == "refund"
+    assert payload["data"]["status"] == "settled"
+    # Neither the top-up nor the transfer nor the refund's own job.settled went to this endpoint.
+    assert len(deliveries(s, refunds)) == 1
+    assert_money_invariants(s.db)
+
+
 def test_410_disables_the_endpoint_and_nothing_more_is_sent_to_it(hooks: Any) -> None:
     s = hooks
     s.receiver.script("/gone", gone=True)
