@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import signal
 import threading
 import time
 import uuid
@@ -425,6 +426,27 @@ def busy_pool_child(worker: RoleWorker, rng: random.Random, tries: int = 40) -> 
             return rng.choice(busy)
         children = pool_children(worker) or children
     return rng.choice(children) if children else None
+
+
+def kill_pool_children_mid_task(stack: ChaosStack, worker: RoleWorker, db: Any, load: Load, target: int,
+                                rng: random.Random) -> tuple[int, int]:
+    """SIGKILL busy pool processes while jobs are queued until ``target`` kills landed
+    inside a running task (at most ``target + 4`` tries); ``(kills, landed mid-task)``.
+
+    A process burning CPU while jobs are queued is almost certainly inside a settlement
+    transaction; a kill that landed between tasks does not count towards the target.
+    """
+    kills = mid_task = 0
+    while mid_task < target and kills < target + 4:
+        probe_for(lambda: queued(db) > 0, timeout=10, poll=0.01)
+        victim = busy_pool_child(worker, rng)
+        assert victim is not None, "the worker has no pool process left"
+        victim.send_signal(signal.SIGKILL)
+        kills += 1
+        assert probe_for(lambda: len(pool_children(worker)) >= 2, timeout=60), "the pool was not refilled"
+        load.run_for(1.0)
+        mid_task = worker_lost_count(stack.log_text(worker))
+    return kills, mid_task
 
 
 def env_flag(name: str) -> str | None:

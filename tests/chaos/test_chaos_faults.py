@@ -20,7 +20,6 @@ and runs the money invariants. Figures: ``var/chaos/last-run-<scale>.json``.
 from __future__ import annotations
 
 import random
-import signal
 import time
 from datetime import timedelta
 from typing import Any
@@ -31,13 +30,11 @@ from ledger.timeutil import utcnow
 from tests.chaos.chaoskit import (
     Load,
     build_world,
-    busy_pool_child,
+    kill_pool_children_mid_task,
     outcome,
-    pool_children,
     probe_for,
     queued,
     sweeper_env,
-    worker_lost_count,
 )
 from tests.support.load import Sent, Tally, fire
 
@@ -74,21 +71,7 @@ def test_sigkill_pool_children_mid_batch_then_the_whole_worker(chaos, chaos_scal
     stack, db, http, tally, world, load = _start_loaded(chaos, chaos_scale)
 
     worker = stack.workers[0]
-    rng = random.Random(3)
-    kills = 0
-    mid_task = 0
-    # Strike a pool process that is burning CPU while jobs are queued: it is then almost
-    # certainly inside a settlement transaction. A kill that landed between tasks does
-    # not count towards the target.
-    while mid_task < chaos_scale.kills and kills < chaos_scale.kills + 4:
-        probe_for(lambda: queued(db) > 0, timeout=10, poll=0.01)
-        victim = busy_pool_child(worker, rng)
-        assert victim is not None, "the worker has no pool process left"
-        victim.send_signal(signal.SIGKILL)
-        kills += 1
-        assert probe_for(lambda: len(pool_children(worker)) >= 2, timeout=60), "the pool was not refilled"
-        load.run_for(1.0)
-        mid_task = worker_lost_count(stack.log_text(worker))
+    kills, mid_task = kill_pool_children_mid_task(stack, worker, db, load, chaos_scale.kills, random.Random(3))
 
     worker.kill()  # the whole worker: main process and pool, unacked messages stranded in Redis
     load.run_for(2.0)  # jobs pile up with no worker at all

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import signal
 import time
 import uuid
 from collections import Counter
@@ -52,14 +51,12 @@ from tests.chaos.chaoskit import (
     Scale,
     World,
     build_world,
-    busy_pool_child,
     drain,
+    kill_pool_children_mid_task,
     outcome,
-    pool_children,
     probe_for,
     queued,
     sweeper_env,
-    worker_lost_count,
 )
 from tests.support.client import ApiClient, Response
 from tests.support.load import Sent, Tally, fire, fund
@@ -440,17 +437,8 @@ def test_sigkill_workers_during_payouts_and_refunds(chaos, chaos_scale, report):
     run = start_money_out(chaos, chaos_scale)
     stack, db = run.stack, run.db
     worker = stack.workers[0]
-    rng = random.Random(5)
-    kills = mid_task = 0
-    while mid_task < chaos_scale.kills and kills < chaos_scale.kills + 4:
-        probe_for(lambda: queued(db) > 0, timeout=10, poll=0.01)
-        victim = busy_pool_child(worker, rng)
-        assert victim is not None, "the worker has no pool process left"
-        victim.send_signal(signal.SIGKILL)
-        kills += 1
-        assert probe_for(lambda: len(pool_children(worker)) >= 2, timeout=60), "the pool was not refilled"
-        run.load.run_for(1.0)
-        mid_task = worker_lost_count(stack.log_text(worker))
+    kills, mid_task = kill_pool_children_mid_task(stack, worker, db, run.load, chaos_scale.kills,
+                                                  random.Random(5))
     worker.kill()  # main process and pool: unacked doorbells and payout submissions stranded
     run.load.run_for(2.0)
     stack.start_worker({**PAYOUT_ENV, "PAYOUT_PROVIDER_URL": run.sim.process.url})
