@@ -25,10 +25,13 @@ demo: $(VENV)/.installed
 	$(PY) -m devstack demo
 
 # Test lanes (docs/testing.md). `make test`: what CI must prove on every change, <= 8 min on
-# 2 cores: every suite but chaos, plus the chaos smoke (marker `smoke`, CI scale).
-# `make test-all`: everything, the chaos suite and the long fuzz at full scale (.ci/run).
+# 2 cores: every suite but chaos, plus the chaos smoke (marker `smoke`, CI scale), in two
+# pytest-xdist workers (a file stays on one worker; each worker starts its own stores).
+# `make test-all`: everything, the chaos suite and the long fuzz at full scale (.ci/run),
+# in one process: the chaos timings must not share the cores with other suites.
+XDIST ?= -n 2 --dist loadfile
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -p no:cacheprovider -m "not chaos or smoke" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not chaos or smoke" $(XDIST) $(PYTEST_ARGS)
 
 test-all: $(VENV)/.installed
 	CHAOS_SCALE=$${CHAOS_SCALE:-full} $(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)

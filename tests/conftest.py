@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from devstack.stores import ManagedProcess, MongoServer, RedisServer, install_signal_cleanup, stop_all
+from devstack.supervisor import free_port
 from tests.support.env import TEST_ENV_BASE, child_env
 from tests.support.stack import RoleWorker, Web, Workers
 from tests.support.store import drop_database_unblocked
@@ -86,11 +87,25 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServ
 
 
 @pytest.fixture(scope="session")
+def provider_sim_port() -> int:
+    """The port the payout provider simulator listens on when a test starts it (tests/api/test_payouts.py)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
 def stack_env(
-    _purser_test_environment: dict[str, str], mongo_server: MongoServer, redis_server: RedisServer
+    _purser_test_environment: dict[str, str], mongo_server: MongoServer, redis_server: RedisServer,
+    provider_sim_port: int,
 ) -> dict[str, str]:
-    """Purser variables for child processes (merge over ``os.environ``), stores started."""
-    return {**_purser_test_environment, "MONGODB_URI": mongo_server.uri, "REDIS_URL": redis_server.url}
+    """Purser variables for child processes (merge over ``os.environ``), stores started.
+
+    Every process knows the payout provider: the simulator on a port reserved for the
+    session, started only by the tests that need it (elsewhere submissions find it down).
+    Here, not in one suite's conftest: the session's workers are started by whichever
+    suite needs them first, and with pytest-xdist that order differs per worker.
+    """
+    return {**_purser_test_environment, "MONGODB_URI": mongo_server.uri, "REDIS_URL": redis_server.url,
+            "PAYOUT_PROVIDER_URL": f"http://127.0.0.1:{provider_sim_port}"}
 
 
 StartWorker = Callable[..., RoleWorker]
