@@ -169,15 +169,6 @@ def _match_jobs_and_transactions(db: Database, report: ReconcileReport) -> None:
             report.jobs_without_outcome.append(job_id)
 
 
-def system_balances(db: Database) -> dict[str, int]:
-    """The platform's figure per system wallet: the sum of its buckets."""
-    totals = dict.fromkeys(SYSTEM_WALLETS, 0)
-    for row in db.wallets.aggregate([{"$match": {"system": {"$in": list(SYSTEM_WALLETS)}}},
-                                     {"$group": {"_id": "$system", "sum": {"$sum": "$balance"}}}]):
-        totals[row["_id"]] = row["sum"]
-    return totals
-
-
 @dataclass
 class AuditReport:
     partitions: dict[int, audit.ChainReport] = field(default_factory=dict)

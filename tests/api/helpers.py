@@ -138,7 +138,7 @@ class Api:
         return self.client.balance(user.token)
 
     def system_balance(self, wallet_id: str) -> int:
-        from services.reconcile import system_balances
+        from tests.support.settle import system_balances
 
         return system_balances(self.db)[wallet_id]
 

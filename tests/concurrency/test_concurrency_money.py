@@ -44,7 +44,7 @@ def _balance(http: ApiClient, user: User) -> int:
 def _wallet(db: Any, wallet_id: str) -> int:
     """A wallet's balance; a system wallet's is the sum of its partition buckets."""
     from ledger.money import is_system_wallet
-    from services.reconcile import system_balances
+    from tests.support.settle import system_balances
 
     if is_system_wallet(wallet_id):
         return system_balances(db)[wallet_id]

@@ -10,12 +10,12 @@ from typing import Any
 from ledger.money import PAYOUTS_IN_FLIGHT
 from ledger.operations import Chargeback, Gift, Payout, PayoutEvent, Refund, TopUp, Transfer, Unlock
 from services.queries import audit_entry_of
-from services.reconcile import reconcile, system_balances
+from services.reconcile import reconcile
 from services.settlement import settle_partition
 from tests.support.invariants import assert_money_invariants
 from tests.support.load import fire
 from tests.support.seeding import add_user, partitions
-from tests.support.settle import apply_credits_here, balances, fund_here, queue_jobs
+from tests.support.settle import apply_credits_here, balances, fund_here, queue_jobs, system_balances
 
 
 def _settle_all(db: Any) -> None:

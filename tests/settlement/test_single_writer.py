@@ -16,12 +16,12 @@ from ledger.operations import Gift, Transfer, partition_of
 from ledger.routing import parse_bucket
 from services import wallets
 from services.queries import audit_entry_of, incoming_credits
-from services.reconcile import reconcile, system_balances
+from services.reconcile import reconcile
 from services.settlement import settle_partition
 from tests.support.invariants import assert_money_invariants
 from tests.support.load import fire
 from tests.support.seeding import add_user, partitions
-from tests.support.settle import apply_credits_here, balances, fund_here, queue_jobs
+from tests.support.settle import apply_credits_here, balances, fund_here, queue_jobs, system_balances
 
 
 def _settle(db: Any, partition: int) -> Any:
@@ -124,6 +124,7 @@ def test_system_wallets_are_per_partition_buckets_summing_to_the_platform_figure
     assert totals["external:funding"] == -4000
     assert balances(db, [creator])[creator] == 4 * 266
     assert set(totals) == set(SYSTEM_WALLETS)
+    assert wallets.platform_balances(partitions(), db=db) == totals  # the admin route's reader
     assert_money_invariants(db)
 
 

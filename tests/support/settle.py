@@ -86,9 +86,21 @@ def balance(db: Database, wallet_id: str) -> int:
     return balances(db, [wallet_id])[wallet_id]
 
 
+def system_balances(db: Database) -> dict[str, int]:
+    """The platform's figure per system wallet: the sum of every bucket document carrying
+    its name, found by field rather than by id, so it checks the production reader
+    (``services.wallets.platform_balances``, point reads by bucket id) independently."""
+    from ledger.money import SYSTEM_WALLETS
+
+    totals = dict.fromkeys(SYSTEM_WALLETS, 0)
+    for row in db.wallets.aggregate([{"$match": {"system": {"$in": list(SYSTEM_WALLETS)}}},
+                                     {"$group": {"_id": "$system", "sum": {"$sum": "$balance"}}}]):
+        totals[row["_id"]] = row["sum"]
+    return totals
+
+
 def balances(db: Database, wallet_ids: Iterable[str]) -> dict[str, int]:
     from ledger.money import is_system_wallet
-    from services.reconcile import system_balances
 
     ids = list(wallet_ids)
     out = {w["_id"]: w["balance"] for w in db.wallets.find({"_id": {"$in": ids}}, {"balance": 1})}
