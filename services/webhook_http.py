@@ -78,6 +78,11 @@ def address_refusal(ip: Address) -> str | None:
     return None
 
 
+def _address(text: str) -> Address:
+    # getaddrinfo and getpeername may append a zone to link-local IPv6 addresses (fe80::1%eth0).
+    return ipaddress.ip_address(text.split("%", 1)[0])
+
+
 def _resolve(host: str, port: int, resolver: Resolver) -> list[Address]:
     try:
         return [ipaddress.ip_address(host)]
@@ -87,8 +92,7 @@ def _resolve(host: str, port: int, resolver: Resolver) -> list[Address]:
         infos = resolver(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         raise UrlRefused("WEBHOOK_URL_INVALID", f"the host {host!r} does not resolve") from exc
-    # getaddrinfo may append a zone to link-local IPv6 addresses (fe80::1%eth0).
-    found = {ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos}
+    found = {_address(str(info[4][0])) for info in infos}
     if not found:
         raise UrlRefused("WEBHOOK_URL_INVALID", f"the host {host!r} does not resolve")
     return sorted(found, key=str)
@@ -167,7 +171,7 @@ class Attempt:
 
 def _checked_peer(conn: HTTPConnection, sock: socket.socket) -> socket.socket:
     """``sock`` when its peer is a public address; closed and refused otherwise."""
-    peer = ipaddress.ip_address(str(sock.getpeername()[0]).split("%", 1)[0])
+    peer = _address(str(sock.getpeername()[0]))
     reason = address_refusal(peer)
     if reason is None:
         return sock
@@ -209,8 +213,9 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float, *, allo
     with requests.Session() as session:
         session.trust_env = False  # an environment proxy must not become a way around the guard
         if not allow_private:
-            session.mount("http://", _PublicOnlyAdapter())
-            session.mount("https://", _PublicOnlyAdapter())
+            public_only = _PublicOnlyAdapter()
+            session.mount("http://", public_only)
+            session.mount("https://", public_only)
         try:
             response = session.post(url, data=body, timeout=timeout, allow_redirects=False, stream=True,
                                     headers={**headers, "content-type": "application/json",

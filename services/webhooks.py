@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from bson import ObjectId
 from pymongo.database import Database
@@ -366,7 +366,11 @@ class Outcome:
     retry_in: float | None = None
 
 
-Sender = Callable[..., Attempt]  # post's signature: url, body, headers, timeout, *, allow_private
+class Sender(Protocol):
+    """:func:`services.webhook_http.post`'s shape: one attempt, never raising for the network."""
+
+    def __call__(self, url: str, body: bytes, headers: dict[str, str], timeout: float, *,
+                 allow_private: bool = False) -> Attempt: ...
 
 
 def _fail_pending(db: Database, endpoint_id: str, reason: str, now: datetime) -> None:
