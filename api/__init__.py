@@ -10,9 +10,10 @@ from flask import Flask, Response, g, request
 
 from api import auth
 from api.errors import ApiError, register_error_handlers
-from infra import context, observability
+from infra import backlog, context, observability
 from infra.config import Settings, get_settings, settings_or_exit
 from infra.logging_setup import setup_logging
+from infra.redis_client import get_redis
 
 VERSION = "0.1.0"
 MAX_BODY_BYTES = 16 * 1024
@@ -50,8 +51,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     # After the request hooks above: the limiter keys on g.principal set by _start.
     from api.limits import init_limits
     from api.login_throttle import LoginThrottle
+    from api.money import BACKLOG_GATE_EXTENSION
     init_limits(app, settings)
     app.extensions["purser_login_throttle"] = LoginThrottle(settings)
+    app.extensions[BACKLOG_GATE_EXTENSION] = backlog.Gate(get_redis, backlog.limits(settings))
 
     from api.cli import register_cli
     register_cli(app)

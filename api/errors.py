@@ -55,6 +55,8 @@ PROBLEM_CODES: dict[str, str] = {
     "INTERNAL_ERROR": "The server could not complete the request.",
     "SERVICE_UNAVAILABLE": "A dependency is unavailable or the outcome of a write is unknown; retry (money "
                            "requests with the same Idempotency-Key).",
+    "BACKLOG_FULL": "Settlement of this request's wallet is behind by more than the backlog limit; nothing "
+                    "was stored. Retry after Retry-After seconds with the same Idempotency-Key.",
     # request shape
     "MALFORMED_JSON": "The body is not valid UTF-8 JSON (NaN, Infinity and duplicate keys are refused).",
     "IDEMPOTENCY_KEY_REQUIRED": "A money request needs an Idempotency-Key header.",

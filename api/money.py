@@ -17,11 +17,12 @@ from flask import Response, current_app, g, request
 from pydantic import BaseModel
 
 from api.errors import ApiError
-from ledger.operations import Operation
+from ledger.operations import Operation, partition_of
 from services.jobs import KeyClaim, Outcome, Ringer, StoredResponse, accept_job
 
 MAX_KEY_LENGTH = 255
 RINGER_EXTENSION = "purser_ringer"
+BACKLOG_GATE_EXTENSION = "purser_backlog_gate"
 
 
 def idempotency_key() -> str | None:
@@ -64,6 +65,29 @@ def _respond(stored: StoredResponse, replayed: bool = False) -> Response:
     return response
 
 
+def refuse_if_backlogged(op: Operation, partitions: int) -> None:
+    """503 BACKLOG_FULL when the partition that would settle ``op`` is over its backlog limit.
+
+    Before the key is claimed: a refused request leaves no job and no claim, so the
+    client's retry with the same key is a first attempt. Admins are exempt (an operator
+    must be able to refund or credit during an overload). No store read: the gate reads
+    what the settlers publish (``infra/backlog.py``).
+    """
+    principal = g.get("principal", None)
+    if principal is not None and principal.is_admin:
+        return
+    gate = current_app.extensions[BACKLOG_GATE_EXTENSION]
+    shed = gate.check(partition_of(op.wallet, partitions))
+    if shed is None:
+        return
+    from infra import metrics  # not at the top: the metrics module reads the multi-process setting
+    metrics.record_shed(shed.partition)
+    raise ApiError(503, "BACKLOG_FULL",
+                   f"Settlement is behind ({shed.queued} jobs waiting where {shed.limit} settle within the "
+                   "backlog limit); nothing was stored. Retry after the delay, with the same Idempotency-Key.",
+                   headers={"Retry-After": str(shed.retry_after)})
+
+
 def accept(op: Operation, body: BaseModel | dict[str, Any], *, owner_id: str,
            key: str | None = None, key_owner: str | None = None, job_id: str | None = None) -> Response:
     """Store ``op`` as a queued job exactly once per idempotency key and answer 202.
@@ -74,6 +98,7 @@ def accept(op: Operation, body: BaseModel | dict[str, Any], *, owner_id: str,
     The rules live in :func:`services.jobs.accept_job`; this maps its outcome to HTTP.
     """
     settings = current_app.config["PURSER"]
+    refuse_if_backlogged(op, settings.ledger_partitions)
     key = key if key is not None else g.get("idempotency_key", None)
     claim = None
     if key is not None and settings.idempotency_enabled:

@@ -41,7 +41,8 @@ _ERROR_TEXT = {
     415: "Content type must be application/json",
     422: "Refused: the request is invalid, or what it refers to does not allow it",
     429: "Rate limited",
-    503: "Dependency unavailable; retry (with the same Idempotency-Key for money requests)",
+    503: "Dependency unavailable or settlement backlog full; retry after Retry-After (with the same "
+         "Idempotency-Key for money requests)",
 }
 
 Codes = tuple[str, ...]
@@ -60,7 +61,7 @@ IMPLIED_CODES: dict[str, dict[int, Codes]] = {
              422: ("VALIDATION_FAILED",), 503: ("SERVICE_UNAVAILABLE",)},
     "query": {422: ("VALIDATION_FAILED",)},
     "idempotent": {400: ("IDEMPOTENCY_KEY_REQUIRED", "IDEMPOTENCY_KEY_INVALID"), 409: ("IDEMPOTENCY_KEY_IN_USE",),
-                   422: ("IDEMPOTENCY_KEY_REUSED",), 503: ("SERVICE_UNAVAILABLE",)},
+                   422: ("IDEMPOTENCY_KEY_REUSED",), 503: ("SERVICE_UNAVAILABLE", "BACKLOG_FULL")},
     "path": {404: ("NOT_FOUND",)},
     "limited": {429: ("RATE_LIMITED",)},
 }

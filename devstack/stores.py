@@ -65,6 +65,15 @@ def _cmdline(proc: psutil.Process) -> list[str]:
         return []
 
 
+# WiredTiger's checkpoint interval for the embedded store (SecantusDB reads
+# SECANTUS_CHECKPOINT_SECONDS; its default is 60). A checkpoint blocks the store's
+# transactional writes for as long as it takes to write what changed since the last one,
+# and SecantusDB's transaction registry then holds every other transaction behind the
+# blocked one: at 60 s every settler stalled together for 5-20 s under a backlog (issue 22,
+# docs/performance.md). Small, frequent checkpoints keep each stall short.
+CHECKPOINT_SECONDS = "5"
+
+
 class MongoServer(ManagedProcess):
     """A SecantusDB server (``secantusd-py``) on 127.0.0.1 with data in ``storage_path``."""
 
@@ -85,6 +94,8 @@ class MongoServer(ManagedProcess):
         super().__init__(
             log_path=log_path or self.storage_path.with_name(self.storage_path.name + ".log"),
             pid_path=self.storage_path.with_name(self.storage_path.name + ".pid"),
+            env={**os.environ, "SECANTUS_CHECKPOINT_SECONDS":
+                 os.environ.get("SECANTUS_CHECKPOINT_SECONDS", CHECKPOINT_SECONDS)},
         )
 
     @property

@@ -92,6 +92,9 @@ class Settings:
     job_wait_max_per_user: int
     ledger_partitions: int
     settle_batch_max: int
+    settle_slice_seconds: float
+    backlog_max_seconds: float
+    backlog_min_jobs: int
     subscription_tick_seconds: int
     subscription_chunk: int
     sweep_interval_seconds: int
@@ -345,6 +348,14 @@ VARIABLES: tuple[Var, ...] = (
     # settlement and beat
     Var("ledger_partitions", "LEDGER_PARTITIONS", integer(1, 1024), 8),
     Var("settle_batch_max", "SETTLE_BATCH_MAX", integer(1, 5000), 200),
+    # A settle task yields its process after this long so every partition with queued jobs
+    # gets a turn while the pool has fewer processes than partitions (issue 22).
+    Var("settle_slice_seconds", "SETTLE_SLICE_SECONDS", seconds(0.1, 60), 2.0),
+    # Load shedding: a partition whose queued jobs exceed what it settles in this many
+    # seconds (its own recent rate, never below BACKLOG_MIN_JOBS) refuses new jobs with
+    # 503 BACKLOG_FULL. 0 turns the limit off.
+    Var("backlog_max_seconds", "BACKLOG_MAX_SECONDS", seconds(0, 3600), 5.0),
+    Var("backlog_min_jobs", "BACKLOG_MIN_JOBS", integer(1, 1_000_000), 100),
     Var("subscription_tick_seconds", "SUBSCRIPTION_TICK_SECONDS", integer(1, 3600), 60),
     Var("subscription_chunk", "SUBSCRIPTION_CHUNK", integer(1, 10000), 500),
     Var("sweep_interval_seconds", "SWEEP_INTERVAL_SECONDS", integer(1, 3600), 5),

@@ -51,6 +51,8 @@ HTTP_DURATION = Histogram("purser_http_request_duration_seconds", "Time to answe
                           ["route", "method"])
 JOBS_ACCEPTED = Counter("purser_jobs_accepted", "Money requests accepted as new jobs (202, not replays)",
                         ["type"])
+JOBS_SHED = Counter("purser_jobs_shed", "Money requests refused with 503 BACKLOG_FULL (no job created), "
+                    "by the partition that was full", ["partition"])
 RATE_LIMITED = Counter("purser_rate_limit_refusals", "Requests refused with 429, by limit and caller tier",
                        ["limit", "tier"])
 
@@ -65,11 +67,17 @@ WEBHOOK_ATTEMPTS = Counter("purser_webhook_attempts",
                            "(another attempt scheduled) or failed (schedule spent, 410, endpoint disabled)",
                            ["result"])
 TASK_FAILURES = Counter("purser_task_failures", "Celery tasks that ended with an exception", ["task"])
-QUEUED_JOBS = Gauge("purser_jobs_queued", "Jobs waiting in a partition (observed by the sweeper)",
+QUEUED_JOBS = Gauge("purser_jobs_queued", "Jobs waiting in a partition (observed by its settler and the sweeper)",
                     ["partition"], multiprocess_mode="mostrecent")
 QUEUE_AGE = Gauge("purser_jobs_queued_oldest_age_seconds",
-                  "Age of the oldest queued job of a partition (0 when empty; observed by the sweeper)",
+                  "Age of the oldest queued job of a partition (0 when empty; observed by its settler and the sweeper)",
                   ["partition"], multiprocess_mode="mostrecent")
+DRAIN_RATE = Gauge("purser_partition_drain_rate",
+                   "Jobs per second a partition settled while it had a backlog (recent average)",
+                   ["partition"], multiprocess_mode="mostrecent")
+BACKLOG_LIMIT = Gauge("purser_backlog_limit_jobs",
+                      "Queued jobs above which the partition refuses new ones (BACKLOG_MAX_SECONDS x drain "
+                      "rate, at least BACKLOG_MIN_JOBS; 0 = no limit)", ["partition"], multiprocess_mode="mostrecent")
 
 # Metrics without labels have a sample (0) as soon as they exist. Created on first
 # use, so that a web process does not publish a worker's "purser_reconcile_drift 0"
@@ -163,30 +171,21 @@ def record_batch(batch: Any, now: datetime | None = None) -> None:
         log.warning("could not record settlement metrics", exc_info=True)
 
 
-def set_queue(counts: dict[int, tuple[int, float]], partitions: Iterable[int]) -> None:
-    """Set the queue gauges: ``counts[p] = (queued jobs, oldest age in seconds)``; absent = empty."""
-    for partition in partitions:
-        queued, age = counts.get(partition, (0, 0.0))
-        QUEUED_JOBS.labels(str(partition)).set(queued)
-        QUEUE_AGE.labels(str(partition)).set(age)
-
-
-def observe_queue(db: Any, now: datetime | None = None) -> None:
-    """Read the queued jobs per partition from MongoDB and set the gauges (sweeper tick)."""
-    from infra.config import get_settings
-
+def record_loads(loads: Iterable[Any], limits: Any) -> None:
+    """Set the backlog gauges from published loads (``infra.backlog.Load``, ``Limits``). Never raises."""
     try:
-        now = now or datetime.now(UTC)
-        counts: dict[int, tuple[int, float]] = {}
-        pipeline = [{"$match": {"status": "queued"}},
-                    {"$group": {"_id": "$partition", "n": {"$sum": 1}, "oldest": {"$min": "$createdAt"}}}]
-        for row in db.jobs.aggregate(pipeline):
-            oldest = row.get("oldest")
-            age = max(0.0, (now - _aware(oldest)).total_seconds()) if isinstance(oldest, datetime) else 0.0
-            counts[int(row["_id"])] = (int(row["n"]), age)
-        set_queue(counts, range(get_settings().ledger_partitions))
-    except Exception:  # noqa: BLE001 - the sweeper's real work must go on
-        log.warning("could not observe the queue", exc_info=True)
+        for load in loads:
+            label = str(load.partition)
+            QUEUED_JOBS.labels(label).set(load.queued)
+            QUEUE_AGE.labels(label).set(load.oldest_age)
+            DRAIN_RATE.labels(label).set(load.rate)
+            BACKLOG_LIMIT.labels(label).set(limits.jobs(load) if limits.enabled else 0)
+    except Exception:  # noqa: BLE001 - metrics never break the caller
+        log.warning("could not record backlog metrics", exc_info=True)
+
+
+def record_shed(partition: int) -> None:
+    JOBS_SHED.labels(str(partition)).inc()
 
 
 def mark_process_dead(pid: int) -> None:

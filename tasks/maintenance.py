@@ -7,19 +7,18 @@ from datetime import datetime, timedelta
 
 from pymongo.database import Database
 
-from infra.config import get_settings
+from infra.backlog import limits as backlog_limits
+from infra.config import Settings, get_settings
 from infra.mongo import get_db
+from infra.redis_client import get_redis
 from ledger.timeutil import utcnow
+from services import backlog as backlog_store
 from services.jobs import ring_safely
 from services.reconcile import reconcile as run_reconcile
-from tasks.settle import ring
+from tasks.settle import force_ring
 from workers.celery_app import task
 
 log = logging.getLogger("purser.maintenance")
-
-
-def _force_ring(partition: int, request_id: str | None) -> None:
-    ring(partition, request_id, force=True)
 
 
 def stale_partitions(db: Database, partitions: int, cutoff: datetime) -> list[int]:
@@ -58,7 +57,7 @@ def sweep() -> list[int]:
     cutoff = utcnow() - timedelta(seconds=settings.sweep_age_seconds)
     partitions = stale_partitions(db, settings.ledger_partitions, cutoff)
     for partition in partitions:
-        ring_safely(_force_ring, partition, None)
+        ring_safely(force_ring, partition, None)
     if partitions:
         log.info("sweeper re-rang partitions", extra={"partitions": partitions})
     stranded = stranded_partition(db, settings.ledger_partitions)
@@ -66,9 +65,20 @@ def sweep() -> list[int]:
         # ERROR reaches Sentry: money accepted but unreachable until an operator acts.
         log.error("jobs queued on a partition beyond LEDGER_PARTITIONS; restore the old value to drain them",
                   extra={"partition": stranded, "ledgerPartitions": settings.ledger_partitions})
-    from infra import metrics  # not at the top: see tasks/settle.py's _record
-    metrics.observe_queue(db)
+    publish_backlogs(db, settings)
     return partitions
+
+
+def publish_backlogs(db: Database, settings: Settings) -> None:
+    """Every partition's backlog, for the web's limit and the gauges (a partition nobody
+    settles publishes nothing itself). Never raises: the sweep's real work is done."""
+    from infra import metrics  # not at the top: see tasks/settle.py's _record
+    try:
+        silent_after = max(2.0 * settings.sweep_interval_seconds, settings.settle_slice_seconds)
+        loads = backlog_store.publish_all(db, get_redis(), settings.ledger_partitions, silent_after)
+        metrics.record_loads(loads, backlog_limits(settings))
+    except Exception:  # noqa: BLE001
+        log.warning("could not publish the partitions' backlog", exc_info=True)
 
 
 @task(name="ledger.reconcile", acks_late=True, ignore_result=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -9,11 +10,13 @@ from pymongo.errors import PyMongoError
 
 from infra import context
 from infra.announce import announce_batch
+from infra.backlog import limits as backlog_limits
 from infra.config import get_settings
 from infra.mongo import get_db
 from infra.queues import partition_queue
 from infra.redis_client import get_redis
 from ledger.decide import Settled
+from services import backlog as backlog_store
 from services.jobs import ring_safely
 from services.settlement import BatchResult, settle_partition
 from tasks.webhooks import notify as notify_webhooks
@@ -23,9 +26,6 @@ log = logging.getLogger("purser.settle")
 
 RING_FLAG_TTL = 30
 PAYOUT_SUBMIT_TASK = "payouts.submit"  # tasks/payouts.py
-# Well below the task soft time limit (workers/celery_app.py): a drain never gets cut
-# off mid-way, where a SoftTimeLimitExceeded could be mistaken for a poison job.
-SETTLE_TIME_BUDGET = 60.0
 
 
 def _ring_flag(partition: int) -> str:
@@ -41,9 +41,22 @@ def ring(partition: int, request_id: str | None = None, *, force: bool = False) 
     """
     if not force and not get_redis().set(_ring_flag(partition), 1, nx=True, ex=RING_FLAG_TTL):
         return
-    for _ in range(_doorbell_copies()):
-        settle.apply_async(args=[partition], queue=partition_queue(partition),
-                           headers={"requestId": request_id})
+    try:
+        for _ in range(_doorbell_copies()):
+            settle.apply_async(args=[partition], queue=partition_queue(partition),
+                               headers={"requestId": request_id})
+    except Exception:
+        # A flag without a message would silence every ring of the partition for
+        # RING_FLAG_TTL seconds, leaving its jobs to the sweeper: take it back.
+        _clear_flag(partition)
+        raise
+
+
+def _clear_flag(partition: int) -> None:
+    try:
+        get_redis().delete(_ring_flag(partition))
+    except Exception:  # noqa: BLE001 - the flag is an optimisation only; it expires by itself
+        log.warning("could not clear the ring flag", exc_info=True)
 
 
 def _doorbell_copies() -> int:
@@ -54,8 +67,9 @@ def _doorbell_copies() -> int:
     return 2 if settings.duplicate_doorbells and not settings.is_production else 1
 
 
-def _record(batch: BatchResult) -> None:
+def _record(partition: int, batch: BatchResult) -> None:
     announce_batch(batch)  # first, after the commit: wakes waiting clients; never raises
+    _publish_backlog(partition, batch)
     # Credits this batch deferred to other partitions: ring their owners now, so a
     # receiver's money is spendable well under a second later (the sweeper backs it up).
     for target in sorted(batch.credit_targets):
@@ -73,6 +87,16 @@ def _record(batch: BatchResult) -> None:
                 log.info("job settled", extra={"jobType": job["type"]})
             else:
                 log.info("job failed", extra={"jobType": job["type"], "code": outcome.code})
+
+
+def _publish_backlog(partition: int, batch: BatchResult) -> None:
+    """What is left in the partition, for the web's backlog limit and the gauges. Never raises."""
+    from infra import metrics  # not at the top: see _record
+    try:
+        load = backlog_store.publish_after_batch(get_db(), get_redis(), partition, batch.size, batch.duration)
+        metrics.record_loads([load], backlog_limits(get_settings()))
+    except Exception:  # noqa: BLE001 - the batch is committed; the sweeper publishes too
+        log.warning("could not publish the partition's backlog", exc_info=True)
 
 
 def _submit_payouts(batch: BatchResult) -> None:
@@ -97,14 +121,13 @@ def settle(self, partition: int) -> dict[str, int]:  # type: ignore[no-untyped-d
         log.error("settle called with an invalid partition", extra={"partition": partition})
         return {"settled": 0, "failed": 0}
     with context.bound(partition=partition):
-        try:
-            get_redis().delete(_ring_flag(partition))
-        except Exception:  # noqa: BLE001 - the flag is an optimisation only
-            log.warning("could not clear the ring flag", exc_info=True)
+        _clear_flag(partition)
         try:
             drained = settle_partition(get_db(), partition, partitions=settings.ledger_partitions,
-                                       batch_max=settings.settle_batch_max, on_batch=_record,
-                                       time_budget=SETTLE_TIME_BUDGET, transient=(SoftTimeLimitExceeded,))
+                                       batch_max=settings.settle_batch_max,
+                                       on_batch=functools.partial(_record, partition),
+                                       time_budget=settings.settle_slice_seconds,
+                                       transient=(SoftTimeLimitExceeded,))
         except SoftTimeLimitExceeded:
             # The worker's limit, not a job's fault: nothing of the open batch was committed.
             # Hand the partition to a fresh task; never fail a job for being slow.
@@ -114,8 +137,19 @@ def settle(self, partition: int) -> dict[str, int]:  # type: ignore[no-untyped-d
         except PyMongoError as exc:
             log.warning("store unavailable while settling; retrying", extra={"error": str(exc)})
             raise self.retry(countdown=min(2 ** min(self.request.retries, 5), 30), exc=exc) from exc
+        except Exception:
+            # Contention that outlasted its retries, or a bug: the task fails visibly (Flower,
+            # Sentry), and the partition is handed on at once rather than left to the sweeper.
+            ring_safely(force_ring, partition, None)
+            raise
         if drained.more:
-            # A long backlog: hand the partition on to a fresh task (other queues get
-            # their turn on this worker meanwhile) rather than meet the time limit.
-            ring(partition, None, force=True)
+            # The time slice is spent with jobs left: yield the process (the doorbells of
+            # other partitions are ahead of this one in the worker's queue rotation) and
+            # hand the partition on at once.
+            ring_safely(force_ring, partition, None)
         return {"settled": drained.settled, "failed": drained.failed}
+
+
+def force_ring(partition: int, request_id: str | None) -> None:
+    """:func:`ring` past the flag: a :data:`~services.jobs.Ringer` for the sweeper and hand-overs."""
+    ring(partition, request_id, force=True)

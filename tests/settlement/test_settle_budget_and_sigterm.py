@@ -91,14 +91,14 @@ def budget_task(fresh_db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator
     clock = _Clock()
     drains: list[Any] = []
     app = _celery_on(BUDGET_REDIS_DB)
-    monkeypatch.setattr(infra.config, "_settings", dataclasses.replace(infra.config.get_settings(), settle_batch_max=5))
+    monkeypatch.setattr(infra.config, "_settings", dataclasses.replace(
+        infra.config.get_settings(), settle_batch_max=5, settle_slice_seconds=budget))
     monkeypatch.setattr(workers.celery_app, "_app", app)
     monkeypatch.setattr(services.settlement, "time", clock)
-    monkeypatch.setattr(tasks.settle, "SETTLE_TIME_BUDGET", budget)
     record, settle_partition = tasks.settle._record, tasks.settle.settle_partition
 
-    def slow_record(batch: Any) -> None:
-        record(batch)
+    def slow_record(partition: int, batch: Any) -> None:
+        record(partition, batch)
         clock.offset += budget + 1
 
     def observed_settle_partition(*args: Any, **kwargs: Any) -> Any:

@@ -53,11 +53,12 @@ def partitions() -> int:
     return get_settings().ledger_partitions
 
 
-def new_id(partition: int | None = None) -> str:
-    """A fresh 24-hex id, optionally one whose wallet falls in ``partition``."""
+def new_id(partition: int | None = None, of: int | None = None) -> str:
+    """A fresh 24-hex id, optionally one whose wallet falls in ``partition`` (of ``of``
+    partitions, the settings' count by default)."""
     while True:
         candidate = str(ObjectId())
-        if partition is None or partition_of(candidate, partitions()) == partition:
+        if partition is None or partition_of(candidate, of or partitions()) == partition:
             return candidate
 
 
@@ -86,9 +87,11 @@ def seed_users(db: Database, n: int, role: str = "free", prefix: str = "u") -> l
     return out
 
 
-def add_users(db: Database, count: int, partition: int | None = None, role: str = "free") -> list[str]:
-    """``count`` users (no password, no token) with empty wallets, optionally all in ``partition``."""
-    docs = [_documents(i, f"{i}@example.com", role, "x") for i in (new_id(partition) for _ in range(count))]
+def add_users(db: Database, count: int, partition: int | None = None, role: str = "free",
+              of: int | None = None) -> list[str]:
+    """``count`` users (no password, no token) with empty wallets, optionally all in ``partition``
+    (of ``of`` partitions, the settings' count by default)."""
+    docs = [_documents(i, f"{i}@example.com", role, "x") for i in (new_id(partition, of) for _ in range(count))]
     if docs:
         db.users.insert_many([u for u, _ in docs])
         db.wallets.insert_many([w for _, w in docs])
