@@ -43,6 +43,7 @@ class Load:
     oldest_age: float  # seconds, of the oldest queued job at ``at``
     rate: float  # jobs/s the partition drained while it had a backlog; 0 = not measured yet
     at: float  # Unix time of the observation
+    drained_at: float = 0.0  # Unix time of the last observation by a settler (0 = never)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -51,7 +52,7 @@ class Load:
     def from_json(cls, raw: str | bytes) -> Load:
         data = json.loads(raw)
         return cls(int(data["partition"]), int(data["queued"]), float(data["oldest_age"]),
-                   float(data["rate"]), float(data["at"]))
+                   float(data["rate"]), float(data["at"]), float(data.get("drained_at", 0.0)))
 
 
 @dataclass(frozen=True)
@@ -77,13 +78,13 @@ def drain_rate(prev: Load | None, settled: int, busy_seconds: float, now: float)
     """The partition's drain rate after a batch of ``settled`` jobs that took ``busy_seconds``.
 
     When the partition already had a backlog at the previous observation, the sample is
-    the wall-clock rate since then: time spent waiting for a free process counts, since
-    a queued job lives through it too. From an empty queue only the batch's own rate is
+    the wall-clock rate since the last settler's observation: time spent waiting for a
+    free process counts, since a queued job lives through it too. From an empty queue only the batch's own rate is
     known (an upper bound); it seeds the average until a backlog forms.
     """
     assert settled >= 0 and busy_seconds >= 0
-    if prev is not None and prev.queued > 0 and now > prev.at:
-        sample = settled / (now - prev.at)
+    if prev is not None and prev.queued > 0 and 0 < prev.drained_at < now:
+        sample = settled / (now - prev.drained_at)
     elif busy_seconds > 0 and settled > 0:
         sample = settled / busy_seconds
     else:
@@ -97,7 +98,7 @@ def after_batch(prev: Load | None, partition: int, settled: int, busy_seconds: f
                 queued: int, oldest_age: float, now: float) -> Load:
     """The load a settler publishes after committing a batch."""
     rate = drain_rate(prev, settled, busy_seconds, now)
-    return Load(partition, queued, oldest_age, rate, now)
+    return Load(partition, queued, oldest_age, rate, now, drained_at=now)
 
 
 def observed(prev: Load | None, partition: int, queued: int, oldest_age: float, now: float,
@@ -108,10 +109,12 @@ def observed(prev: Load | None, partition: int, queued: int, oldest_age: float, 
     seconds is not draining: its rate halves at every such tick, so with no worker the
     limit falls to the floor and accepting stops once the floor is reached.
     """
-    rate = prev.rate if prev is not None else 0.0
-    if prev is not None and queued > 0 and now - prev.at > silent_after:
+    if prev is None:
+        return Load(partition, queued, oldest_age, 0.0, now)
+    rate = prev.rate
+    if queued > 0 and now - prev.drained_at > silent_after:
         rate /= 2
-    return Load(partition, queued, oldest_age, rate, now)
+    return Load(partition, queued, oldest_age, rate, now, drained_at=prev.drained_at)
 
 
 def retry_after(load: Load, limits: Limits) -> int:
