@@ -51,7 +51,7 @@ from typing import Any
 
 import psutil
 
-from loadtest import http_stages, scale_stages, subscription_stages, sync_baseline
+from loadtest import backlog_stages, http_stages, scale_stages, subscription_stages, sync_baseline
 from loadtest.common import Http, MoneyMix, dig, kick_all, log, ratio, wait_drained
 from loadtest.profiling import pyspy_start, summarize_collapsed
 from loadtest.seed import fund, seed_population
@@ -77,10 +77,17 @@ TARGETS: list[tuple[str, str, str, float]] = [
     ("unlock_burst.settled_within_s", "200 unlocks settled after last 202, s", "<=", 1.0),
     ("subscriptions.without_renewal.vs_floor", "expiry tick ÷ store floor", "<=", 1.5),
     ("subscriptions.with_renewal.vs_mix", "renewals/s ÷ bench mix ops/s", ">=", 0.8),
+    # issue 22: no idle partition under a backlog, bounded latency under overload
+    ("drain.vs_first_second", "backlog drain rate ÷ its first second", ">=", 0.9),
+    ("drain.idle_gap_vs_batch", "longest idle process with work waiting ÷ one batch", "<=", 1.0),
+    ("live_stream.overload", "live stream: offered ÷ settled gifts/s", ">=", 2.0),
+    ("live_stream.settle_p99_vs_bound", "live stream settle p99 ÷ (BACKLOG_MAX_SECONDS + batch)", "<=", 1.0),
+    ("live_stream.unsettled", "live stream: accepted gifts not settled", "<=", 0.0),
 ]
 
 LEVELS = (1, 2, 4)  # ledger processes (and store client threads) compared
-STAGES = ("store", "queue", "batch1", "concurrency", "profile", "accept", "e2e", "fixed", "burst", "subscriptions")
+STAGES = ("store", "queue", "batch1", "concurrency", "profile", "accept", "e2e", "fixed", "burst", "subscriptions",
+          "drain", "live")
 
 
 @dataclass
@@ -101,6 +108,8 @@ class Plan:
     fixed_seconds: float = 30.0
     burst: int = 200
     subscriptions: int = 10_000
+    drain_jobs: int = 4400  # issue 22's backlog: more than two batches in each of 8 partitions
+    live_seconds: float = 20.0
     free: int = 1500
     premium: int = 1000
     creators: int = 100
@@ -111,7 +120,7 @@ class Plan:
     def quick_plan(cls) -> Plan:
         return cls(duration=10.0, rounds=1, warmup=2.0, store_seconds=2.0, parallel_seconds=3.0, queue_tasks=1000,
                    profile_jobs=600, accept_seconds=6.0, e2e_seconds=10.0, fixed_seconds=10.0,
-                   subscriptions=2000, free=400, premium=250, creators=40, quick=True)
+                   subscriptions=2000, free=400, premium=250, creators=40, live_seconds=8.0, quick=True)
 
 
 def machine_info() -> dict[str, Any]:
@@ -299,6 +308,15 @@ def table(results: dict[str, Any]) -> str:
     add("subscriptions: renew N, tick / all settled s", "subscriptions.with_renewal.summary")
     add("  renewals/s", "subscriptions.with_renewal.renewals_per_s")
     target("subscriptions.with_renewal.vs_mix")
+    add("drain: jobs, s, settled/s", "drain.summary")
+    target("drain.vs_first_second")
+    add("  longest stretch without a commit, s", "drain.longest_gap_without_commit_s")
+    target("drain.idle_gap_vs_batch")
+    add("live stream: offered / accepted / shed / settled per s", "live_stream.summary")
+    target("live_stream.overload")
+    add("  settle p50 / p99 s", "live_stream.settle_summary")
+    target("live_stream.settle_p99_vs_bound")
+    target("live_stream.unsettled")
     add("peak RSS web MiB", "memory_mib.web")
     add("peak RSS worker MiB", "memory_mib.worker")
     add("peak RSS mongodb / redis MiB", "memory_mib.stores")
@@ -334,6 +352,15 @@ def _summaries(results: dict[str, Any]) -> None:
     if isinstance(prof, dict):
         prof["summary"] = f"{_fmt(dig(prof, 't1.ops_per_s'))} / {_fmt(dig(prof, 't4.ops_per_s'))}"
         prof["ratio_summary"] = f"{_fmt(prof.get('ratio_4_1'))}; {_fmt(dig(prof, 't4.retries'))}"
+    drained = results.get("drain")
+    if isinstance(drained, dict):
+        drained["summary"] = f"{_fmt(drained.get('jobs'))}, {_fmt(drained.get('seconds'))}, " \
+                             f"{_fmt(drained.get('settled_per_s'))}"
+    live = results.get("live_stream")
+    if isinstance(live, dict):
+        live["summary"] = " / ".join(_fmt(live.get(k)) for k in
+                                     ("offered_per_s", "accepted_per_s", "shed_per_s", "settled_per_s"))
+        live["settle_summary"] = f"{_fmt(dig(live, 'settle_s.p50'))} / {_fmt(dig(live, 'settle_s.p99'))}"
     for name in ("accept_ms", "settle_ms"):
         p = dig(results, f"fixed_load.{name}")
         if isinstance(p, dict):
@@ -507,6 +534,14 @@ def main(argv: list[str] | None = None) -> int:
             with stage(results, "unlock burst"):
                 wait_drained(db)
                 results["unlock_burst"] = http_stages.unlock_burst(db, http, pop, mix, plan.burst)
+        if "drain" not in skip:
+            with stage(results, "backlog drain"):
+                results["drain"] = backlog_stages.drain(stack, db, MoneyMix(pop, seed=22), jobs=plan.drain_jobs,
+                                                        env=batch_env)
+        if "live" not in skip:
+            with stage(results, "live stream"):
+                results["live_stream"] = backlog_stages.live_stream(stack, db, http, pop, seconds=plan.live_seconds,
+                                                                    clients=plan.client_threads)
         if "subscriptions" not in skip:
             with stage(results, "subscriptions"):
                 conc = results.get("concurrency", {})

@@ -278,8 +278,8 @@ def wait_drained(db: Any, timeout: float = 600.0, kick: Callable[[], None] | Non
         time.sleep(0.05)
 
 
-def queue_direct(db: Any, mix: MoneyMix, count: int, partitions: int, kinds: Sequence[str] | None = None) -> None:
-    """Insert ``count`` queued jobs of the mix without ringing (nobody settles them until asked)."""
+def queue_direct(db: Any, mix: MoneyMix, count: int, partitions: int, kinds: Sequence[str] | None = None) -> list[str]:
+    """Insert ``count`` queued jobs of the mix without ringing (nobody settles them until asked); their ids."""
     from services.jobs import build_job
 
     jobs = []
@@ -288,3 +288,4 @@ def queue_direct(db: Any, mix: MoneyMix, count: int, partitions: int, kinds: Seq
         jobs.append(build_job(mix.operation(intent), intent.payer.id, partitions, None, uuid.uuid4().hex))
     for start in range(0, len(jobs), 500):
         db.jobs.insert_many(jobs[start:start + 500], ordered=False)
+    return [job["_id"] for job in jobs]

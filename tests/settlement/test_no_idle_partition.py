@@ -19,16 +19,14 @@ and sweeper never touch these partitions.
 
 from __future__ import annotations
 
-import json
 import time
-from collections import defaultdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pymongo import MongoClient
 
 from ledger.operations import Credit
+from loadtest import timeline
 from tests.support.env import migrated_db, redis_db
 from tests.support.invariants import assert_money_invariants
 from tests.support.seeding import add_users
@@ -55,42 +53,6 @@ def _queue_backlog(db: Any) -> list[dict[str, Any]]:
     return jobs
 
 
-def _task_runs(log_path: Path) -> list[tuple[float, float, int]]:
-    """(start, end, partition) of every settle task the worker finished, from its JSON log."""
-    runs = []
-    for line in log_path.read_text().splitlines():
-        if not line.startswith("{") or "ledger.settle[" not in line or "succeeded in" not in line:
-            continue
-        record = json.loads(line)
-        data = record["data"]
-        end = datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
-        runs.append((end - float(data["runtime"]), end, json.loads(data["args"])[0]))
-    return sorted(runs)
-
-
-def _commits(db: Any) -> dict[int, list[float]]:
-    """Each partition's batch commit times (a batch's jobs share their settledAt)."""
-    found: dict[int, set[float]] = defaultdict(set)
-    for job in db.jobs.find({}, {"partition": 1, "settledAt": 1}):
-        found[job["partition"]].add(job["settledAt"].timestamp())
-    return {p: sorted(times) for p, times in found.items()}
-
-
-def _idle_with_work(runs: list[tuple[float, float, int]], finished: dict[int, float],
-                    start: float, end: float, step: float = 0.01) -> float:
-    """The longest stretch during which fewer than PROCESSES tasks ran although a partition
-    with queued jobs had none running."""
-    longest = current = 0.0
-    t = start
-    while t < end:
-        running = {p for s, e, p in runs if s <= t < e}
-        waiting = [p for p, done in finished.items() if t < done and p not in running]
-        current = current + step if len(running) < PROCESSES and waiting else 0.0
-        longest = max(longest, current)
-        t += step
-    return longest
-
-
 def test_every_partition_is_settled_while_a_process_is_free(stack_env: dict[str, str], celery_worker_proc: Any,
                                                            tmp_path: Path) -> None:
     migrated_db(stack_env["MONGODB_URI"], DB_NAME)
@@ -104,18 +66,19 @@ def test_every_partition_is_settled_while_a_process_is_free(stack_env: dict[str,
     wait_for(lambda: db.jobs.count_documents({"status": "queued"}) == 0, timeout=120, what="the backlog drained")
     time.sleep(0.5)  # the last task's log line follows its commit
 
-    commits = _commits(db)
-    runs = _task_runs(worker.log_path)
+    commits = timeline.commit_times(db.jobs.find({}, {"partition": 1, "settledAt": 1}))
+    runs = timeline.task_runs([worker.log_path])
     assert commits.keys() == set(range(PARTITIONS)), commits.keys()
     first_commit = min(t for times in commits.values() for t in times)
-    batch_time = _batch_time(commits, runs)
+    batch_time = timeline.batch_time(commits, runs)
+    assert batch_time > 0, "no task settled two batches in a row"
     # One round: each process may finish one slice (plus the batch in flight) of another
     # partition before it takes this one; a whole-partition drain took BATCHES_EACH batches.
     round_ = SLICE + 2 * batch_time + 0.25
     late = {p: round(times[0] - first_commit, 2) for p, times in commits.items() if times[0] - first_commit > round_}
     assert not late, f"partitions waited longer than a round ({round_:.2f} s) for their first batch: {late}"
     finished = {p: times[-1] for p, times in commits.items()}
-    idle = _idle_with_work(runs, finished, first_commit, max(finished.values()))
+    idle = timeline.idle_with_work(runs, finished, PROCESSES, first_commit, max(finished.values()))
     assert idle <= batch_time + 0.1, f"a process sat idle for {idle:.2f} s while a partition waited"
     assert sum(1 for r in runs if r[2] in commits) > PARTITIONS, "no task yielded its slice"
 
@@ -136,13 +99,3 @@ def _ring_each_partition_once(redis_url: str) -> None:
             app.send_task("ledger.settle", args=[p], queue=f"ledger.{p}")
     finally:
         app.close()
-
-
-def _batch_time(commits: dict[int, list[float]], runs: list[tuple[float, float, int]]) -> float:
-    """The longest time between two commits of one partition inside one task run: one batch."""
-    longest = 0.0
-    for start, end, p in runs:
-        inside = [t for t in commits.get(p, []) if start <= t <= end + 0.05]
-        longest = max([longest, *(b - a for a, b in zip(inside, inside[1:], strict=False))])
-    assert longest > 0, "no task settled two batches in a row"
-    return longest
