@@ -350,7 +350,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("settle_batch_max", "SETTLE_BATCH_MAX", integer(1, 5000), 200),
     # A settle task yields its process after this long so every partition with queued jobs
     # gets a turn while the pool has fewer processes than partitions (issue 22).
-    Var("settle_slice_seconds", "SETTLE_SLICE_SECONDS", seconds(0.1, 60), 2.0),
+    Var("settle_slice_seconds", "SETTLE_SLICE_SECONDS", seconds(0.1, 60), 0.5),
     # Load shedding: a partition whose queued jobs exceed what it settles in this many
     # seconds (its own recent rate, never below BACKLOG_MIN_JOBS) refuses new jobs with
     # 503 BACKLOG_FULL. 0 turns the limit off.

@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         if "live" not in skip:
             with stage(results, "live stream"):
                 results["live_stream"] = backlog_stages.live_stream(stack, db, http, pop, seconds=plan.live_seconds,
-                                                                    clients=plan.client_threads)
+                                                                    clients=plan.client_threads, env=batch_env)
         if "subscriptions" not in skip:
             with stage(results, "subscriptions"):
                 conc = results.get("concurrency", {})

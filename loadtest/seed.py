@@ -173,13 +173,13 @@ def submit_topups(db: Database, user_ids: Iterable[str], amount: int, *, partiti
 
 
 def job_statuses(db: Database, job_ids: list[str], chunk: int = 50) -> dict[str, dict[str, Any]]:
-    """``{job id: job document (status, dates, error)}``, read in small ``$in`` chunks.
+    """``{job id: job document (status, dates, error, type, partition)}``, read in small ``$in`` chunks.
 
     Small chunks on purpose: SecantusDB's cost of an ``$in`` grows with the square of
     its length (2,000 ids take seconds, 40 chunks of 50 a tenth of that).
     """
     found: dict[str, dict[str, Any]] = {}
-    projection = {"status": 1, "createdAt": 1, "settledAt": 1, "error": 1, "type": 1}
+    projection = {"status": 1, "createdAt": 1, "settledAt": 1, "error": 1, "type": 1, "partition": 1}
     for ids in _chunks(job_ids, chunk):
         for doc in db.jobs.find({"_id": {"$in": ids}}, projection):
             found[doc["_id"]] = doc

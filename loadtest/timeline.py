@@ -46,11 +46,13 @@ def commit_times(jobs: Iterable[dict[str, Any]]) -> dict[int, list[float]]:
 
 
 def batch_time(commits: dict[int, list[float]], runs: list[Run]) -> float:
-    """The longest time between two commits of one partition inside one task run: one batch."""
+    """The longest time one batch took: a task run's duration over the batches it committed
+    (a run of one batch counts whole, so the task's own start and hand-over are in it)."""
     longest = 0.0
     for run in runs:
-        inside = [t for t in commits.get(run.partition, []) if run.start <= t <= run.end + 0.05]
-        longest = max([longest, *(b - a for a, b in zip(inside, inside[1:], strict=False))])
+        inside = sum(1 for t in commits.get(run.partition, []) if run.start <= t <= run.end + 0.05)
+        if inside:
+            longest = max(longest, (run.end - run.start) / inside)
     return longest
 
 

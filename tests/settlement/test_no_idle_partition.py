@@ -71,7 +71,7 @@ def test_every_partition_is_settled_while_a_process_is_free(stack_env: dict[str,
     assert commits.keys() == set(range(PARTITIONS)), commits.keys()
     first_commit = min(t for times in commits.values() for t in times)
     batch_time = timeline.batch_time(commits, runs)
-    assert batch_time > 0, "no task settled two batches in a row"
+    assert batch_time > 0, "no task committed a batch"
     # One round: each process may finish one slice (plus the batch in flight) of another
     # partition before it takes this one; a whole-partition drain took BATCHES_EACH batches.
     round_ = SLICE + 2 * batch_time + 0.25
