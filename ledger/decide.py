@@ -15,6 +15,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from ledger.effects import (
+    Effect,
+    EndSubscription,
+    ExpireSubscription,
+    ExtendSubscription,
+    GrantUnlock,
+    HoldPayout,
+    MovePayout,
+    Reversal,
+    RevokeUnlock,
+    StartSubscription,
+)
 from ledger.money import EXTERNAL_FUNDING, bucket_may_go_negative, is_system_wallet
 from ledger.operations import Credit, Gift, Operation, Renew, Subscribe, TopUp, Transfer, Unlock
 from ledger.splits import CREATOR, rule_for, split
@@ -156,80 +168,6 @@ class Snapshot:
 class Entry:
     wallet_id: str
     amount: int
-
-
-# Side effects besides balances, written by the service in the same transaction.
-@dataclass(frozen=True)
-class GrantUnlock:
-    user_id: str
-    content_id: str
-    creator_id: str
-    price: int
-
-
-@dataclass(frozen=True)
-class StartSubscription:
-    subscription_id: str
-    subscriber_id: str
-    creator_id: str
-    price: int
-    period_days: int
-    auto_renew: bool
-    started_at: datetime
-    expires_at: datetime
-
-
-@dataclass(frozen=True)
-class ExtendSubscription:
-    subscription_id: str
-    old_expires_at: datetime
-    new_expires_at: datetime
-
-
-@dataclass(frozen=True)
-class ExpireSubscription:
-    subscription_id: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class HoldPayout:
-    payout_id: str
-    user_id: str
-    amount: int
-
-
-@dataclass(frozen=True)
-class MovePayout:
-    payout_id: str
-    old_status: str
-    new_status: str
-    event_id: str
-
-
-@dataclass(frozen=True)
-class RevokeUnlock:
-    user_id: str
-    content_id: str
-
-
-@dataclass(frozen=True)
-class EndSubscription:
-    subscription_id: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Reversal:
-    """Links a refund or chargeback's ledger record to the original it reverses."""
-
-    original_job_id: str
-    legs: tuple[tuple[str, int], ...]  # what each leg of the original gave back (allocated)
-    reason: str
-
-
-Effect = (GrantUnlock | StartSubscription | ExtendSubscription | ExpireSubscription | HoldPayout | MovePayout
-          | RevokeUnlock | EndSubscription | Reversal)
 
 
 @dataclass(frozen=True)
@@ -450,7 +388,7 @@ def _apply(state: Snapshot, outcome: Outcome, now: datetime) -> None:
             sub = state.subscriptions[effect.subscription_id]
             sub.expires_at = effect.new_expires_at
             sub.renewals += 1
-        elif isinstance(effect, ExpireSubscription | EndSubscription):
+        elif isinstance(effect, EndSubscription):
             state.subscriptions[effect.subscription_id].status = SubscriptionStatus.EXPIRED
         elif isinstance(effect, HoldPayout):
             state.payouts[effect.payout_id] = PayoutState(effect.payout_id, effect.user_id, effect.amount,
