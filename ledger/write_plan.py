@@ -30,7 +30,7 @@ from ledger.money import bucket_may_go_negative, is_system_wallet
 from ledger.operations import OPERATION_TYPES
 from ledger.routing import Router, merge_credits, parse_bucket, route
 from ledger.states import JobStatus, WalletStatus
-from ledger.writes import BUCKET, FLOOR, HEAD, STATE, Insert, Update, Write
+from ledger.writes import BALANCE, BUCKET, FLOOR, HEAD, ROUTING, STATE, BrokenInvariant, Insert, Update, Write
 
 # Collections written in bulk, in this order, before the audit block and the partition head.
 COLLECTIONS = ("jobs", "transactions", "unlocks", "subscriptions", "payouts", "credits")
@@ -66,10 +66,6 @@ class WritePlan:
         return sum(len(ops) for ops in self.writes.values()) + 2 + len(self.wallets)
 
 
-class MisroutedCredit(Exception):
-    """An inbound credit names a wallet this partition does not own."""
-
-
 def credit_amounts(credit: Mapping[str, Any]) -> dict[str, int]:
     """A deferred credit document's amounts per wallet."""
     return {row["walletId"]: row["amount"] for row in credit["amounts"]}
@@ -98,10 +94,27 @@ def plan_batch(router: Router, jobs: Sequence[dict[str, Any]], outcomes: Sequenc
     local = dict(routed.local)
     for wallet_id, amount in merge_credits(credit_amounts(c) for c in inbound).items():
         if not router.is_local(wallet_id):
-            raise MisroutedCredit(f"credit for {wallet_id} addressed to partition {router.partition}")
+            raise BrokenInvariant(ROUTING, f"credit for {wallet_id} addressed to partition {router.partition}")
         local[wallet_id] = local.get(wallet_id, 0) + amount
     plan.wallets = wallet_writes(local, overdraw(outcomes), now)
+    assert_balanced(plan, outcomes, inbound)
     return plan
+
+
+def assert_balanced(plan: WritePlan, outcomes: Iterable[Outcome], inbound: Iterable[Mapping[str, Any]]) -> None:
+    """Before anything is written: every record sums to zero, and so does the batch.
+
+    What the batch adds to its own balances plus what it sends to other partitions is
+    exactly what it received; the store's guards check the same money after writing.
+    """
+    for outcome in outcomes:
+        if isinstance(outcome, Settled) and sum(e.amount for e in outcome.entries) != 0:
+            raise BrokenInvariant(BALANCE, f"job {outcome.job_id}: entries do not sum to zero")
+    kept = sum(w.change["$inc"]["balance"] for w in plan.wallets)
+    sent = sum(row["amount"] for w in plan.writes["credits"] if isinstance(w, Insert) for row in w.doc["amounts"])
+    received = sum(sum(credit_amounts(c).values()) for c in inbound)
+    if kept + sent != received:
+        raise BrokenInvariant(BALANCE, f"batch moves {kept} + {sent} coins but received {received}")
 
 
 def _plan_job(plan: WritePlan, router: Router, job: dict[str, Any], outcome: Outcome, block_seq: int,

@@ -15,6 +15,9 @@ from typing import Any
 # (another settler, the subscription tick or the payout submitter moved first).
 FLOOR, BUCKET, HEAD, STATE = "floor", "bucket", "head", "state"
 INVARIANT_GUARDS = frozenset({FLOOR, BUCKET})
+# Broken invariants that are no store guard: a wallet write refused without one, an
+# unbalanced plan, a credit addressed to a wallet the partition does not own.
+WALLET, BALANCE, ROUTING = "wallet", "balance", "routing"
 
 
 @dataclass(frozen=True)
@@ -36,3 +39,18 @@ class Delete:
 
 
 Write = Insert | Update | Delete
+
+
+class BrokenInvariant(Exception):
+    """The money is not what the decision says it must be: a bug or corrupted state, not contention.
+
+    Raised by the write plan's own assertions before anything is written, and by the
+    runner when the store refuses a ``FLOOR`` or ``BUCKET`` guard after the decision
+    approved the debit. Never retried as a conflict: deciding again on the same state
+    would only meet it again.
+    """
+
+    def __init__(self, guard: str, detail: str) -> None:
+        super().__init__(f"{guard}: {detail}")
+        self.guard = guard
+        self.detail = detail

@@ -8,7 +8,7 @@ these functions return.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from pymongo.client_session import ClientSession
@@ -45,9 +45,14 @@ def ensure_partition(db: Database, partition: int) -> None:
         )
 
 
-def queued(db: Database, partition: int, limit: int, session: ClientSession | None) -> list[dict]:
+def queued(db: Database, partition: int, limit: int, session: ClientSession | None,
+           skip: Collection[str] = ()) -> list[dict]:
+    """The partition's queued jobs in acceptance order, but for ``skip`` (jobs held this drain)."""
+    query: dict[str, Any] = {"partition": partition, "status": JobStatus.QUEUED}
+    if skip:
+        query["_id"] = {"$nin": sorted(skip)}
     cursor = (
-        db.jobs.find({"partition": partition, "status": JobStatus.QUEUED}, session=session)
+        db.jobs.find(query, session=session)
         .sort([("createdAt", 1), ("_id", 1)])
         .limit(limit)
     )

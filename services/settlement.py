@@ -10,7 +10,10 @@ The runner. One batch = one MongoDB transaction in three steps:
    wallets as per-partition buckets), insert-only credits for wallets other partitions
    own, the inbound credits marked applied, entitlements, subscription changes, ONE
    hash-chained audit block, job outcomes and the partition's sequence;
-3. write (:func:`_execute`), and on a refused guard or a write conflict decide again.
+3. write (``services/batch_write.py``); on contention (a write conflict or a refused
+   ``head``/``state`` guard) decide again. A broken invariant (a refused balance guard,
+   an unbalanced plan) is never retried: the job that causes it is held queued, with
+   an error line and ``purser_settle_broken_invariants``.
 
 Exactly once: a job leaves ``queued`` only in the transaction that applies its
 effects, and that transaction read it as ``queued`` (snapshot isolation turns a
@@ -30,7 +33,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pymongo import DeleteOne, InsertOne, UpdateOne
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
@@ -38,8 +40,8 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 from ledger.decide import INTERNAL_ERROR, Failed, Outcome, WalletState, decide_batch, failed
 from ledger.routing import Router, merge_credits
 from ledger.timeutil import utcnow
-from ledger.write_plan import MisroutedCredit, PartitionHead, WritePlan, credit_amounts, plan_batch
-from ledger.writes import Delete, Insert, Update, Write
+from ledger.write_plan import PartitionHead, credit_amounts, plan_batch
+from ledger.writes import BrokenInvariant
 from services.batch_read import (
     PoisonJob,
     ensure_partition,
@@ -51,6 +53,7 @@ from services.batch_read import (
     queued,
     queued_job,
 )
+from services.batch_write import Conflict, execute
 
 __all__ = ["BatchResult", "DrainResult", "PersistentDuplicate", "PoisonJob", "credit_amounts", "ensure_partition",
            "fail_job", "has_queued", "load_snapshot", "settle_partition"]
@@ -61,10 +64,6 @@ Clock = Callable[[], datetime]
 MAX_CONFLICT_RETRIES = 50
 DUPLICATE_RETRIES = 3
 ISOLATION_ATTEMPTS = 2
-
-
-class _Conflict(Exception):
-    """Another writer changed what this batch read: abort and decide again."""
 
 
 class _Deadline(Exception):
@@ -114,7 +113,8 @@ class BatchResult:
 @dataclass
 class DrainResult:
     batches: list[BatchResult] = field(default_factory=list)
-    more: bool = False  # stopped on the time budget with jobs possibly left
+    more: bool = False  # stopped on the time budget with jobs possibly left, or jobs held
+    held: list[str] = field(default_factory=list)  # jobs left queued on a broken invariant
 
     @property
     def settled(self) -> int:
@@ -170,7 +170,8 @@ def settle_partition(
     spent and sets ``DrainResult.more``: the caller rings again instead of running
     into a hard time limit. ``transient`` names exceptions that say the *worker*
     is in trouble, not a job (Celery's ``SoftTimeLimitExceeded``): they propagate
-    and never fail a job.
+    and never fail a job. A job that breaks an invariant is *held*: left queued and
+    skipped for the rest of the drain (``DrainResult.held``, ``more`` set).
     """
     router = Router(partition, partitions)
     ensure_partition(db, partition)
@@ -181,31 +182,49 @@ def settle_partition(
             drained.more = True
             break
         try:
-            batch = _run_batch(db, router, batch_max, clock, None, deadline)
+            batch = _run_batch(db, router, batch_max, clock, None, deadline, frozenset(drained.held))
         except _Deadline:
             drained.more = True
             break
-        except (PyMongoError, _Conflict, *transient):
+        except (PyMongoError, Conflict, *transient):
             # Store trouble, contention or the worker's own limits: nothing of this batch
             # was applied. The task layer retries; the sweeper is the backstop.
             raise
+        except BrokenInvariant as broken:
+            # Not contention: deciding the same batch again would meet it again. Find the job.
+            _report_broken(partition, broken, None)
+            batch = _isolate(db, router, batch_max, clock, deadline, transient, drained.held)
         except Exception:  # noqa: BLE001 - a poison job must not block its partition
             log.exception("batch failed unexpectedly; isolating jobs one by one",
                           extra={"partition": partition})
-            batch = _isolate(db, router, batch_max, clock, deadline, transient)
+            batch = _isolate(db, router, batch_max, clock, deadline, transient, drained.held)
         if batch.size == 0 and batch.credits_applied == 0:
             break
         drained.batches.append(batch)
         if on_batch is not None:
             on_batch(batch)
+    drained.more = drained.more or bool(drained.held)
     return drained
+
+
+def _report_broken(partition: int, broken: BrokenInvariant, job: dict[str, Any] | None) -> None:
+    """A broken invariant is an alarm: an error line and a counter, whatever happens next."""
+    from infra import metrics  # not at the top: see tasks/settle.py's _record
+
+    metrics.record_broken_invariant(broken.guard)
+    extra = {"partition": partition, "guard": broken.guard, "detail": broken.detail}
+    if job is None:
+        log.error("broken invariant in a batch; isolating jobs one by one", extra=extra)
+    else:
+        log.error("broken invariant: job held queued, nothing of it applied",
+                  extra={**extra, "jobId": job["_id"], "requestId": job.get("requestId")})
 
 
 # --- one batch: read, decide, plan, write; retried on contention --------------------------
 
 
 def _run_batch(db: Database, router: Router, limit: int, clock: Clock, only: str | None,
-               deadline: float | None = None) -> BatchResult:
+               deadline: float | None = None, skip: frozenset[str] = frozenset()) -> BatchResult:
     """Decide and write one batch in one transaction, retrying on conflicts."""
     started = time.perf_counter()
     calls = 0  # every run of the callback, including with_transaction's own transient retries
@@ -216,13 +235,13 @@ def _run_batch(db: Database, router: Router, limit: int, clock: Clock, only: str
             nonlocal calls, attempt
             calls += 1
             attempt = _Attempt()
-            _settle_once(db, router, limit, clock, only, session, attempt)
+            _settle_once(db, router, limit, clock, only, skip, session, attempt)
 
         try:
             with db.client.start_session() as session:
                 session.with_transaction(body)
             return attempt.result(calls, started)
-        except _Conflict as exc:
+        except Conflict as exc:
             if tries >= MAX_CONFLICT_RETRIES:
                 raise
             log.debug("settle conflict, retrying", extra={"partition": router.partition, "reason": str(exc)})
@@ -251,18 +270,18 @@ def _contended(db: Database, partition: int, exc: OperationFailure, seq: int | N
 
 
 def _settle_once(db: Database, router: Router, limit: int, clock: Clock, only: str | None,
-                 session: ClientSession, attempt: _Attempt) -> None:
+                 skip: frozenset[str], session: ClientSession, attempt: _Attempt) -> None:
     """One run of the transaction callback; fills ``attempt`` with what it did."""
     t0 = time.perf_counter()
     if only is not None:
         jobs, credits = queued_job(db, only, session), []
     else:
-        jobs, credits = queued(db, router.partition, limit, session), inbound(db, router.partition, session)
+        jobs, credits = queued(db, router.partition, limit, session, skip), inbound(db, router.partition, session)
     if not jobs and not credits:
         return
     head = partition_head(db, router.partition, session)
     if head is None:
-        raise _Conflict("partition document missing")
+        raise Conflict("partition document missing")
     attempt.seq = head.seq
     ops = [(job["_id"], operation_of(job)) for job in jobs]
     credited = merge_credits(credit_amounts(c) for c in credits)
@@ -284,46 +303,9 @@ def _write(db: Database, router: Router, jobs: list[dict[str, Any]], outcomes: l
            deltas: dict[str, int], credits: list[dict[str, Any]], head: PartitionHead, now: datetime,
            session: ClientSession) -> tuple[int, set[int]]:
     """Plan and execute one decided batch; return (documents written, partitions owed a doorbell)."""
-    try:
-        plan = plan_batch(router, jobs, outcomes, deltas, credits, head, now)
-    except MisroutedCredit as exc:
-        raise _Conflict(str(exc)) from exc
-    _execute(db, plan, session)
+    plan = plan_batch(router, jobs, outcomes, deltas, credits, head, now)
+    execute(db, plan, session)
     return plan.documents, plan.targets
-
-
-# --- the write ---------------------------------------------------------------------------
-
-
-def _execute(db: Database, plan: WritePlan, session: ClientSession) -> None:
-    """Execute ``plan`` inside ``session``'s transaction: all of it, or a raised refusal."""
-    for name, writes in plan.writes.items():
-        _bulk(db, name, writes, session)
-    db.auditlogs.insert_one(plan.audit_block, session=session)
-    assert plan.head is not None
-    res = db.partitions.update_one(plan.head.filter, plan.head.change, session=session)
-    if res.matched_count != 1:
-        raise _Conflict("partition sequence moved")
-    _bulk(db, "wallets", plan.wallets, session)
-
-
-def _pymongo(write: Write) -> InsertOne | UpdateOne | DeleteOne:
-    if isinstance(write, Insert):
-        return InsertOne(write.doc)
-    if isinstance(write, Update):
-        return UpdateOne(write.filter, write.change, upsert=write.upsert)
-    if isinstance(write, Delete):
-        return DeleteOne(write.filter)
-    raise TypeError(f"not a write: {write!r}")
-
-
-def _bulk(db: Database, name: str, writes: list[Write], session: ClientSession) -> None:
-    if not writes:
-        return
-    res = db[name].bulk_write([_pymongo(w) for w in writes], ordered=True, session=session)
-    expected_updates = sum(1 for w in writes if isinstance(w, Update))
-    if res.matched_count + res.upserted_count != expected_updates:
-        raise _Conflict(f"{name}: {res.matched_count} of {expected_updates} conditional updates matched")
 
 
 # --- failing one job, isolating a poison job --------------------------------------------------
@@ -346,25 +328,32 @@ def fail_job(db: Database, router: Router, job: dict[str, Any], code: str, messa
             return BatchResult(failed=1, outcomes=[(job, outcome)])
         except _Gone:
             return BatchResult()
-        except _Conflict:
+        except Conflict:
             time.sleep(0.002 * attempt)
     raise RuntimeError(f"could not fail job {job['_id']}")
 
 
 def _isolate(db: Database, router: Router, batch_max: int, clock: Clock, deadline: float | None,
-             transient: tuple[type[BaseException], ...]) -> BatchResult:
+             transient: tuple[type[BaseException], ...], held: list[str]) -> BatchResult:
     """Retry a failing batch one job at a time; fail only a job that raises deterministically.
 
     A job is failed when settling it *alone* raises the same exception type on every
     one of ``ISOLATION_ATTEMPTS`` tries (or its parameters cannot be read at all).
     Store errors, conflicts, the time budget and ``transient`` exceptions say nothing
     about the job: they propagate or stop the isolation, and the job stays queued.
+    A job that alone breaks an invariant is added to ``held`` and stays queued.
     """
     total = BatchResult()
-    for job in queued(db, router.partition, batch_max, None):
+    for job in queued(db, router.partition, batch_max, None, frozenset(held)):
         if deadline is not None and time.monotonic() > deadline:
             break
-        one = _settle_alone(db, router, job, clock, deadline, transient)
+        try:
+            one = _settle_alone(db, router, job, clock, deadline, transient)
+        except BrokenInvariant as broken:
+            # Never failed for it: the job may be right and the store wrong. An operator decides.
+            _report_broken(router.partition, broken, job)
+            held.append(job["_id"])
+            continue
         if one is not None:
             total.add(one)
     return total
@@ -381,7 +370,7 @@ def _settle_alone(db: Database, router: Router, job: dict[str, Any], clock: Cloc
     for _ in range(ISOLATION_ATTEMPTS):
         try:
             return _run_batch(db, router, 1, clock, job["_id"], deadline)
-        except (PyMongoError, _Conflict, _Deadline, *transient):
+        except (PyMongoError, Conflict, _Deadline, BrokenInvariant, *transient):
             raise
         except PoisonJob as poison:
             exc, errors = poison, [PoisonJob] * ISOLATION_ATTEMPTS

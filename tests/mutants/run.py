@@ -46,7 +46,8 @@ MO = S + "test_money_out_settlement.py::"
 MUTANTS: tuple[Mutant, ...] = (
     # --- the five planted bugs of issue 17 -------------------------------------------
     Mutant("settlement: debit guard removed", "ledger/write_plan.py",
-           'Update({"_id": doc_id, "balance": {"$gte": floor}}, update, guard=FLOOR)', 'Update({"_id": doc_id}, update)',
+           'Update({"_id": doc_id, "balance": {"$gte": floor}}, update, guard=FLOOR)',
+           'Update({"_id": doc_id}, update)',
            (S + "test_guards_and_claims.py::test_debit_guard_refuses_a_decision_made_on_a_stale_balance",)),
     Mutant("idempotency: fingerprint not bound to route and method", "api/money.py",
            '{"route": request.path, "method": request.method, "body": data}', '{"body": data}',
@@ -94,6 +95,15 @@ MUTANTS: tuple[Mutant, ...] = (
            '{"$set": {"applied": True, "appliedAt": now, "appliedIn": batch_seq}}',
            '{"$set": {"appliedAt": now, "appliedIn": batch_seq}}',
            (S + "test_single_writer.py::test_a_cross_partition_credit_is_incoming_until_its_owner_applies_it",)),
+    Mutant("settlement: the partition head written without its seq guard", "ledger/write_plan.py",
+           'plan.head = Update({"_id": router.partition, "seq": head.seq},',
+           'plan.head = Update({"_id": router.partition},',
+           (S + "test_write_guards.py::"
+                "test_the_partition_seq_guard_refuses_a_batch_read_before_another_settler_committed",)),
+    Mutant("settlement: an inbound credit marked applied without its applied:false guard", "ledger/write_plan.py",
+           'return Update({"_id": credit["_id"], "applied": False},', 'return Update({"_id": credit["_id"]},',
+           (S + "test_write_guards.py::"
+                "test_a_credit_read_as_unapplied_after_its_owner_applied_it_is_not_applied_twice",)),
     # --- money out: refunds and chargebacks (the loader and the write plan) -------------
     Mutant("refunds: earlier refunds not loaded (each refund sees the whole original)", "services/batch_read.py",
            'legs[row["walletId"]] = legs.get(row["walletId"], 0) + row["amount"]', "pass",

@@ -31,8 +31,8 @@ from ledger.money import EXTERNAL_FUNDING, PAYOUTS_IN_FLIGHT, PLATFORM_REVENUE
 from ledger.operations import partition_of
 from ledger.routing import Router, bucket_id
 from ledger.states import JobStatus, PayoutStatus, SubscriptionStatus
-from ledger.write_plan import COLLECTIONS, MisroutedCredit, PartitionHead, plan_batch
-from ledger.writes import BUCKET, FLOOR, HEAD, STATE, Delete, Insert, Update
+from ledger.write_plan import COLLECTIONS, PartitionHead, plan_batch
+from ledger.writes import BALANCE, BUCKET, FLOOR, HEAD, ROUTING, STATE, BrokenInvariant, Delete, Insert, Update
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 PARTS = 4
@@ -184,8 +184,33 @@ def test_a_chargeback_lowers_the_floor_by_the_debt_it_may_leave():
 
 def test_a_credit_addressed_to_a_wallet_this_partition_does_not_own_is_refused():
     stray = [{"_id": "1:2:0", "from": 1, "amounts": [{"walletId": CAROL, "amount": 5}]}]
-    with pytest.raises(MisroutedCredit):
+    with pytest.raises(BrokenInvariant) as refused:
         plan_batch(ROUTER, [], [], {}, stray, HEAD_0, NOW)
+    assert refused.value.guard == ROUTING
+
+
+# --- the plan's own assertions, before anything is written ------------------------------------
+
+
+def test_a_record_that_does_not_sum_to_zero_is_refused_before_writing():
+    lopsided = settled("t1", "transfer", [(ALICE, -300), (BOB, 200)])
+    with pytest.raises(BrokenInvariant) as refused:
+        plan_batch(ROUTER, [job("t1")], [lopsided], {ALICE: -300, BOB: 200}, [], HEAD_0, NOW)
+    assert refused.value.guard == BALANCE and "t1" in refused.value.detail
+
+
+def test_deltas_that_do_not_match_the_outcomes_are_refused_before_writing():
+    # Balanced records, but merged deltas that would mint 50 coins for BOB.
+    ok = settled("t1", "transfer", [(ALICE, -300), (BOB, 300)])
+    with pytest.raises(BrokenInvariant) as refused:
+        plan_batch(ROUTER, [job("t1")], [ok], {ALICE: -300, BOB: 350}, [], HEAD_0, NOW)
+    assert refused.value.guard == BALANCE
+
+
+def test_received_credits_are_what_the_batch_may_add():
+    inbound = [{"_id": "2:5:0", "from": 2, "amounts": [{"walletId": BOB, "amount": 40}]}]
+    plan = plan_batch(ROUTER, [], [], {}, inbound, HEAD_0, NOW)
+    assert [w.change["$inc"]["balance"] for w in plan.wallets] == [40]
 
 
 def test_the_plan_is_built_from_values_only():
