@@ -29,7 +29,7 @@ from ledger.effects import Reversal
 from ledger.money import bucket_may_go_negative, is_system_wallet
 from ledger.operations import OPERATION_TYPES
 from ledger.routing import Router, merge_credits, parse_bucket, route
-from ledger.states import JobStatus, WalletStatus
+from ledger.states import Actor, JobStatus, WalletStatus
 from ledger.writes import BALANCE, BUCKET, FLOOR, HEAD, ROUTING, STATE, BrokenInvariant, Insert, Update, Write
 
 # Collections written in bulk, in this order, before the audit block and the partition head.
@@ -188,7 +188,8 @@ def overdraw(outcomes: Iterable[Outcome]) -> dict[str, int]:
     """What the batch may take below zero: provider chargebacks only (debt), per user wallet."""
     allowed: dict[str, int] = {}
     for outcome in outcomes:
-        if isinstance(outcome, Settled) and getattr(OPERATION_TYPES.get(outcome.kind), "may_overdraw", False):
+        if isinstance(outcome, Settled) and outcome.kind in OPERATION_TYPES \
+                and OPERATION_TYPES[outcome.kind].may_overdraw:
             for e in outcome.entries:
                 if e.amount < 0 and not is_system_wallet(e.wallet_id):
                     allowed[e.wallet_id] = allowed.get(e.wallet_id, 0) - e.amount
@@ -220,11 +221,10 @@ def wallet_writes(local: Mapping[str, int], allowed_debt: Mapping[str, int], now
 
 
 def actor(job: Mapping[str, Any]) -> dict[str, str]:
-    owner = job.get("ownerId") or "system"
+    """Who stands behind the job: its operation class's ``actor``, and the owner's id."""
     # .get: a poison job may lack its type, and failing it must not raise again.
-    kind = {"topup": "provider", "chargeback": "provider", "payout_event": "provider", "renew": "system",
-            "credit": "admin", "refund": "admin"}.get(job.get("type"), "user")
-    return {"type": kind, "id": owner}
+    cls = OPERATION_TYPES.get(job.get("type"))  # type: ignore[arg-type]
+    return {"type": cls.actor if cls is not None else Actor.USER, "id": job.get("ownerId") or "system"}
 
 
 def audit_record(job: Mapping[str, Any], outcome: Outcome, router: Router) -> dict[str, Any]:
