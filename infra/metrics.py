@@ -66,6 +66,9 @@ WEBHOOK_ATTEMPTS = Counter("purser_webhook_attempts",
                            "Webhook delivery attempts by what the delivery became: delivered, pending "
                            "(another attempt scheduled) or failed (schedule spent, 410, endpoint disabled)",
                            ["result"])
+BROKEN_INVARIANTS = Counter("purser_settle_broken_invariants",
+                            "Settlement batches or jobs refused because the money contradicts an approved "
+                            "decision (a balance guard, an unbalanced plan); the job is held queued", ["guard"])
 TASK_FAILURES = Counter("purser_task_failures", "Celery tasks that ended with an exception", ["task"])
 QUEUED_JOBS = Gauge("purser_jobs_queued", "Jobs waiting in a partition (observed by its settler and the sweeper)",
                     ["partition"], multiprocess_mode="mostrecent")
@@ -169,6 +172,14 @@ def record_batch(batch: Any, now: datetime | None = None) -> None:
                     max(0.0, (now - _aware(created)).total_seconds()))
     except Exception:  # noqa: BLE001
         log.warning("could not record settlement metrics", exc_info=True)
+
+
+def record_broken_invariant(guard: str) -> None:
+    """Count one broken invariant. Never raises: the alarm must not hide what it reports."""
+    try:
+        BROKEN_INVARIANTS.labels(guard).inc()
+    except Exception:  # noqa: BLE001
+        log.warning("could not count a broken invariant", exc_info=True)
 
 
 def record_loads(loads: Iterable[Any], limits: Any) -> None:

@@ -11,9 +11,11 @@ reversed (Stripe's ``refund_application_fee``).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from ledger.decide import (
+from ledger.effects import Effect, EndSubscription, HoldPayout, MovePayout, Reversal, RevokeUnlock
+from ledger.money import EXTERNAL_FUNDING, PAYOUTS_IN_FLIGHT, PLATFORM_PROCESSING
+from ledger.operations import REFUND_DEBTORS, Chargeback, Payout, PayoutEvent, Refund
+from ledger.outcomes import (
     NOT_REFUNDABLE,
     ORIGINAL_NOT_FOUND,
     PAYOUT_NOT_FOUND,
@@ -21,27 +23,16 @@ from ledger.decide import (
     REFUND_EXCEEDS_ORIGINAL,
     TOPUP_NOT_FOUND,
     WALLET_NOT_FOUND,
-    Effect,
-    EndSubscription,
     Entry,
-    HoldPayout,
-    MovePayout,
     Original,
-    Reversal,
-    RevokeUnlock,
     Snapshot,
-    _Refused,
-    _user_wallet,
-    decides,
 )
-from ledger.money import EXTERNAL_FUNDING, PAYOUTS_IN_FLIGHT, PLATFORM_PROCESSING
-from ledger.operations import Chargeback, Payout, PayoutEvent, Refund
+from ledger.rules import Decided, Refused, user_wallet
 from ledger.splits import REFUND_PROCESSING_SHARE, allocate
 from ledger.states import PayoutStatus
 
-Decided = tuple[list[Entry], dict[str, Any], list[Effect]]
-
-REFUNDABLE = ("unlock", "gift", "subscribe", "renew", "transfer")
+# Kinds an admin may refund: those whose class names a refund debtor (ledger/operations.py).
+REFUNDABLE = tuple(REFUND_DEBTORS)
 
 # (status now, event) -> (new status, how the coins move). Anything else moves nothing
 # and fails the event job with PAYOUT_STATE_CONFLICT (recorded and audited).
@@ -70,22 +61,20 @@ def payout_moves(user: str, amount: int, move: str) -> list[Entry]:
     raise ValueError(f"unknown payout move {move!r}")
 
 
-@decides(Payout)
-def _payout(job_id: str, op: Payout, state: Snapshot, now: datetime) -> Decided:
-    _user_wallet(state, op.user, WALLET_NOT_FOUND)
+def decide_payout(job_id: str, op: Payout, state: Snapshot, now: datetime) -> Decided:
+    user_wallet(state, op.user, WALLET_NOT_FOUND)
     entries = [Entry(op.user, -op.amount), Entry(PAYOUTS_IN_FLIGHT, op.amount)]
     result = {"amount": op.amount, "payoutId": op.payout_id, "status": PayoutStatus.PENDING.value}
     return entries, result, [HoldPayout(op.payout_id, op.user, op.amount)]
 
 
-@decides(PayoutEvent)
-def _payout_event(job_id: str, op: PayoutEvent, state: Snapshot, now: datetime) -> Decided:
+def decide_payout_event(job_id: str, op: PayoutEvent, state: Snapshot, now: datetime) -> Decided:
     payout = state.payouts.get(op.payout_id)
     if payout is None or payout.user_id != op.user:
-        raise _Refused(PAYOUT_NOT_FOUND)
+        raise Refused(PAYOUT_NOT_FOUND)
     transition = PAYOUT_TRANSITIONS.get((payout.status, op.event))
     if transition is None:
-        raise _Refused(PAYOUT_STATE_CONFLICT)
+        raise Refused(PAYOUT_STATE_CONFLICT)
     new_status, move = transition
     entries = payout_moves(op.user, payout.amount, move)
     result = {"amount": payout.amount, "payoutId": op.payout_id, "event": op.event,
@@ -104,17 +93,16 @@ def refund_legs(original: Original, amount: int) -> dict[str, int]:
     return allocate(amount, weights)
 
 
-@decides(Refund)
-def _refund(job_id: str, op: Refund, state: Snapshot, now: datetime) -> Decided:
+def decide_refund(job_id: str, op: Refund, state: Snapshot, now: datetime) -> Decided:
     original = state.originals.get(op.original_job_id)
     if original is None:
-        raise _Refused(ORIGINAL_NOT_FOUND)
+        raise Refused(ORIGINAL_NOT_FOUND)
     if original.kind not in REFUNDABLE or not any(w == op.debtor for w, _ in original.legs):
-        raise _Refused(NOT_REFUNDABLE)
+        raise Refused(NOT_REFUNDABLE)
     remaining = original.remaining
     amount = remaining if op.amount is None else op.amount
     if amount <= 0 or amount > remaining:
-        raise _Refused(REFUND_EXCEEDS_ORIGINAL)
+        raise Refused(REFUND_EXCEEDS_ORIGINAL)
     legs = refund_legs(original, amount)
     kept = 0 if REFUND_PROCESSING_SHARE else legs.get(PLATFORM_PROCESSING, 0)
     entries = [Entry(wallet, -share) for wallet, share in legs.items()
@@ -134,13 +122,12 @@ def _refund(job_id: str, op: Refund, state: Snapshot, now: datetime) -> Decided:
     return entries, result, effects
 
 
-@decides(Chargeback)
-def _chargeback(job_id: str, op: Chargeback, state: Snapshot, now: datetime) -> Decided:
+def decide_chargeback(job_id: str, op: Chargeback, state: Snapshot, now: datetime) -> Decided:
     topup = state.topups.get(op.provider_tx_id)
     if topup is None or topup.legs[0][0] != op.user or op.user not in state.wallets:
-        raise _Refused(TOPUP_NOT_FOUND)
+        raise Refused(TOPUP_NOT_FOUND)
     if op.amount > topup.remaining:
-        raise _Refused(REFUND_EXCEEDS_ORIGINAL)
+        raise Refused(REFUND_EXCEEDS_ORIGINAL)
     # Always applies, frozen or not, covered or not: the card network already took the
     # money back. A negative balance is debt that later credits repay.
     entries = [Entry(op.user, -op.amount), Entry(EXTERNAL_FUNDING, op.amount)]

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from ledger.money import coins
+from ledger.states import Actor, Kind, PayoutStatus
 from ledger.timeutil import iso, parse_iso
 
 
@@ -52,8 +53,27 @@ class Reads:
 
 
 class _Routed:
-    """Names the wallet that decides the operation's partition (``wallet_field``)."""
+    """Names the wallet that decides the operation's partition (``wallet_field``).
 
+    Every operation class also declares its own facts, read wherever the kind matters
+    (``tests/unit/test_operation_registry.py`` fails when one lacks a fact):
+
+    * ``kind``: its :class:`~ledger.states.Kind`, the job's ``type``;
+    * ``actor``: who stands behind its jobs in the audit log;
+    * ``refund_debtor``: the field of its settled result naming the wallet a refund
+      takes the money back from (the refund's routing wallet), or None: not refundable;
+    * ``events``: the webhook events its settled job gives besides ``job.settled``
+      (several: the one named by its result's ``status``);
+    * ``may_overdraw``: it may take its user wallet below zero (debt).
+
+    Its decider is bound in ``ledger.decide.DECIDERS``.
+    """
+
+    kind: ClassVar[Kind]
+    actor: ClassVar[Actor]
+    refund_debtor: ClassVar[str | None]
+    events: ClassVar[tuple[str, ...]]
+    may_overdraw: ClassVar[bool] = False
     wallet_field: ClassVar[str]
     # The field that carries the operation's own job id (a payout's id IS its job's id,
     # the provider's idempotency key), or None. Set when the job is built, so a retry
@@ -80,7 +100,10 @@ class _Amounted(_Routed):
 
 @dataclass(frozen=True)
 class Transfer(_Amounted):
-    kind: ClassVar[str] = "transfer"
+    kind: ClassVar[Kind] = Kind.TRANSFER
+    actor: ClassVar[Actor] = Actor.USER
+    refund_debtor: ClassVar[str | None] = "receiverId"
+    events: ClassVar[tuple[str, ...]] = ()
     wallet_field: ClassVar[str] = "sender"
     sender: str
     receiver: str
@@ -93,7 +116,10 @@ class Transfer(_Amounted):
 
 @dataclass(frozen=True)
 class Unlock(_Routed):
-    kind: ClassVar[str] = "unlock"
+    kind: ClassVar[Kind] = Kind.UNLOCK
+    actor: ClassVar[Actor] = Actor.USER
+    refund_debtor: ClassVar[str | None] = "creatorId"
+    events: ClassVar[tuple[str, ...]] = ()
     wallet_field: ClassVar[str] = "user"
     user: str
     content_id: str
@@ -104,7 +130,10 @@ class Unlock(_Routed):
 
 @dataclass(frozen=True)
 class Subscribe(_Routed):
-    kind: ClassVar[str] = "subscribe"
+    kind: ClassVar[Kind] = Kind.SUBSCRIBE
+    actor: ClassVar[Actor] = Actor.USER
+    refund_debtor: ClassVar[str | None] = "creatorId"
+    events: ClassVar[tuple[str, ...]] = ()
     wallet_field: ClassVar[str] = "subscriber"
     subscriber: str
     creator: str
@@ -117,7 +146,10 @@ class Subscribe(_Routed):
 
 @dataclass(frozen=True)
 class Renew(_Routed):
-    kind: ClassVar[str] = "renew"
+    kind: ClassVar[Kind] = Kind.RENEW
+    actor: ClassVar[Actor] = Actor.SYSTEM
+    refund_debtor: ClassVar[str | None] = "creatorId"
+    events: ClassVar[tuple[str, ...]] = ()
     wallet_field: ClassVar[str] = "subscriber"
     subscriber: str
     subscription_id: str
@@ -129,7 +161,10 @@ class Renew(_Routed):
 
 @dataclass(frozen=True)
 class Gift(_Amounted):
-    kind: ClassVar[str] = "gift"
+    kind: ClassVar[Kind] = Kind.GIFT
+    actor: ClassVar[Actor] = Actor.USER
+    refund_debtor: ClassVar[str | None] = "creatorId"
+    events: ClassVar[tuple[str, ...]] = ()
     wallet_field: ClassVar[str] = "sender"
     sender: str
     creator: str
@@ -142,7 +177,10 @@ class Gift(_Amounted):
 
 @dataclass(frozen=True)
 class TopUp(_Amounted):
-    kind: ClassVar[str] = "topup"
+    kind: ClassVar[Kind] = Kind.TOPUP
+    actor: ClassVar[Actor] = Actor.PROVIDER
+    refund_debtor: ClassVar[str | None] = None
+    events: ClassVar[tuple[str, ...]] = ()
     wallet_field: ClassVar[str] = "user"
     user: str
     amount: int
@@ -151,7 +189,10 @@ class TopUp(_Amounted):
 
 @dataclass(frozen=True)
 class Credit(_Amounted):
-    kind: ClassVar[str] = "credit"
+    kind: ClassVar[Kind] = Kind.CREDIT
+    actor: ClassVar[Actor] = Actor.ADMIN
+    refund_debtor: ClassVar[str | None] = None
+    events: ClassVar[tuple[str, ...]] = ()
     wallet_field: ClassVar[str] = "user"
     user: str
     amount: int
@@ -163,7 +204,10 @@ class Payout(_Amounted):
     """Hold ``amount`` of the user's balance for a payout to the bank (two-phase: hold,
     then post on ``paid`` or void on ``failed``/``expired``)."""
 
-    kind: ClassVar[str] = "payout"
+    kind: ClassVar[Kind] = Kind.PAYOUT
+    actor: ClassVar[Actor] = Actor.USER
+    refund_debtor: ClassVar[str | None] = None
+    events: ClassVar[tuple[str, ...]] = ("payout.pending",)
     wallet_field: ClassVar[str] = "user"
     job_id_field: ClassVar[str | None] = "payout_id"
     user: str
@@ -181,7 +225,12 @@ PAYOUT_EVENTS = ("paid", "failed", "returned", "expired")
 class PayoutEvent(_Routed):
     """What the provider (or the hold's expiry) says about a payout: post, void or return."""
 
-    kind: ClassVar[str] = "payout_event"
+    kind: ClassVar[Kind] = Kind.PAYOUT_EVENT
+    actor: ClassVar[Actor] = Actor.PROVIDER
+    refund_debtor: ClassVar[str | None] = None
+    # The payout's new status names the event (a "failed" after "paid" is a return).
+    events: ClassVar[tuple[str, ...]] = tuple(f"payout.{s.value}" for s in (
+        PayoutStatus.PAID, PayoutStatus.FAILED, PayoutStatus.EXPIRED, PayoutStatus.RETURNED))
     wallet_field: ClassVar[str] = "user"
     user: str
     payout_id: str
@@ -205,7 +254,10 @@ class Refund(_Routed):
     original's main credit (creator or receiver), so every refund of one original is
     settled by one partition, in order, and their sum cannot pass the original."""
 
-    kind: ClassVar[str] = "refund"
+    kind: ClassVar[Kind] = Kind.REFUND
+    actor: ClassVar[Actor] = Actor.ADMIN
+    refund_debtor: ClassVar[str | None] = None
+    events: ClassVar[tuple[str, ...]] = ("refund.settled",)
     wallet_field: ClassVar[str] = "debtor"
     debtor: str
     original_job_id: str
@@ -226,7 +278,10 @@ class Refund(_Routed):
 class Chargeback(_Amounted):
     """A card dispute reversing (part of) a top-up: always applies, may leave debt."""
 
-    kind: ClassVar[str] = "chargeback"
+    kind: ClassVar[Kind] = Kind.CHARGEBACK
+    actor: ClassVar[Actor] = Actor.PROVIDER
+    refund_debtor: ClassVar[str | None] = None
+    events: ClassVar[tuple[str, ...]] = ("chargeback.settled",)
     wallet_field: ClassVar[str] = "user"
     may_overdraw: ClassVar[bool] = True
     user: str
@@ -240,10 +295,13 @@ class Chargeback(_Amounted):
 
 Operation = Transfer | Unlock | Subscribe | Renew | Gift | TopUp | Credit | Payout | PayoutEvent | Refund | Chargeback
 
-OPERATION_TYPES: dict[str, type] = {
+OPERATION_TYPES: dict[str, type[Operation]] = {
     cls.kind: cls for cls in (Transfer, Unlock, Subscribe, Renew, Gift, TopUp, Credit, Payout, PayoutEvent,
                               Refund, Chargeback)
 }
+# Kinds whose settled jobs an admin may refund, and the result field naming who repays.
+REFUND_DEBTORS: dict[str, str] = {kind: cls.refund_debtor for kind, cls in OPERATION_TYPES.items()
+                                  if cls.refund_debtor is not None}
 
 
 def partition_of(wallet_id: str, partitions: int) -> int:

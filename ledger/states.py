@@ -9,6 +9,31 @@ from __future__ import annotations
 from enum import StrEnum
 
 
+class Kind(StrEnum):
+    """An operation's kind: the job's ``type`` (one class each in ``ledger/operations.py``)."""
+
+    TRANSFER = "transfer"
+    UNLOCK = "unlock"
+    SUBSCRIBE = "subscribe"
+    RENEW = "renew"
+    GIFT = "gift"
+    TOPUP = "topup"
+    CREDIT = "credit"
+    PAYOUT = "payout"
+    PAYOUT_EVENT = "payout_event"
+    REFUND = "refund"
+    CHARGEBACK = "chargeback"
+
+
+class Actor(StrEnum):
+    """Who stands behind a job in the audit log."""
+
+    USER = "user"
+    PROVIDER = "provider"
+    SYSTEM = "system"
+    ADMIN = "admin"
+
+
 class JobStatus(StrEnum):
     QUEUED = "queued"
     SETTLED = "settled"

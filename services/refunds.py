@@ -17,14 +17,14 @@ from typing import Any
 
 from pymongo.database import Database
 
-from ledger.money_out import REFUNDABLE
+from ledger.operations import REFUND_DEBTORS
 from ledger.states import JobStatus
 from ledger.timeutil import iso
 from services.store import database
 
-# The result field naming the wallet that received the original's main credit.
-DEBTOR_FIELD: dict[str, str] = {"unlock": "creatorId", "gift": "creatorId", "subscribe": "creatorId",
-                                "renew": "creatorId", "transfer": "receiverId"}
+# The result field naming the wallet that received the original's main credit (each
+# refundable operation class declares it: ``refund_debtor``).
+DEBTOR_FIELD: dict[str, str] = REFUND_DEBTORS
 # Jobs whose view lists what was given back: refundable ones, and top-ups (chargebacks).
 REVERSIBLE = frozenset(DEBTOR_FIELD) | {"topup"}
 
@@ -46,7 +46,7 @@ def refund_target(job_id: str, *, db: Database | None = None) -> RefundTarget | 
     if job is None:
         return None
     kind = job.get("type", "")
-    field = DEBTOR_FIELD.get(kind) if kind in REFUNDABLE else None
+    field = DEBTOR_FIELD.get(kind)
     debtor = (job.get("result") or {}).get(field) if field else None
     if job.get("status") != JobStatus.SETTLED or not isinstance(debtor, str):
         debtor = None

@@ -36,6 +36,7 @@ from bson import ObjectId
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from ledger.operations import OPERATION_TYPES
 from ledger.states import JobStatus, PayoutStatus
 from ledger.timeutil import iso, utcnow
 from services import operator_audit
@@ -87,15 +88,14 @@ def event_types_of(record: dict[str, Any], job: dict[str, Any] | None) -> list[s
         return ["job.failed"]
     else:
         return []
-    kind = record.get("type")
-    if kind == "payout":
-        types.append(f"payout.{PayoutStatus.PENDING.value}")
-    elif kind == "payout_event":
+    # The operation class declares its own events; of several, its result's status names one.
+    cls = OPERATION_TYPES.get(record.get("type") or "")
+    events = cls.events if cls is not None else ()
+    if len(events) == 1:
+        types.append(events[0])
+    elif events:
         status = ((job or {}).get("result") or {}).get("status")
-        if f"payout.{status}" in PAYOUT_EVENTS:
-            types.append(f"payout.{status}")
-    elif kind in ("refund", "chargeback"):
-        types.append(f"{kind}.settled")
+        types += [event for event in events if event == f"{event.split('.', 1)[0]}.{status}"]
     return types
 
 

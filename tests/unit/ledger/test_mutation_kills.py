@@ -23,7 +23,6 @@ from ledger.decide import (
     PayoutState,
     Snapshot,
     WalletState,
-    _Refused,
     decide_batch,
 )
 from ledger.money import (
@@ -36,6 +35,7 @@ from ledger.money import (
 from ledger.money_out import payout_moves
 from ledger.operations import Payout, PayoutEvent, Reads, Refund, Renew, Subscribe, TopUp, Unlock, partition_of
 from ledger.routing import Router, all_buckets, bucket_id, route
+from ledger.rules import Refused as _Refused
 from ledger.splits import SplitRuleError, allocate, split, validate_rule
 from ledger.timeutil import to_ms, utcnow
 
