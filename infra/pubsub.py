@@ -64,7 +64,8 @@ class Listener:
         with self._lock:
             if not self.running:
                 self._stop.clear()
-                self._thread = threading.Thread(target=self._run, name=f"purser-{self.what}", daemon=True)
+                name = "purser-" + self.what.replace(" ", "-")
+                self._thread = threading.Thread(target=self._run, name=name, daemon=True)
                 self._thread.start()
         return self
 
