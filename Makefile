@@ -3,7 +3,7 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all install run demo test test-all test-unit lint bench bench-wait chaos migrate mutants mutants-ledger mutants-curated clean
+.PHONY: all install run demo test test-all test-unit lint docs bench bench-wait chaos migrate mutants mutants-ledger mutants-curated clean
 
 all: test
 
@@ -41,6 +41,10 @@ test-unit: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+
+# Regenerate what docs/operations.md lists as production's required variables (infra/config_docs.py).
+docs: $(VENV)/.installed
+	$(PY) -m infra.config_docs --write
 
 bench: $(VENV)/.installed
 	@if [ -f loadtest/bench.py ]; then $(PY) -m loadtest.bench; else echo "bench: not yet (issue 9)"; fi

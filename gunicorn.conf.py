@@ -98,6 +98,13 @@ def post_worker_init(worker):
         get_hub().start()
     except Exception as exc:  # noqa: BLE001 - waits start the hub themselves; never block boot
         worker.log.warning("post_worker_init: announcement hub not started (%s)", exc)
+    # And to role changes and freezes (api/user_changes.py); without it roles follow within ROLE_CACHE_SECONDS.
+    try:
+        from api.user_changes import start_listening
+
+        start_listening()
+    except Exception as exc:  # noqa: BLE001 - the cache window is the fallback; never block boot
+        worker.log.warning("post_worker_init: user change subscription not started (%s)", exc)
 
 
 def child_exit(server, worker):

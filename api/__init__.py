@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 
@@ -92,7 +93,9 @@ def _register_hooks(app: Flask) -> None:
             "%s %s %s", request.method, request.path, response.status_code,
             extra={"method": request.method, "path": request.path, "status": response.status_code,
                    "durationMs": duration_ms, "userId": principal.user_id if principal else None,
-                   "jobId": job["_id"] if job else None, "requestId": getattr(g, "request_id", None)},
+                   "jobId": job["_id"] if job else None, "requestId": getattr(g, "request_id", None),
+                   # Which of gunicorn's processes answered: per-process state (caches, waits) shows here.
+                   "pid": os.getpid()},
         )
         return response
 

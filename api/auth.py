@@ -5,7 +5,9 @@ stored in the ``users`` collection, read through a small per-process cache
 (:func:`stored_role`, ``ROLE_CACHE_SECONDS``, at most 5 s). The request hook in
 ``api/__init__.py`` builds ``g.principal`` with that stored role, so every
 authorization decision and the rate limiter's admin exemption follow a demotion
-within the cache time, however long the token still runs. Authorization lives here
+however long the token still runs: at once in every web process when the change's
+invalidation arrives over Redis (``api/user_changes.py``), within the cache time when
+Redis is away. Authorization lives here
 only: ``api/spec.py`` calls :func:`require_roles` for the roles an endpoint declares,
 routes call :func:`still_admin` for admin-only reads of other users' data.
 """
@@ -88,12 +90,17 @@ class RoleCache:
 
     ``None`` (no such user, or an account that is not active) is cached too, so a
     token of a deleted account cannot make every request read MongoDB.
+
+    ``epoch`` moves on every :meth:`forget` and :meth:`clear`: a role read from the
+    store before an invalidation arrived may be the old one, so :meth:`put` with the
+    epoch seen before that read stores nothing (``api/user_changes.py``).
     """
 
     def __init__(self, max_entries: int = ROLE_CACHE_MAX_ENTRIES) -> None:
         self.max_entries = max_entries
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[str | None, float]] = {}
+        self.epoch = 0
 
     def get(self, user_id: str, ttl: float) -> tuple[bool, str | None]:
         """``(hit, role)``: a hit is an entry younger than ``ttl`` seconds."""
@@ -105,11 +112,13 @@ class RoleCache:
             return True, entry[0]
         return False, None
 
-    def put(self, user_id: str, role: str | None, ttl: float) -> None:
+    def put(self, user_id: str, role: str | None, ttl: float, epoch: int | None = None) -> None:
         if ttl <= 0:
             return
         now = time.monotonic()
         with self._lock:
+            if epoch is not None and epoch != self.epoch:
+                return
             if len(self._entries) >= self.max_entries and user_id not in self._entries:
                 self._entries = {k: v for k, v in self._entries.items() if now - v[1] < ttl}
                 if len(self._entries) >= self.max_entries:
@@ -118,10 +127,12 @@ class RoleCache:
 
     def forget(self, user_id: str) -> None:
         with self._lock:
+            self.epoch += 1
             self._entries.pop(user_id, None)
 
     def clear(self) -> None:
         with self._lock:
+            self.epoch += 1
             self._entries.clear()
 
 
@@ -138,14 +149,20 @@ def stored_role(user_id: str, ttl: float) -> Role | None:
     hit, role = ROLE_CACHE.get(user_id, ttl)
     if hit:
         return role
+    epoch = ROLE_CACHE.epoch
     role = load_stored_role(user_id)
-    ROLE_CACHE.put(user_id, role, ttl)
+    ROLE_CACHE.put(user_id, role, ttl, epoch)
     return role
 
 
 def forget_role(user_id: str) -> None:
-    """Drop the cached role of ``user_id`` in this process (after a role change here)."""
+    """Drop the cached role of ``user_id`` in this process (every process: ``api.user_changes.announce``)."""
     ROLE_CACHE.forget(user_id)
+
+
+def forget_all_roles() -> None:
+    """Drop every cached role in this process (invalidations may have been missed)."""
+    ROLE_CACHE.clear()
 
 
 def with_stored_role(settings: Settings, principal: Principal) -> Principal:

@@ -7,6 +7,7 @@ import sys
 import click
 from flask import Flask
 
+from api import user_changes
 from services import accounts
 
 
@@ -21,4 +22,6 @@ def register_cli(app: Flask) -> None:
         if len(password) < 8:
             raise click.ClickException("password must be at least 8 characters")
         user_id, created = accounts.ensure_admin(email, password, {"type": "cli", "id": "create-admin"})
+        if not created:
+            user_changes.announce(user_id)  # a promotion: running web processes must not keep the old role
         click.echo(f"created admin {user_id}" if created else f"promoted {user_id} to admin")

@@ -38,14 +38,12 @@ import redis
 
 from infra import announce
 from infra.config import get_settings
+from infra.pubsub import Listener
 from services.jobs import TERMINAL, jobs_by_ids
 
 log = logging.getLogger("purser.waits")
 
 CAP_GRACE_SECONDS = 5.0  # a cap entry outlives its wait's deadline by this much
-RECONNECT_MIN, RECONNECT_MAX = 0.2, 5.0
-LISTEN_TIMEOUT = 1.0
-WARN_EVERY_SECONDS = 60.0  # a Redis outage logs one warning a minute, not one per retry
 
 
 # --- metrics -------------------------------------------------------------------------------
@@ -147,11 +145,15 @@ class WaitHub:
         self.fetch = fetch
         self._waiters: dict[str, set[Waiter]] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.subscribed = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._warned = -WARN_EVERY_SECONDS
-        self.messages = 0
+        # Anything announced before a (re)subscription is covered by one read of every
+        # current waiter: no announcement can be lost unseen.
+        self._listener = Listener(redis_url, channel, self._on_message, self.wake_all, what="announcement",
+                                  on_event=lambda event: _count(_hub_counter, event), logger=log)
+        self.subscribed = self._listener.subscribed
+
+    @property
+    def messages(self) -> int:
+        return self._listener.messages
 
     # registry
     def register(self, job_id: str) -> Waiter:
@@ -232,63 +234,20 @@ class WaitHub:
 
     # listener
     def _ensure_started(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._run, name="purser-wait-hub", daemon=True)
-                self._thread.start()
+        self._listener.start()
 
     def start(self) -> WaitHub:
         self._ensure_started()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self.subscribed.clear()
+        self._listener.stop()
         self.wake_all()
 
-    def _run(self) -> None:
-        backoff = RECONNECT_MIN
-        while not self._stop.is_set():
-            client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=2, socket_timeout=None,
-                                          socket_keepalive=True, health_check_interval=30)
-            pubsub = client.pubsub(ignore_subscribe_messages=False)
-            try:
-                pubsub.subscribe(self.channel)
-                while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=LISTEN_TIMEOUT)
-                    if message is None:
-                        continue
-                    if message["type"] == "subscribe":
-                        # Anything announced before this instant is covered by one read of
-                        # every current waiter: no announcement can be lost unseen.
-                        self.subscribed.set()
-                        backoff = RECONNECT_MIN
-                        _count(_hub_counter, "subscribed")
-                        self.wake_all()
-                    elif message["type"] == "message":
-                        self.messages += 1
-                        decoded = announce.decode(message["data"])
-                        if decoded is not None:
-                            self.dispatch(decoded)
-                        _count(_hub_counter, "message")
-            except Exception as exc:  # noqa: BLE001 - reconnect whatever went wrong
-                self.subscribed.clear()
-                _count(_hub_counter, "error")
-                if not self._stop.is_set() and time.monotonic() - self._warned > WARN_EVERY_SECONDS:
-                    self._warned = time.monotonic()
-                    log.warning("announcement subscription lost; reconnecting",
-                                extra={"error": f"{type(exc).__name__}: {exc}"[:300], "retryIn": backoff})
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, RECONNECT_MAX)
-            finally:
-                try:
-                    pubsub.close()
-                    client.close()
-                except Exception:  # noqa: BLE001
-                    pass
+    def _on_message(self, data: bytes) -> None:
+        decoded = announce.decode(data)
+        if decoded is not None:
+            self.dispatch(decoded)
 
 
 _hub: WaitHub | None = None

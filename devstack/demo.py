@@ -12,9 +12,12 @@ seeding, README.md's "Try it" block is the same text (a test compares the two), 
 The commands read everything from the variables :func:`exports` prints, so the same
 text works on any port.
 
-Running it again on the same ``var/`` reuses the accounts (log in instead of
-register), does not fund anyone twice (top-ups are idempotent on their provider id)
-and publishes one more content item.
+Running it again on the same ``var/`` reuses the accounts (it logs in first and
+registers only who is missing, so a second run trips no registration limit), does not
+fund anyone twice (top-ups are idempotent on their provider id) and publishes one
+more content item. Nothing depends on how long a web process caches a role: no
+account makes a request with its own token before its role is set, and role changes
+reach every web process at once anyway (``api/user_changes.py``).
 """
 
 from __future__ import annotations
@@ -203,15 +206,33 @@ def login(base_url: str, email: str) -> Answer:
     return _call(base_url, "POST", "/api/auth/login", {"email": email, "password": PASSWORD})
 
 
-def register_or_login(base_url: str, person: Person) -> tuple[str, str]:
-    """(user id, token): registered now, or logged in when an earlier demo registered it."""
-    answer = _call(base_url, "POST", "/api/auth/register",
-                   {"email": person.email, "password": PASSWORD, "displayName": person.key.title()})
-    if answer.status not in (201, 409):
-        _expect(answer, f"register {person.email}", 201)
-    token = _expect(login(base_url, person.email), f"log in {person.email}", 200)["accessToken"]
-    me = _expect(_call(base_url, "GET", "/api/me", token=token), f"read {person.email}", 200)
-    return me["userId"], token
+def token_claims(token: str) -> dict[str, Any]:
+    """The claims of a token the API just issued to us (who and which role; not a verification)."""
+    import jwt
+
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+def login_or_register(base_url: str, person: Person) -> tuple[str, str, str]:
+    """(user id, token, stored role): logged in, or registered first when no earlier demo did.
+
+    Logging in first keeps a second run from registering (a 409 counts against the
+    registration limit); the id and role come from the token itself, so nothing reads
+    the account with its own token before its role is set: no web process can hold a
+    stale role for it (``seed``).
+    """
+    answer = login(base_url, person.email)
+    if answer.status == 401:
+        registered = _call(base_url, "POST", "/api/auth/register",
+                           {"email": person.email, "password": PASSWORD, "displayName": person.key.title()})
+        if registered.status == 409:
+            raise DemoError(f"{person.email} exists but does not take the demo password: "
+                            "use another PURSER_VAR_DIR, or `make clean` to start over")
+        _expect(registered, f"register {person.email}", 201)
+        answer = login(base_url, person.email)
+    token = _expect(answer, f"log in {person.email}", 200)["accessToken"]
+    claims = token_claims(token)
+    return claims["sub"], token, claims["role"]
 
 
 def wait_job(base_url: str, token: str, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
@@ -250,14 +271,13 @@ def seed(base_url: str, env: Mapping[str, str], *, flower_url: str = "", ready_t
     admin = next(p for p in PEOPLE if p.role == "admin")
     create_admin(admin.email, env)
     admin_token = _expect(login(base_url, admin.email), "log in the admin", 200)["accessToken"]
-    me = _expect(_call(base_url, "GET", "/api/me", token=admin_token), "read the admin", 200)
-    demo.people[admin.key] = Seeded(me["userId"], admin_token, admin)
+    demo.people[admin.key] = Seeded(token_claims(admin_token)["sub"], admin_token, admin)
 
     for person in PEOPLE:
         if person.role == "admin":
             continue
-        user_id, token = register_or_login(base_url, person)
-        if person.role != "free":
+        user_id, token, role = login_or_register(base_url, person)
+        if role != person.role:
             _expect(_call(base_url, "PATCH", f"/api/admin/users/{user_id}", {"role": person.role},
                           token=admin_token), f"make {person.email} {person.role}", 200)
             # A token names the role it was issued for; the new role deserves a fresh one.

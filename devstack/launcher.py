@@ -30,9 +30,10 @@ from types import FrameType
 
 from devstack import demo as demo_data
 from devstack.console import ConsoleRenderer, choose_format, use_colour
+from devstack.ports import PortBusy, assign_ports
 from devstack.provider_sim import ProviderSimProcess
 from devstack.stores import MongoServer, RedisServer
-from devstack.supervisor import ManagedProcess, ProcessStartError, port_in_use, stop_all
+from devstack.supervisor import ManagedProcess, ProcessStartError, stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
 HONCHO_STOP_TIMEOUT = 15.0
@@ -112,6 +113,13 @@ def _flower_base(env: Mapping[str, str]) -> str:
     return f"http://{env.get('FLOWER_ADDRESS', '127.0.0.1')}:{env.get('FLOWER_PORT', '5555')}"
 
 
+def _metrics_ports(env: Mapping[str, str]) -> str:
+    ports = [(role, env.get(variable, "")) for role, variable in (
+        ("worker", "WORKER_METRICS_PORT"), ("housekeeping", "HOUSEKEEPING_METRICS_PORT"),
+        ("webhooks", "WEBHOOKS_METRICS_PORT"))]
+    return ", ".join(f"{role} :{port}" if port not in ("", "0") else f"{role} off" for role, port in ports)
+
+
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
@@ -147,6 +155,7 @@ def banner(
         f"  MongoDB    {_mask(env.get('MONGODB_URI', ''))}   ({mongo_note})",
         f"  Redis      {_mask(env.get('REDIS_URL', ''))}   ({redis_note})",
         f"  Payouts    {provider}   ({provider_note})",
+        f"  metrics    {api}/metrics   workers: {_metrics_ports(env)}",
         "  logs       web, worker, housekeeping, webhooks, beat, flower: this terminal"
         + (f"; {store_logs}" if store_logs else ""),
         "  Ctrl-C to stop (data in var is kept for the next start)",
@@ -167,8 +176,7 @@ def build_env(root: Path, environ: Mapping[str, str]) -> tuple[dict[str, str], P
     # `make run` calls .venv/bin/python without activating the venv.
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", os.defpath)])
-    env.setdefault("PORT", "5000")
-    env.setdefault("FLOWER_PORT", "5555")
+    # The ports are chosen by devstack/ports.py (assign_ports), after this.
     # Job webhooks to a receiver on this machine (docs/webhooks.md); production refuses them.
     env.setdefault("WEBHOOK_ALLOW_PRIVATE", "true")
     # Without it Python children block-buffer into honcho's pipe and logs lag.
@@ -209,6 +217,12 @@ def run(root: Path = ROOT, environ: Mapping[str, str] | None = None, demo: bool 
         print(f"devstack: {exc}", file=sys.stderr)
         return 2
     var_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        for note in assign_ports(env):
+            _say(note)
+    except PortBusy as exc:
+        print(f"devstack: {exc}", file=sys.stderr)
+        return 2
 
     mongo = None if env.get("MONGODB_URI") else MongoServer(var_dir / "mongo")
     redis = None if env.get("REDIS_URL") else RedisServer(var_dir / "redis")
@@ -222,23 +236,13 @@ def run(root: Path = ROOT, environ: Mapping[str, str] | None = None, demo: bool 
     if not env.get("PAYOUT_PROVIDER_URL"):
         # The bundled payout provider simulator; its webhooks go to this stack's API.
         sim = ProviderSimProcess(env, var_dir / "provider-sim.log", _api_base(env),
-                                 port=int(env.get("PROVIDER_SIM_PORT") or 5600))
+                                 port=int(env["PROVIDER_SIM_PORT"]))
         env["PAYOUT_PROVIDER_URL"] = sim.url
         env["PURSER_PROVIDER_SIM"] = "1"
 
     problem = validate(env, var_dir)
     if problem is not None:
         print(problem, file=sys.stderr)
-        return 2
-
-    busy = [
-        f"{name}={port}"
-        for name, port in (("PORT", env["PORT"]), ("FLOWER_PORT", env["FLOWER_PORT"]),
-                           ("PROVIDER_SIM_PORT", str(sim.port) if sim else ""))
-        if port.isdigit() and port_in_use(int(port)) and not (name == "PORT" and env.get("WEB_BIND"))
-    ]
-    if busy:
-        print(f"devstack: port already in use: {', '.join(busy)}; choose free ones", file=sys.stderr)
         return 2
 
     signals = _Signals()

@@ -27,6 +27,8 @@ from services.store import database
 DEBTOR_FIELD: dict[str, str] = REFUND_DEBTORS
 # Jobs whose view lists what was given back: refundable ones, and top-ups (chargebacks).
 REVERSIBLE = frozenset(DEBTOR_FIELD) | {"topup"}
+# Ids per $in range: the embedded store's $in cost grows with the square of its length.
+IN_CHUNK = 25
 
 
 @dataclass(frozen=True)
@@ -53,22 +55,42 @@ def refund_target(job_id: str, *, db: Database | None = None) -> RefundTarget | 
     return RefundTarget(job_id, kind, debtor)
 
 
+def refunds_by_original(job_ids: list[str], *, db: Database | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The refunds and chargebacks settled against each of ``job_ids`` (``$in`` ranges), oldest first."""
+    found: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in job_ids}
+    txs = (tx for start in range(0, len(job_ids), IN_CHUNK)
+           for tx in database(db).transactions.find(
+               {"refundOf": {"$in": job_ids[start:start + IN_CHUNK]}},
+               {"type": 1, "refundOf": 1, "refundLegs": 1, "reason": 1, "createdAt": 1}))
+    for tx in txs:
+        found.setdefault(tx["refundOf"], []).append(
+            {"jobId": tx["_id"], "type": tx["type"], "amount": sum(row["amount"] for row in tx.get("refundLegs", [])),
+             "reason": tx.get("reason"), "createdAt": tx["createdAt"]})
+    for items in found.values():
+        items.sort(key=lambda item: (item["createdAt"], item["jobId"]))
+        for item in items:
+            item["createdAt"] = iso(item["createdAt"])
+    return found
+
+
 def refunds_of(job_id: str, *, db: Database | None = None) -> list[dict[str, Any]]:
     """The refunds and chargebacks settled against ``job_id``, oldest first."""
-    txs = database(db).transactions.find({"refundOf": job_id},
-                                         {"type": 1, "refundLegs": 1, "reason": 1, "createdAt": 1})
-    items = [{"jobId": tx["_id"], "type": tx["type"],
-              "amount": sum(row["amount"] for row in tx.get("refundLegs", [])),
-              "reason": tx.get("reason"), "createdAt": tx["createdAt"]} for tx in txs]
-    items.sort(key=lambda item: (item["createdAt"], item["jobId"]))
-    for item in items:
-        item["createdAt"] = iso(item["createdAt"])
-    return items
+    return refunds_by_original([job_id], db=db)[job_id]
 
 
-def with_refunds(view: dict[str, Any], *, db: Database | None = None) -> dict[str, Any]:
-    """A job's view plus ``refunds`` and their total ``refunded`` for a settled reversible job."""
-    if view.get("type") not in REVERSIBLE or view.get("status") != JobStatus.SETTLED:
+def lists_refunds(view: dict[str, Any]) -> bool:
+    """Whether a job's view carries ``refunds``/``refunded``: a settled job money can come back from."""
+    return view.get("type") in REVERSIBLE and view.get("status") == JobStatus.SETTLED
+
+
+def with_refunds(view: dict[str, Any], *, refunds: list[dict[str, Any]] | None = None,
+                 db: Database | None = None) -> dict[str, Any]:
+    """A job's view plus ``refunds`` and their total ``refunded`` for a settled reversible job.
+
+    ``refunds``: already read (:func:`refunds_by_original` for many jobs at once); else read here.
+    """
+    if not lists_refunds(view):
         return view
-    refunds = refunds_of(view["jobId"], db=db)
+    if refunds is None:
+        refunds = refunds_of(view["jobId"], db=db)
     return {**view, "refunds": refunds, "refunded": sum(item["amount"] for item in refunds)}

@@ -40,7 +40,7 @@ from ledger.operations import OPERATION_TYPES
 from ledger.states import JobStatus, PayoutStatus
 from ledger.timeutil import iso, utcnow
 from services import operator_audit
-from services.jobs import job_view
+from services.job_views import job_details
 from services.queries import page as cursor_page
 from services.store import database
 from services.webhook_http import Attempt, UrlRefused, check_url, next_delay, post
@@ -110,9 +110,10 @@ def delivery_id(evt_id: str, endpoint_id: str) -> str:
     return hashlib.sha256(f"{evt_id}:{endpoint_id}".encode()).hexdigest()[:24]
 
 
-def event_body(evt_id: str, event_type: str, occurred: datetime, job: dict[str, Any]) -> str:
-    """The envelope every endpoint receives, byte for byte on every attempt."""
-    envelope = {"id": evt_id, "type": event_type, "timestamp": iso(occurred), "data": job_view(job)}
+def event_body(evt_id: str, event_type: str, occurred: datetime, data: dict[str, Any]) -> str:
+    """The envelope every endpoint receives, byte for byte on every attempt; ``data`` is the
+    job's :func:`~services.job_views.job_detail`, as ``GET /api/jobs/<id>`` shows it now."""
+    envelope = {"id": evt_id, "type": event_type, "timestamp": iso(occurred), "data": data}
     return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -312,6 +313,7 @@ def dispatch_partition(partition: int, *, db: Database | None = None, page: int 
     wanted = [(block, record) for block in blocks for record in block.get("jobs", [])
               if any(e["createdAt"] <= block["createdAt"] for e in endpoints)]
     jobs = {j["_id"]: j for j in db.jobs.find({"_id": {"$in": sorted({r["jobId"] for _, r in wanted})}})}
+    views = job_details(list(jobs.values()), db=db)
     events: list[dict[str, Any]] = []
     deliveries: list[dict[str, Any]] = []
     for block, record in wanted:
@@ -327,7 +329,7 @@ def dispatch_partition(partition: int, *, db: Database | None = None, page: int 
             occurred = job.get("settledAt") or block["createdAt"]
             events.append({"_id": evt_id, "type": event_type, "jobId": job["_id"], "partition": partition,
                            "auditSeq": block["seq"], "occurredAt": occurred, "createdAt": now,
-                           "body": event_body(evt_id, event_type, occurred, job)})
+                           "body": event_body(evt_id, event_type, occurred, views[job["_id"]])})
             for endpoint in targets:
                 deliveries.append({"_id": delivery_id(evt_id, endpoint["_id"]), "eventId": evt_id,
                                    "endpointId": endpoint["_id"], "type": event_type, "jobId": job["_id"],

@@ -6,7 +6,8 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify
 
-from api.auth import current, forget_role
+from api import user_changes
+from api.auth import current
 from api.errors import ApiError
 from api.jsonbody import parse_body
 from api.money import accept
@@ -40,7 +41,7 @@ def set_role(userId: str) -> Any:  # noqa: N803
     user = accounts.change_role(_user_id(userId), body.role, _actor(), g.request_id)
     if user is None:
         raise ApiError(404, "USER_NOT_FOUND", "No such user.")
-    forget_role(userId)  # this process at once; the others within ROLE_CACHE_SECONDS
+    user_changes.announce(userId)  # every web process forgets the cached role now
     return jsonify(users.user_view(user))
 
 
@@ -72,6 +73,9 @@ def _set_status(user_id: str, status: WalletStatus) -> Any:
     wallet = accounts.set_wallet_status(_user_id(user_id), status, _actor(), g.request_id)
     if wallet is None:
         raise ApiError(404, "USER_NOT_FOUND", "No such user.")
+    # Settlement reads the wallet's status itself; the announcement makes every web
+    # process drop what it caches about the user too, so nothing there outlives a freeze.
+    user_changes.announce(user_id)
     return jsonify(userId=user_id, walletId=wallet["_id"], status=wallet["status"])
 
 

@@ -19,10 +19,10 @@ from api.routes.common import bad_cursor
 from api.schemas import JobOut, JobPage, JobsQuery
 from api.spec import Link, endpoint
 from ledger.money import is_user_id
+from services.job_views import job_detail
 from services.jobs import get_job as load_job
 from services.jobs import job_view
 from services.queries import BadCursor, user_jobs
-from services.refunds import with_refunds
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/jobs")
 
@@ -44,18 +44,18 @@ def _visible_job(job_id: str) -> dict[str, Any]:
 def get_job(jobId: str) -> Any:  # noqa: N803
     match = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
     if not match:
-        return jsonify(with_refunds(job_view(_visible_job(jobId)))), 200, {}
+        return jsonify(job_detail(_visible_job(jobId))), 200, {}
     wait = min(int(match.group(1)), MAX_WAIT_SECONDS)
     headers = {"Preference-Applied": f"wait={wait}"}
     if wait == 0 or not is_user_id(jobId):
-        return jsonify(with_refunds(job_view(_visible_job(jobId)))), 200, headers
+        return jsonify(job_detail(_visible_job(jobId))), 200, headers
     # No thread and no polling while waiting: the settler announces terminal jobs
     # (api/waits.py); MongoDB is read once now and once when woken or at the deadline.
     result = waits.wait_for_job(jobId, current().user_id, wait, lambda: _visible_job(jobId),
                                 lambda: load_job(jobId))
     if not result.applied:
         headers = {}  # over the per-user cap: answered at once, the preference not honoured
-    return jsonify(with_refunds(job_view(result.job))), 200, headers
+    return jsonify(job_detail(result.job)), 200, headers
 
 
 @endpoint(bp, "GET", "", summary="The caller's jobs, newest first", query=JobsQuery, response=JobPage,

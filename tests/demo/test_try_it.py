@@ -10,36 +10,25 @@ on the same run.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from devstack import demo
-from devstack.supervisor import free_port
 from ledger.splits import rule_for, split
+from tests.demo.demo_stack import DemoStack
 from tests.support.env import ROOT
 
 pytestmark = pytest.mark.slow
 
 README = ROOT / "README.md"
-DEMO_TIMEOUT = 120.0
-# The test session's own stack variables (tests/support/env.py) must not leak into the
-# demo: it runs as a developer's `make demo` does, with generated secrets in its var dir.
-DROPPED = {"APP_ENV", "MONGODB_URI", "MONGODB_DB", "REDIS_URL", "FLOWER_BASIC_AUTH", "JWT_SECRET",
-           "PROVIDER_WEBHOOK_SECRET", "RATE_LIMIT_ENABLED", "LEDGER_PARTITIONS", "WEB_BIND", "DEMO", "PORT",
-           "FLOWER_PORT", "PROVIDER_SIM_PORT", "PAYOUT_PROVIDER_URL"}
 
 
 def readme_try_it() -> str:
@@ -60,57 +49,9 @@ def test_readme_shows_exactly_what_the_demo_prints_in_under_ten_commands() -> No
     assert "make demo" in README.read_text().split("\n## Try it\n", 1)[1].split("\n## ", 1)[0]
 
 
-class DemoStack:
-    """``python -m devstack demo`` on free ports, its output in a file."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.var_dir = tmp_path / "var"
-        self.port, self.flower_port, self.sim_port = free_port(), free_port(), free_port()
-        self.log_path = tmp_path / "demo.log"
-        env = {k: v for k, v in os.environ.items() if k not in DROPPED}
-        env.update(PURSER_VAR_DIR=str(self.var_dir), PORT=str(self.port), FLOWER_PORT=str(self.flower_port),
-                   PROVIDER_SIM_PORT=str(self.sim_port), WEB_CONCURRENCY="1", WORKER_CONCURRENCY="1",
-                   DEVSTACK_LOG_FORMAT="console", NO_COLOR="1")
-        self.env = env
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "devstack", "demo"], cwd=ROOT, env=env,
-                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_seeded(self) -> str:
-        deadline = time.monotonic() + DEMO_TIMEOUT
-        while time.monotonic() < deadline:
-            out = self.output()
-            if demo.READY_MARK in out:
-                return out
-            if "demo seeding failed" in out or self.proc.poll() is not None:
-                pytest.fail(f"make demo did not finish seeding (exit {self.proc.poll()}):\n{out[-5000:]}")
-            time.sleep(0.25)
-        pytest.fail(f"no '{demo.READY_MARK}' after {DEMO_TIMEOUT:.0f} s:\n{self.output()[-5000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        marker = str(self.var_dir)
-        for proc in psutil.process_iter(["cmdline"]):
-            with contextlib.suppress(psutil.Error):
-                if proc.pid != os.getpid() and (marker in " ".join(proc.info["cmdline"] or [])
-                                                or proc.environ().get("PURSER_VAR_DIR") == marker):
-                    proc.kill()
-
-
 @pytest.fixture
 def demo_stack(tmp_path: Path) -> Iterator[DemoStack]:
-    stack = DemoStack(tmp_path)
+    stack = DemoStack(tmp_path / "var", tmp_path / "demo.log", {"WEB_CONCURRENCY": "1"})
     try:
         yield stack
     finally:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ import pytest
 import redis
 
 from devstack.stores import MongoServer, ProcessStartError, RedisServer, free_port, live_processes
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -275,6 +277,30 @@ def _launcher_env(var_dir: Path, port: int, flower_port: int) -> dict[str, str]:
     return env
 
 
+def _hold(port: int) -> socket.socket:
+    """A socket keeping ``port`` busy until closed (unless someone else already holds the port)."""
+    sock = socket.socket()
+    with contextlib.suppress(OSError):
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize("variable", ["FLOWER_PORT", "WORKER_METRICS_PORT", "PROVIDER_SIM_PORT"])
+def test_the_launcher_refuses_a_busy_port_it_was_told_to_use_naming_the_variable(tmp_path: Path,
+                                                                                   variable: str) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        busy = sock.getsockname()[1]
+        env = {**_launcher_env(tmp_path / "var", free_port(), free_port()), variable: str(busy)}
+        done = subprocess.run([sys.executable, "-m", "devstack", "run"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2, done
+    assert f"devstack: {variable}={busy}: the port is already in use" in done.stderr, done.stderr
+    assert "starting" not in done.stderr + done.stdout, "nothing may start before the refusal"
+
+
 def _http_status(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -286,16 +312,17 @@ def _http_status(url: str) -> int | None:
 
 
 class _Launch:
-    def __init__(self, var_dir: Path, run: int) -> None:
+    def __init__(self, var_dir: Path, run: int, unset: tuple[str, ...] = ()) -> None:
         self.var_dir = var_dir
         self.port = free_port()
         self.flower_port = free_port()
         self.log_path = var_dir.parent / f"launcher-{run}.log"
         self._log = self.log_path.open("wb")
+        env = {k: v for k, v in _launcher_env(var_dir, self.port, self.flower_port).items() if k not in unset}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "devstack", "run"],
             cwd=ROOT,
-            env=_launcher_env(var_dir, self.port, self.flower_port),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -390,9 +417,21 @@ def test_launcher_runs_stack_and_stops_cleanly(tmp_path: Path) -> None:
     var_dir = tmp_path / "var"
     secret_file = var_dir / "secrets" / "flower_basic_auth"
 
-    first = _Launch(var_dir, 1)
+    # The ledger worker's metrics port left to its default, 9808, held busy here: the
+    # launcher must move it to a free port and say so (issue 27, item 5), not run without it.
+    held = _hold(9808)
+    first = _Launch(var_dir, 1, unset=("WORKER_METRICS_PORT",))
     try:
+        # Held until the launcher has chosen its ports (it starts the stores after that).
+        wait_for(lambda: "starting" in first.output() or first.proc.poll() is not None, 60,
+                 what="the launcher past its port check")
+        held.close()
         first.wait_ready()
+        note = re.search(r"WORKER_METRICS_PORT: the default 9808 is in use; .* uses (\d+)", first.output())
+        assert note, first.output()[-4000:]
+        assert f"worker :{note.group(1)}" in first.output(), "the banner shows where the metrics went"
+        metrics = f"http://127.0.0.1:{note.group(1)}/metrics"
+        assert wait_for(lambda: _http_status(metrics) == 200, 20, what=metrics)
         out = first.output()
         # APP_ENV was not given: the launcher says development (unset would be production).
         for needle in ("/api/health/ready", "/api/openapi.json", "Flower", "Ctrl-C", "APP_ENV=development"):
@@ -405,6 +444,7 @@ def test_launcher_runs_stack_and_stops_cleanly(tmp_path: Path) -> None:
         ports = [first.port, first.flower_port, *first.store_ports()]
         assert first.interrupt() == 0, first.output()[-4000:]
     finally:
+        held.close()
         first.force_cleanup()
     deadline = time.monotonic() + 10
     while _stack_processes(var_dir, ports) and time.monotonic() < deadline:

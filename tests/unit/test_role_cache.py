@@ -87,3 +87,28 @@ def test_the_cache_is_bounded(clock: Clock) -> None:
     for n in range(4, 7):
         cache.put(f"u{n}", "free", 5)  # full of live entries: cleared rather than grown
     assert len(cache._entries) <= 3
+
+
+def test_a_role_read_before_an_invalidation_is_not_cached(clock: Clock, store: Store,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The invalidation of a change lands while this process reads the old role: not cached."""
+    store.roles["u1"] = "free"
+
+    def read_then_invalidated(user_id: str) -> str | None:
+        role = store.load(user_id)  # the old role, read just before the change committed
+        store.roles["u1"] = "creator"
+        auth.forget_role("u1")  # api/user_changes: the announcement arrives
+        return role
+
+    monkeypatch.setattr(auth, "load_stored_role", read_then_invalidated)
+    assert auth.stored_role("u1", 5) == "free"  # this request saw the old role...
+    monkeypatch.setattr(auth, "load_stored_role", store.load)
+    assert auth.stored_role("u1", 5) == "creator"  # ...but the next one reads again
+
+
+def test_a_resubscription_forgets_every_role(clock: Clock, store: Store) -> None:
+    store.roles.update(u1="admin", u2="admin")
+    auth.stored_role("u1", 5), auth.stored_role("u2", 5)
+    store.roles.update(u1="free", u2="free")
+    auth.forget_all_roles()  # announcements may have been missed while Redis was away
+    assert (auth.stored_role("u1", 5), auth.stored_role("u2", 5)) == ("free", "free")
