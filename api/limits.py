@@ -45,6 +45,7 @@ from flask_limiter import Limit, Limiter, RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
 from api.errors import problem
+from infra import metrics
 from infra.config import Settings
 from ledger.states import Role
 
@@ -86,7 +87,6 @@ class PurserLimiter(Limiter):
         self._breaker_lock = threading.Lock()
 
     def storage_failed(self, exc: BaseException) -> None:
-        from infra import metrics
 
         metrics.RATE_LIMIT_STORAGE_ERRORS.inc()
         with self._breaker_lock:
@@ -249,7 +249,6 @@ def init_limits(app: Flask, settings: Settings) -> PurserLimiter | None:
 
     @app.errorhandler(RateLimitExceeded)
     def _refused(exc: RateLimitExceeded) -> Response:
-        from infra import metrics
 
         scope = getattr(exc.limit, "scope", None) or "unknown"
         metrics.RATE_LIMITED.labels(str(scope), tier_of_caller()).inc()

@@ -35,6 +35,7 @@ from typing import Any
 from limits import parse as parse_limit
 
 from api.errors import ApiError
+from infra import metrics
 from infra.config import Settings
 
 log = logging.getLogger("purser.ratelimit")
@@ -128,7 +129,6 @@ class LoginThrottle:
         return KEY_PREFIX + "addr:" + address
 
     def _storage_failed(self, exc: BaseException) -> None:
-        from infra import metrics
 
         metrics.RATE_LIMIT_STORAGE_ERRORS.inc()
         with self._lock:
@@ -166,7 +166,6 @@ class LoginThrottle:
     @staticmethod
     def _refusal(scope: str, wait: float, limit: int) -> ApiError:
         from api.limits import tier_of_caller
-        from infra import metrics
 
         retry_after = max(1, math.ceil(wait))
         metrics.RATE_LIMITED.labels(scope, tier_of_caller()).inc()

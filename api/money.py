@@ -17,6 +17,7 @@ from flask import Response, current_app, g, request
 from pydantic import BaseModel
 
 from api.errors import ApiError
+from infra import metrics
 from ledger.operations import Operation, partition_of
 from services.jobs import KeyClaim, Outcome, Ringer, StoredResponse, accept_job
 
@@ -80,7 +81,6 @@ def refuse_if_backlogged(op: Operation, partitions: int) -> None:
     shed = gate.check(partition_of(op.wallet, partitions))
     if shed is None:
         return
-    from infra import metrics  # not at the top: the metrics module reads the multi-process setting
     metrics.record_shed(shed.partition)
     raise ApiError(503, "BACKLOG_FULL",
                    f"Settlement is behind ({shed.queued} jobs waiting where {shed.limit} settle within the "

@@ -109,8 +109,6 @@ def metric(name: str, kind: str, documentation: str, **options: Any) -> Any:
         return found
     import prometheus_client
 
-    import infra.metrics  # noqa: F401 - first: it picks the multi-process value class
-
     with _lock:
         if name not in _metrics:
             _metrics[name] = getattr(prometheus_client, kind)(name, documentation, **options)

@@ -1,8 +1,12 @@
 """Prometheus metrics of web and worker processes.
 
-Multi-process mode: when ``PROMETHEUS_MULTIPROC_DIR`` is set *before* this module
-(and ``prometheus_client``) is first imported, every value lives in an mmapped file
-of that directory, one per process, and :func:`render` merges them. Gunicorn's
+Multi-process mode: once ``PROMETHEUS_MULTIPROC_DIR`` is set and
+:func:`use_multiprocess_values` has run (the process's entry point calls it, right
+after choosing the directory), every value lives in an mmapped file of that
+directory, one per process, and :func:`render` merges them. Importing this module
+changes nothing: metrics with labels hold no value until their first ``labels()``,
+and the ones without labels are created on first use, so any module may import it
+at the top. Gunicorn's
 config sets the variable for the web (one directory per bind address, emptied at
 start); the Celery worker's main process sets it in ``celeryd_init`` before the
 pool forks and serves the merged view on ``WORKER_METRICS_PORT``
@@ -35,11 +39,6 @@ from prometheus_client import (
 )
 
 log = logging.getLogger("purser.metrics")
-
-if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and not getattr(values.ValueClass, "_multiprocess", False):
-    # prometheus_client was imported before the variable was set (the value class
-    # is chosen at import); no metric exists yet, so choosing again is safe.
-    values.ValueClass = values.get_value_class()
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
@@ -115,6 +114,18 @@ def __getattr__(name: str) -> Any:
 
 def _lazy(name: str) -> Any:
     return __getattr__(name) if name not in globals() else globals()[name]
+
+
+def use_multiprocess_values() -> bool:
+    """Make values from now on live in ``PROMETHEUS_MULTIPROC_DIR`` (when set); whether they do.
+
+    prometheus_client chooses its value class when it is first imported; a process that
+    imported it before choosing the directory (a worker imports its task modules first)
+    chooses again here, before any metric holds a value.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and not multiprocess_enabled():
+        values.ValueClass = values.get_value_class()
+    return multiprocess_enabled()
 
 
 def multiprocess_enabled() -> bool:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from infra import context
+from infra import context, metrics
 from infra.config import Settings, get_settings
 from infra.logging_setup import mask_value
 
@@ -120,8 +120,7 @@ def init_web(app: Any, settings: Settings) -> None:
     """Sentry, the ``/metrics`` route and per-request metrics for the Flask app."""
     from flask import Response, g, request
 
-    from infra import metrics
-
+    metrics.use_multiprocess_values()  # gunicorn.conf.py chose the directory in the master
     init_sentry("web", settings)
 
     def metrics_view() -> Response:
@@ -180,9 +179,7 @@ def init_worker_main(nodename: str | None = None, settings: Settings | None = No
 
     from celery import signals
 
-    from infra import metrics
-
-    if not metrics.multiprocess_enabled():
+    if not metrics.use_multiprocess_values():
         log.warning("prometheus_client was set up before the multi-process directory; worker metrics "
                     "will only show the main process")
     signals.task_failure.connect(_count_task_failure, weak=False)
@@ -191,7 +188,6 @@ def init_worker_main(nodename: str | None = None, settings: Settings | None = No
 
 def _count_task_failure(sender: Any = None, **_: Any) -> None:
     try:
-        from infra import metrics
         metrics.TASK_FAILURES.labels(getattr(sender, "name", None) or "unknown").inc()
     except Exception:  # noqa: BLE001
         log.debug("could not count a task failure", exc_info=True)
@@ -212,8 +208,6 @@ def start_worker_metrics(settings: Settings | None = None) -> int | None:
     if settings.metrics_port == 0 or _metrics_server is not None:
         return None
     from prometheus_client import start_http_server
-
-    from infra import metrics
 
     try:
         server, _thread = start_http_server(settings.metrics_port, addr=settings.metrics_address,

@@ -37,6 +37,7 @@ from pymongo.client_session import ClientSession
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
+from infra import metrics
 from ledger.decide import INTERNAL_ERROR, Failed, Outcome, WalletState, decide_batch, failed
 from ledger.routing import Router, merge_credits
 from ledger.timeutil import utcnow
@@ -210,7 +211,6 @@ def settle_partition(
 
 def _report_broken(partition: int, broken: BrokenInvariant, job: dict[str, Any] | None) -> None:
     """A broken invariant is an alarm: an error line and a counter, whatever happens next."""
-    from infra import metrics  # not at the top: see tasks/settle.py's _record
 
     metrics.record_broken_invariant(broken.guard)
     extra = {"partition": partition, "guard": broken.guard, "detail": broken.detail}

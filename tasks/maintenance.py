@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from pymongo.database import Database
 
+from infra import metrics
 from infra.backlog import limits as backlog_limits
 from infra.config import Settings, get_settings
 from infra.mongo import get_db
@@ -72,7 +73,6 @@ def sweep() -> list[int]:
 def publish_backlogs(db: Database, settings: Settings) -> None:
     """Every partition's backlog, for the web's limit and the gauges (a partition nobody
     settles publishes nothing itself). Never raises: the sweep's real work is done."""
-    from infra import metrics  # not at the top: see tasks/settle.py's _record
     try:
         silent_after = max(2.0 * settings.sweep_interval_seconds, settings.settle_slice_seconds)
         loads = backlog_store.publish_all(db, get_redis(), settings.ledger_partitions, silent_after)
@@ -84,7 +84,6 @@ def publish_backlogs(db: Database, settings: Settings) -> None:
 @task(name="ledger.reconcile", acks_late=True, ignore_result=True)
 def reconcile() -> dict:
     report = run_reconcile(get_db())
-    from infra import metrics  # not at the top: see tasks/settle.py's _record
     metrics.RECONCILE_DRIFT.set(report.drift_total + abs(report.total_balance))
     if report.ok:
         log.info("reconciliation ok", extra={"wallets": report.wallets})

@@ -8,7 +8,7 @@ import logging
 from celery.exceptions import SoftTimeLimitExceeded
 from pymongo.errors import PyMongoError
 
-from infra import context
+from infra import context, metrics
 from infra.announce import announce_batch
 from infra.backlog import limits as backlog_limits
 from infra.config import get_settings
@@ -74,9 +74,6 @@ def _record(partition: int, batch: BatchResult) -> None:
     # receiver's money is spendable well under a second later (the sweeper backs it up).
     for target in sorted(batch.credit_targets):
         ring_safely(ring, target, None)
-    # Imported here, not at the top: a worker imports its task modules before celeryd_init
-    # chooses the Prometheus multi-process directory, which must precede prometheus_client.
-    from infra import metrics
     metrics.record_batch(batch)
     _submit_payouts(batch)
     notify_webhooks(batch)  # job events are derived from the committed audit block; never raises
@@ -91,7 +88,6 @@ def _record(partition: int, batch: BatchResult) -> None:
 
 def _publish_backlog(partition: int, batch: BatchResult) -> None:
     """What is left in the partition, for the web's backlog limit and the gauges. Never raises."""
-    from infra import metrics  # not at the top: see _record
     try:
         load = backlog_store.publish_after_batch(get_db(), get_redis(), partition, batch.size, batch.duration)
         metrics.record_loads([load], backlog_limits(get_settings()))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from infra import metrics
 from infra.config import get_settings
 from infra.mongo import get_db
 from infra.redis_client import get_redis
@@ -93,9 +94,6 @@ def deliver(delivery_id: str) -> str | None:
     if outcome.retry_in is not None and outcome.retry_in <= COUNTDOWN_MAX:
         enqueue(delivery_id, countdown=outcome.retry_in)
     if outcome.claimed and outcome.status is not None:
-        # Here, not at the top: prometheus_client must be imported after celeryd_init
-        # chose the multi-process directory (as in tasks/settle.py).
-        from infra import metrics
 
         metrics.WEBHOOK_ATTEMPTS.labels(str(outcome.status)).inc()
     return None if outcome.status is None else str(outcome.status)
