@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from celery import Celery, _state
+from celery import Celery, shared_task
 from celery.local import Proxy
 from kombu import Queue
 
@@ -128,21 +128,18 @@ def worker_app() -> Celery:
 
 
 def task(**options: Any) -> Callable[[Callable[..., Any]], Any]:
-    """Register a task with the process app (Celery's ``shared_task``, bound to :func:`get_celery`).
+    """Declare a task with Celery's ``shared_task``, resolved against the process app.
 
-    Importing a task module builds nothing: the function is added to every app when
-    it is finalized, and the returned proxy resolves to the task of
-    :func:`get_celery`'s app, so ``settle.apply_async(...)`` works in any process
-    (web, CLI, tests) without a Celery app having been created first.
+    ``shared_task`` registers the function with every app when it is finalized; its own
+    proxy would look the task up in Celery's *current* app. The proxy returned here looks
+    it up in :func:`get_celery`'s app, built on first use, so ``settle.apply_async(...)``
+    works in any process (web, CLI, tests) without a Celery app having been created
+    before, and always through the app the process configured.
     """
     name = options["name"]
 
     def register(fun: Callable[..., Any]) -> Any:
-        _state.connect_on_app_finalize(lambda app: app._task_from_fun(fun, **options))
-        for app in _state._get_active_apps():  # apps finalized before this module was imported
-            if app.finalized:
-                with app._finalize_mutex:
-                    app._task_from_fun(fun, **options)
+        shared_task(**options)(fun)
         return Proxy(lambda: get_celery().tasks[name])
 
     return register

@@ -33,7 +33,7 @@ from tests.support.seeding import add_users
 from tests.support.waiting import wait_for
 
 DB_NAME = "purser_idle"
-REDIS_DB = 11  # this module's broker database: no other suite's worker reads it
+REDIS_DB = 12  # this module's broker database: no other suite's worker reads it
 PARTITIONS, PROCESSES = 4, 2
 BATCH, BATCHES_EACH = 20, 15
 SLICE = 0.3
