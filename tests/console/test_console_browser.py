@@ -16,10 +16,12 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,8 +30,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
+from devstack.provider_sim import ProviderSimProcess
 from devstack.supervisor import free_port
-from services import contents
+from services import console_sessions, contents
 from tests.console.conftest import LOGIN_LIMIT, Stack
 from tests.support.browser import Browser
 from tests.support.env import ROOT
@@ -419,3 +422,53 @@ def test_a_demoted_admin_is_out_at_the_next_page(stack: Stack, browser: Browser)
     assert b.driver.find_element(By.ID, "error-code").text == "FORBIDDEN"
     go(b, s, "/console/")
     assert "/console/login" in b.driver.current_url, "the session was ended, not only refused"
+
+
+def test_operator_asks_the_provider_about_a_submitted_payout(stack: Stack, browser: Browser,
+                                                             tmp_path: Path) -> None:
+    s, b = stack, browser
+    creator = seed_users(s.db, 1, role="creator", prefix="payee")[0]
+    fund(s, creator, 2000)
+    # The simulator takes the payout and, with an hour's delay, keeps it pending: a payout waiting on the bank.
+    sim = ProviderSimProcess({**s.env, "PROVIDER_SIM_DELAY_SECONDS": "3600"}, tmp_path / "provider-sim.log",
+                             s.base_url, port=int(s.env["PAYOUT_PROVIDER_URL"].rsplit(":", 1)[1]))
+    sim.start()
+    try:
+        hold = settled(s, creator, "/api/payouts", {"amount": 1000})
+        payout_id = hold["jobId"]
+        wait_for(lambda: s.db.payouts.find_one({"_id": payout_id, "status": "submitted"}), 30, poll=0.3,
+                 what="the payout submitted to the provider")
+        login(b, s, s.admin.email)
+        go(b, s, "/console/payouts?status=submitted")
+        b.driver.find_element(By.LINK_TEXT, payout_id).click()
+        assert figure(b, "status") == "submitted" and figure(b, "amount") == "1000"
+        act(b, "ask", reason="creator asks where the money is")
+        assert "The provider answered" in notice(b)
+        assert "provider said: pending" in b.driver.find_element(By.ID, "operator-trail").text
+        entry = s.db.auditlogs.find_one({"action": "payout.ask_provider", "target.id": payout_id})
+        assert entry["after"]["providerStatus"] == "pending" and entry["reason"] == "creator asks where the money is"
+    finally:
+        sim.stop()
+    go(b, s, f"/console/payouts/{payout_id}")
+    act(b, "ask", reason="and again, provider down")
+    assert b.driver.find_element(By.ID, "error-code").text == "PROVIDER_UNAVAILABLE"
+    assert s.db.auditlogs.count_documents({"action": "payout.ask_provider", "target.id": payout_id}) == 1
+    assert s.db.payouts.find_one({"_id": payout_id})["status"] == "submitted"
+
+
+def test_sessions_end_when_idle_and_at_their_maximum_age(stack: Stack) -> None:
+    import redis
+
+    server = redis.Redis.from_url(stack.env["REDIS_URL"])
+    try:
+        token, session = console_sessions.open_session(server, stack.admin.id, idle=1)
+        assert console_sessions.load_session(server, token, idle=1, max_age=60) == session
+        time.sleep(1.5)
+        assert console_sessions.load_session(server, token, idle=1, max_age=60) is None, "idle too long"
+        token, session = console_sessions.open_session(server, stack.admin.id, idle=60)
+        assert console_sessions.load_session(server, token, 60, 3600, now=session.created_at + 3599) == session
+        assert console_sessions.load_session(server, token, 60, 3600, now=session.created_at + 3600) is None
+        assert console_sessions.load_session(server, token, 60, 3600, now=session.created_at) is None, "deleted"
+        assert not list(server.scan_iter(match=console_sessions.KEY_PREFIX + "*" + token[:8] + "*")), "hashed keys"
+    finally:
+        server.close()
