@@ -9,6 +9,7 @@ from flask import Blueprint, Response, g, redirect, render_template, request, ur
 from api.console import guard
 from api.console.forms import new_form_key
 from api.errors import ApiError, problem
+from ledger.states import Role
 from services import operator_audit
 
 bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
@@ -50,4 +51,4 @@ def done(endpoint: str, notice: str, **values: Any) -> Response:
 
 
 def actor() -> dict[str, str]:
-    return operator_audit.actor_of(g.console.user_id, "admin")
+    return operator_audit.actor_of(g.console.user_id, Role.ADMIN)

@@ -26,6 +26,7 @@ class Chart:
     top: float  # the value at the top of the plot
     rects: list[Rect] = field(default_factory=list)
     lines: list[tuple[int, str]] = field(default_factory=list)  # (series, SVG points)
+    dots: list[tuple[int, float, float]] = field(default_factory=list)  # (series, x, y): a lone minute shows too
     labels: list[tuple[float, str]] = field(default_factory=list)  # (x, text) under the plot
     width: int = WIDTH
     height: int = HEIGHT
@@ -70,9 +71,9 @@ def lines(series: list[list[float | None]], labels: list[str]) -> Chart:
     chart = Chart(top=max((v for values in series for v in values if v is not None), default=0))
     scale, step = _scale(chart.top), (WIDTH - PAD) / max(len(labels) - 1, 1)
     for index, values in enumerate(series):
-        points = " ".join(f"{PAD + i * step:.1f},{HEIGHT - PAD - v * scale:.1f}"
-                          for i, v in enumerate(values) if v is not None)
-        if points:
-            chart.lines.append((index, points))
+        xy = [(PAD + i * step, HEIGHT - PAD - v * scale) for i, v in enumerate(values) if v is not None]
+        if xy:
+            chart.lines.append((index, " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)))
+            chart.dots += [(index, x, y) for x, y in xy]
     chart.labels = [(PAD + i * step, labels[i]) for i in range(0, len(labels), max(1, len(labels) // 6))]
     return chart
