@@ -57,6 +57,8 @@ def login(b: Browser, s: Stack, email: str, password: str = PASSWORD) -> None:
     b.driver.find_element(By.ID, "email").send_keys(email)
     b.driver.find_element(By.ID, "password").send_keys(password)
     b.driver.find_element(By.ID, "login").click()
+    # The next page (the overview, or the form again with its refusal) before anything else is driven.
+    WebDriverWait(b.driver, 15).until(lambda d: d.find_elements(By.ID, "live") or d.find_elements(By.ID, "login-error"))
 
 
 def figure(b: Browser, name: str) -> str:
