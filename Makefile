@@ -3,7 +3,7 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all install run demo test test-all test-unit lint docs bench bench-wait chaos migrate mutants mutants-ledger mutants-curated clean
+.PHONY: all install browser run demo test test-all test-unit lint docs bench bench-wait chaos migrate mutants mutants-ledger mutants-curated clean
 
 all: test
 
@@ -15,6 +15,15 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	touch $@
 
 install: $(VENV)/.installed
+
+# The console's browser tests (tests/console) drive Debian's Chromium through its driver:
+# installed here when missing, so a clean clone's `make test` has it (needs root or sudo).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ ! -x $(CHROMIUM) ] || [ ! -x /usr/bin/chromedriver ]; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; \
+	fi
 
 run: $(VENV)/.installed
 	$(PY) -m devstack run
@@ -30,10 +39,10 @@ demo: $(VENV)/.installed
 # `make test-all`: everything, the chaos suite and the long fuzz at full scale (.ci/run),
 # in one process: the chaos timings must not share the cores with other suites.
 XDIST ?= -n 2 --dist loadfile
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(PY) -m pytest -q -p no:cacheprovider -m "not chaos or smoke" $(XDIST) $(PYTEST_ARGS)
 
-test-all: $(VENV)/.installed
+test-all: $(VENV)/.installed browser
 	CHAOS_SCALE=$${CHAOS_SCALE:-full} $(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 test-unit: $(VENV)/.installed

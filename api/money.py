@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from api.errors import ApiError
 from infra import metrics
 from ledger.operations import Operation, partition_of
-from services.jobs import KeyClaim, Outcome, Ringer, StoredResponse, accept_job
+from services.jobs import Acceptance, KeyClaim, Outcome, Ringer, StoredResponse, accept_job
 
 MAX_KEY_LENGTH = 255
 RINGER_EXTENSION = "purser_ringer"
@@ -97,6 +97,15 @@ def accept(op: Operation, body: BaseModel | dict[str, Any], *, owner_id: str,
     ``job_id`` is for operations that name their own job (a payout's id is its job's).
     The rules live in :func:`services.jobs.accept_job`; this maps its outcome to HTTP.
     """
+    result = admit(op, body, owner_id=owner_id, key=key, key_owner=key_owner, job_id=job_id)
+    assert result.response is not None
+    return _respond(result.response, replayed=result.replayed)
+
+
+def admit(op: Operation, body: BaseModel | dict[str, Any], *, owner_id: str,
+          key: str | None = None, key_owner: str | None = None, job_id: str | None = None) -> Acceptance:
+    """:func:`accept` without the HTTP answer (the console redirects to the job instead):
+    the acceptance, accepted or replayed; a reused or busy key is the API's 422 / 409."""
     settings = current_app.config["PURSER"]
     refuse_if_backlogged(op, settings.ledger_partitions)
     key = key if key is not None else g.get("idempotency_key", None)
@@ -112,7 +121,6 @@ def accept(op: Operation, body: BaseModel | dict[str, Any], *, owner_id: str,
         raise ApiError(409, "IDEMPOTENCY_KEY_IN_USE",
                        "A request with this Idempotency-Key is still being processed; retry shortly.",
                        headers={"Retry-After": "1"})
-    assert result.response is not None
     if result.outcome == Outcome.ACCEPTED:
         g.accepted_job = result.job
-    return _respond(result.response, replayed=result.replayed)
+    return result

@@ -112,6 +112,8 @@ class Settings:
     webhook_backoff_seconds: tuple[float, ...]
     webhook_tick_seconds: int
     webhook_secret_grace_hours: int
+    console_session_idle_seconds: int
+    console_session_max_seconds: int
     metrics_port: int
     metrics_address: str
     prometheus_multiproc_dir: str | None
@@ -375,6 +377,9 @@ VARIABLES: tuple[Var, ...] = (
     Var("webhook_backoff_seconds", "WEBHOOK_BACKOFF_SECONDS", delays, (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)),
     Var("webhook_tick_seconds", "WEBHOOK_TICK_SECONDS", integer(1, 3600), 5),
     Var("webhook_secret_grace_hours", "WEBHOOK_SECRET_GRACE_HOURS", integer(0, 24 * 30), 24),
+    # operator console (api/console): a session ends after this long idle, and this long after login
+    Var("console_session_idle_seconds", "CONSOLE_SESSION_IDLE_SECONDS", integer(1, 86400), 1800),
+    Var("console_session_max_seconds", "CONSOLE_SESSION_MAX_SECONDS", integer(1, 7 * 86400), 8 * 3600),
     # web tier (gunicorn.conf.py)
     Var("port", "PORT", integer(1, 65535), 5000),
     Var("web_bind", "WEB_BIND", text, None),

@@ -20,10 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     from infra.config import settings_or_exit
     settings_or_exit()
     from infra.mongo import get_db
+    from services.check_runs import record_run
     from services.reconcile import reconcile, verify_audit
 
-    report = reconcile(get_db()) if args.command == "reconcile" else verify_audit(get_db())
+    db = get_db()
+    report = reconcile(db) if args.command == "reconcile" else verify_audit(db)
     print(json.dumps(report.as_dict(), indent=2, default=str))
+    record_run(args.command, report.as_dict(), db=db)  # shown by the operator console's overview
     return 0 if report.ok else 1
 
 

@@ -14,7 +14,7 @@ from pymongo.database import Database
 
 from infra.config import Settings
 from ledger.states import Role, WalletStatus
-from services import users
+from services import operator_audit, users
 from services.store import database
 
 
@@ -52,9 +52,10 @@ def change_role(user_id: str, role: Role, actor: dict[str, str], request_id: str
 
 
 def set_wallet_status(user_id: str, status: WalletStatus, actor: dict[str, str], request_id: str | None, *,
+                      submission: operator_audit.Submission | None = None,
                       db: Database | None = None) -> dict[str, Any] | None:
     """An operator's audited freeze or unfreeze; the wallet, or None for no such wallet."""
-    return users.change_wallet_status(database(db), user_id, status, actor, request_id)
+    return users.change_wallet_status(database(db), user_id, status, actor, request_id, submission=submission)
 
 
 def ensure_admin(email: str, password: str, actor: dict[str, str], *,

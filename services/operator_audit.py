@@ -14,6 +14,11 @@ is a point read on ``_id`` or on the ``(partition, seq)`` unique index.
 
 Admin credits are not recorded here: they are jobs, audited by settlement in their
 partition's chain with actor type ``admin``.
+
+An action taken from the operator console also carries a :class:`Submission`: the
+operator's reason (stored in the entry) and the form's one-time key, claimed in
+``idempotency_keys`` inside the same transaction, so a form submitted twice applies
+once and the second submission raises :class:`AlreadyDone`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pymongo.client_session import ClientSession
@@ -33,6 +39,7 @@ from ledger.timeutil import utcnow
 
 OPERATOR_KIND = "operator"
 MAX_ATTEMPTS = 8
+FORM_KEY_PREFIX = "console:"  # one-time form keys share idempotency_keys with the API's keys
 
 
 @dataclass(frozen=True)
@@ -44,8 +51,29 @@ class Change:
     result: Any = None
 
 
+@dataclass(frozen=True)
+class Submission:
+    """A console form's part of an action: why, and the key that makes a second submit a no-op."""
+
+    reason: str
+    key: str  # generated when the form was rendered
+    ttl_hours: int  # how long the key is remembered (IDEMPOTENCY_TTL_HOURS)
+
+
+class AlreadyDone(Exception):
+    """This form's key was already used: the action it asked for was applied then."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        super().__init__(record.get("action"))
+        self.record = record
+
+
 class _HeadMoved(Exception):
     """The chain head changed between this transaction's read and its write."""
+
+
+class _NoTarget(Exception):
+    """``apply`` found no target: abort, so a claimed form key is not kept for nothing."""
 
 
 def ensure_head(db: Database) -> None:
@@ -82,15 +110,30 @@ def _append(db: Database, session: ClientSession, body: dict[str, Any]) -> dict[
     return entry
 
 
+def _claim_form_key(db: Database, session: ClientSession, owner_id: str, action: str, target_id: str,
+                    submission: Submission) -> None:
+    key = FORM_KEY_PREFIX + submission.key
+    found = db.idempotency_keys.find_one({"ownerId": owner_id, "key": key}, session=session)
+    if found is not None:
+        raise AlreadyDone(found)
+    now = utcnow()
+    db.idempotency_keys.insert_one({
+        "ownerId": owner_id, "key": key, "fingerprint": f"{action}:{target_id}", "jobId": None,
+        "action": action, "targetId": target_id, "createdAt": now,
+        "expiresAt": now + timedelta(hours=submission.ttl_hours)}, session=session)
+
+
 def record(db: Database, action: str, actor: dict[str, str], target: dict[str, str], request_id: str | None,
-           apply: Callable[[ClientSession], Change | None]) -> tuple[Change, dict[str, Any]] | None:
+           apply: Callable[[ClientSession], Change | None], *,
+           submission: Submission | None = None) -> tuple[Change, dict[str, Any]] | None:
     """Apply an operator action and append its audit entry, atomically.
 
     ``apply(session)`` makes the change with ``session`` and returns a :class:`Change`
     (the target's ``before`` and ``after``), or ``None`` when the target does not exist:
     then nothing is written and ``None`` is returned. Otherwise returns the change and
     the sealed entry ``{partition: -1, seq, kind: "operator", action, actor, target,
-    before, after, requestId, createdAt, prevHash, hash}``.
+    before, after, requestId, createdAt, prevHash, hash}`` (plus ``reason`` with a
+    ``submission``, whose key is claimed in the same transaction: :class:`AlreadyDone`).
     """
     ensure_head(db)
     for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -98,19 +141,25 @@ def record(db: Database, action: str, actor: dict[str, str], target: dict[str, s
 
         def body(session: ClientSession, holder: dict[str, Any] = holder) -> None:
             holder.clear()
+            if submission is not None:
+                _claim_form_key(db, session, actor["id"], action, target["id"], submission)
             change = apply(session)
             if change is None:
-                return
+                raise _NoTarget
             holder["change"] = change
-            holder["entry"] = _append(db, session, {
-                "kind": OPERATOR_KIND, "action": action, "actor": dict(actor),
-                "target": {"type": target["type"], "id": target["id"]},
-                "before": change.before, "after": change.after,
-                "requestId": request_id, "createdAt": utcnow()})
+            fields = {"kind": OPERATOR_KIND, "action": action, "actor": dict(actor),
+                      "target": {"type": target["type"], "id": target["id"]},
+                      "before": change.before, "after": change.after,
+                      "requestId": request_id, "createdAt": utcnow()}
+            if submission is not None:
+                fields["reason"] = submission.reason
+            holder["entry"] = _append(db, session, fields)
 
         try:
             with db.client.start_session() as session:
                 session.with_transaction(body)
+        except _NoTarget:
+            return None
         except (_HeadMoved, DuplicateKeyError):
             # Another operator action took this seq first (a conflict with_transaction
             # did not label transient): read the head again.
@@ -118,7 +167,5 @@ def record(db: Database, action: str, actor: dict[str, str], target: dict[str, s
                 raise
             time.sleep(0.002 * attempt)
             continue
-        if "change" not in holder:
-            return None
         return holder["change"], holder["entry"]
     raise RuntimeError("unreachable")

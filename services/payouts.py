@@ -30,6 +30,7 @@ from pymongo.errors import DuplicateKeyError
 from ledger.operations import PayoutEvent
 from ledger.states import OPEN_PAYOUT_STATUSES, PayoutStatus
 from ledger.timeutil import iso, to_ms, utcnow
+from services import operator_audit
 from services.jobs import accept_job, ring_safely
 from services.payout_provider import ACCEPTED, REFUSED, PayoutProvider, ProviderUnavailable
 from services.queries import decode_cursor, encode_cursor
@@ -78,6 +79,20 @@ def user_payouts(user_id: str, limit: int, cursor: str | None, *,
     more = len(docs) > limit
     docs = docs[:limit]
     return docs, (encode_cursor(docs[-1]["createdAt"], docs[-1]["_id"]) if more and docs else None)
+
+
+def payouts_by_status(status: PayoutStatus, limit: int, cursor: str | None = None, *,
+                      db: Database | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the payouts in ``status``, longest unchanged first (index status_age: the
+    stuck ones lead), and the next cursor; ``BadCursor`` for a cursor this did not issue."""
+    query: dict[str, Any] = {"status": PayoutStatus(status)}
+    if cursor:
+        moment, doc_id = decode_cursor(cursor)
+        query["$or"] = [{"updatedAt": {"$gt": moment}}, {"updatedAt": moment, "_id": {"$gt": doc_id}}]
+    docs = list(database(db).payouts.find(query).sort([("updatedAt", 1), ("_id", 1)]).limit(limit + 1))
+    more = len(docs) > limit
+    docs = docs[:limit]
+    return docs, (encode_cursor(docs[-1]["updatedAt"], docs[-1]["_id"]) if more and docs else None)
 
 
 def held_amount(user_id: str, *, db: Database | None = None) -> int:
@@ -160,6 +175,58 @@ def submit_payout(payout_id: str, provider: PayoutProvider | None, *, partitions
                      ring=ring, db=db)
         return REFUSED_VOIDED
     return LOST
+
+
+# --- an operator asks the provider ------------------------------------------------------
+
+
+class PayoutNotOpen(Exception):
+    """The payout is already final: there is nothing to ask the provider."""
+
+
+@dataclass(frozen=True)
+class Asked:
+    provider_status: str  # paid, failed, pending or unknown
+    resolved: int  # payout_event jobs accepted from the answer (0 when the tick had done it)
+
+
+def ask_provider(payout_id: str, provider: PayoutProvider | None, actor: dict[str, str], request_id: str | None,
+                 *, partitions: int, ring: Ringer, submission: operator_audit.Submission | None = None,
+                 now: datetime | None = None, db: Database | None = None) -> Asked | None:
+    """What the tick does for one payout, now, for an operator: ask its status and apply the answer.
+
+    The question and the answer are recorded in the operator chain first (with the
+    console form's one-time key: a second submit raises ``AlreadyDone`` and changes
+    nothing); a final answer then becomes the same ``payout_event`` job the tick would
+    accept (same key, so the two never apply it twice). ``None``: no such payout;
+    :class:`PayoutNotOpen`; ``ProviderUnavailable`` when there is no provider or it
+    does not answer (nothing recorded).
+    """
+    db = database(db)
+    now = to_ms(now or utcnow())
+    doc = db.payouts.find_one({"_id": payout_id})
+    if doc is None:
+        return None
+    if doc["status"] not in OPEN_PAYOUT_STATUSES:
+        raise PayoutNotOpen(payout_id)
+    if provider is None:
+        raise ProviderUnavailable("no payout provider configured (PAYOUT_PROVIDER_URL)")
+    status = provider.status(payout_id)
+
+    def apply(session: Any) -> operator_audit.Change | None:
+        before = db.payouts.find_one({"_id": payout_id}, {"status": 1}, session=session)
+        if before is None:
+            return None
+        return operator_audit.Change({"status": before["status"]},
+                                     {"status": before["status"], "providerStatus": status})
+
+    done = operator_audit.record(db, "payout.ask_provider", actor, {"type": "payout", "id": payout_id},
+                                 request_id, apply, submission=submission)
+    if done is None:
+        return None
+    result = TickResult()
+    _apply_status(doc, status, partitions, ring, db, result, now)
+    return Asked(status, result.resolved)
 
 
 # --- the beat tick ----------------------------------------------------------------------

@@ -207,8 +207,10 @@ def change_role(db: Database, user_id: str, role: str, actor: dict[str, str],
 
 
 def change_wallet_status(db: Database, user_id: str, status: str, actor: dict[str, str],
-                         request_id: str | None) -> dict[str, Any] | None:
-    """An operator's freeze/unfreeze, applied and audited in one transaction; None for no such wallet."""
+                         request_id: str | None, *,
+                         submission: operator_audit.Submission | None = None) -> dict[str, Any] | None:
+    """An operator's freeze/unfreeze, applied and audited in one transaction; None for no such wallet
+    (``operator_audit.AlreadyDone`` when the console form's ``submission`` was already applied)."""
     status = WalletStatus(status)
     action = "wallet.freeze" if status == WalletStatus.FROZEN else "wallet.unfreeze"
 
@@ -219,7 +221,8 @@ def change_wallet_status(db: Database, user_id: str, status: str, actor: dict[st
         wallet = set_wallet_status(db, user_id, status, session)
         return operator_audit.Change({"status": before["status"]}, {"status": status}, wallet)
 
-    done = operator_audit.record(db, action, actor, {"type": "wallet", "id": user_id}, request_id, apply)
+    done = operator_audit.record(db, action, actor, {"type": "wallet", "id": user_id}, request_id, apply,
+                                 submission=submission)
     return None if done is None else done[0].result
 
 

@@ -494,8 +494,35 @@ def list_deliveries(endpoint_id: str, limit: int, cursor: str | None,
     return cursor_page(database(db), "webhook_deliveries", {"endpointId": endpoint_id}, limit, cursor)
 
 
+def deliveries_of_job(job_id: str, endpoints_read: int = 100,
+                      db: Database | None = None) -> list[dict[str, Any]]:
+    """Every delivery of ``job_id``'s events: ids derived from (event, endpoint), one ``$in`` read.
+
+    The endpoints are the newest ``endpoints_read`` (a deployment has a handful).
+    """
+    db = database(db)
+    endpoints = [e["_id"] for e in db.webhook_endpoints.find({}, {"_id": 1}).sort("createdAt", -1)
+                 .limit(endpoints_read)]
+    families = {event_id(job_id, t) for t in EVENT_TYPES}
+    ids = [delivery_id(evt, endpoint) for evt in sorted(families) for endpoint in endpoints]
+    if not ids:
+        return []
+    return sorted(db.webhook_deliveries.find({"_id": {"$in": ids}}), key=lambda d: (d["createdAt"], d["_id"]))
+
+
+def failing_deliveries(limit: int = 50, db: Database | None = None) -> list[dict[str, Any]]:
+    """Deliveries given up (``failed``) and those retrying after a failed attempt, on the ``due`` index."""
+    db = database(db)
+    failed = list(db.webhook_deliveries.find({"status": DeliveryStatus.FAILED}).sort("nextAttemptAt", -1)
+                  .limit(limit))
+    retrying = list(db.webhook_deliveries.find({"status": DeliveryStatus.PENDING, "attempts": {"$gte": 1}})
+                    .sort("nextAttemptAt", 1).limit(limit))
+    return failed + retrying
+
+
 def replay(endpoint_id: str, delivery_id_: str, actor: dict[str, str], request_id: str | None,
-           db: Database | None = None, clock: Callable[[], datetime] = utcnow) -> dict[str, Any] | None:
+           db: Database | None = None, clock: Callable[[], datetime] = utcnow, *,
+           submission: operator_audit.Submission | None = None) -> dict[str, Any] | None:
     """Start a new run of attempts now (same event id, same body), whatever the delivery's status.
 
     ``None`` when there is no such delivery of that endpoint; :class:`WebhookDisabled`
@@ -522,5 +549,5 @@ def replay(endpoint_id: str, delivery_id_: str, actor: dict[str, str], request_i
                                      {"status": DeliveryStatus.PENDING, "run": after["run"]}, after)
 
     done = operator_audit.record(db, "webhook.replay", actor, {"type": "webhook_delivery", "id": delivery_id_},
-                                 request_id, apply)
+                                 request_id, apply, submission=submission)
     return None if done is None else done[0].result

@@ -24,6 +24,10 @@ def register_blueprints(app: Flask) -> None:
     for module in (health, auth, wallet, premium, subscription, gifts, payments, payouts, admin, webhooks, jobs, docs):
         app.register_blueprint(module.bp)
 
+    from api.console import bp as console  # the operator console (server-rendered pages, not the API)
+
+    app.register_blueprint(console)
+
     if not app.config["PURSER"].is_production:
         from api.routes import debug
         app.register_blueprint(debug.bp)

@@ -60,13 +60,18 @@ def refund() -> Any:
     """Accepted as a job routed by the original's creditor; the settler decides the amount
     (REFUND_EXCEEDS_ORIGINAL, INSUFFICIENT_FUNDS), so concurrent refunds cannot pass the original."""
     body = parse_body(RefundIn)
+    return accept(refund_operation(body), body, owner_id=current().user_id)
+
+
+def refund_operation(body: RefundIn) -> Refund:
+    """The refund ``body`` asks for, routed by the original's debtor (the API's and the console's)."""
     target = refunds.refund_target(body.jobId)
     if target is None:
         raise ApiError(404, "ORIGINAL_NOT_FOUND", "No such job.")
     if target.debtor is None:
         raise ApiError(422, "NOT_REFUNDABLE",
                        "Only a settled unlock, gift, subscription charge or transfer can be refunded.")
-    return accept(Refund(target.debtor, body.jobId, body.amount, body.reason), body, owner_id=current().user_id)
+    return Refund(target.debtor, body.jobId, body.amount, body.reason)
 
 
 def _set_status(user_id: str, status: WalletStatus) -> Any:

@@ -32,6 +32,28 @@ def _busy() -> ApiError:
                     headers={"Retry-After": "1"})
 
 
+def throttled_login(email: str, password: str) -> dict[str, Any]:
+    """The account with these credentials, or 401/429/503: the API's and the console's login.
+
+    Failed attempts are throttled per e-mail and per address (api/login_throttle.py);
+    successful ones are not counted.
+    """
+    attempt = _throttle().reserve(users.normalise_email(email), client_address())
+    try:
+        user = accounts.login(email, password, settings=_settings())
+    except users.HashingBusy:
+        attempt.release()
+        raise _busy() from None
+    except BaseException:
+        attempt.release()
+        raise
+    if user is None:
+        attempt.failed()
+        raise ApiError(401, "INVALID_CREDENTIALS", "Email or password is wrong.")
+    attempt.succeeded()
+    return user
+
+
 @endpoint(bp, "POST", "/auth/register", summary="Create an account (role free) and its wallet",
           body=RegisterIn, response=UserOut, status=201, errors={409: "EMAIL_TAKEN", 503: "SERVICE_UNAVAILABLE"},
           auth_required=False,
@@ -58,21 +80,7 @@ def register() -> Any:
           errors={401: "INVALID_CREDENTIALS", 429: "RATE_LIMITED", 503: "SERVICE_UNAVAILABLE"})
 def login() -> Any:
     body = parse_body(LoginIn)
-    # Failed attempts are throttled per e-mail and per address (api/login_throttle.py);
-    # successful ones are not counted.
-    attempt = _throttle().reserve(users.normalise_email(body.email), client_address())
-    try:
-        user = accounts.login(body.email, body.password, settings=_settings())
-    except users.HashingBusy:
-        attempt.release()
-        raise _busy() from None
-    except BaseException:
-        attempt.release()
-        raise
-    if user is None:
-        attempt.failed()
-        raise ApiError(401, "INVALID_CREDENTIALS", "Email or password is wrong.")
-    attempt.succeeded()
+    user = throttled_login(body.email, body.password)
     token, ttl = tokens.issue_token(_settings(), user["_id"], user["role"])
     return jsonify(accessToken=token, tokenType="Bearer", expiresIn=ttl)
 

@@ -22,6 +22,7 @@ INITIAL = importlib.import_module("migrations.versions.0001_initial")
 DUE_INDEX = importlib.import_module("migrations.versions.0002_subscription_due_index")
 SINGLE_WRITER = importlib.import_module("migrations.versions.0004_single_writer")
 MONEY_OUT = importlib.import_module("migrations.versions.0005_money_out")
+CONSOLE = importlib.import_module("migrations.versions.0007_console")
 
 
 def _run(stack_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -30,7 +31,8 @@ def _run(stack_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
 
 
 def _index_names(db) -> dict[str, set[str]]:
-    return {name: set(db[name].index_information()) - {"_id_"} for name in [*INITIAL.INDEXES, "credits", "payouts"]}
+    return {name: set(db[name].index_information()) - {"_id_"}
+            for name in [*INITIAL.INDEXES, "credits", "payouts", "check_runs"]}
 
 
 def _expected_index_names() -> dict[str, set[str]]:
@@ -45,6 +47,9 @@ def _expected_index_names() -> dict[str, set[str]]:
         names[name] -= {ix.document["name"] for ix in indexes}
     names["payouts"] = set()
     for name, indexes in MONEY_OUT.INDEXES.items():  # 0005: payouts, refunds
+        names[name] |= {ix.document["name"] for ix in indexes}
+    names["check_runs"] = set()
+    for name, indexes in CONSOLE.INDEXES.items():  # 0007: check runs, the operator trail of a target
         names[name] |= {ix.document["name"] for ix in indexes}
     return names
 
