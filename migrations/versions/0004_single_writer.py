@@ -97,7 +97,7 @@ def up(db: Database) -> None:
         sums = _bucket_sums(db, wallet_id)
         if sum(sums.values()) != legacy["balance"]:
             raise MigrationRefused(f"{wallet_id}: balance {legacy['balance']} differs from its ledger "
-                                   f"{sum(sums.values())}; run `python -m ledger reconcile` first")
+                                   f"{sum(sums.values())}; run `python -m ops reconcile` first")
         for partition, amount in sums.items():
             db.wallets.update_one(
                 {"_id": f"{wallet_id}#{partition}"},

@@ -1,7 +1,7 @@
 """The operator console (issue 26): check results it shows, and a wallet's operator trail.
 
 - ``check_runs``: one document per reconcile or audit-verify run (``kind``, ``ok``,
-  ``at``, a short summary), written by beat's reconcile and the ``python -m ledger``
+  ``at``, a short summary), written by beat's reconcile and the ``python -m ops``
   commands; the overview reads the newest of each kind on ``kind_recent``.
 - ``auditlogs.operator_target`` (sparse on ``target.id``): the operator chain's
   entries about one wallet, delivery or payout. Settlement's audit blocks have no

@@ -343,7 +343,7 @@ def test_a_hostile_gift_message_shows_as_text_and_runs_nothing(stack: Stack, bro
 
 
 def _run_check(s: Stack, command: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "ledger", command], env=s.env, cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "ops", command], env=s.env, cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 

@@ -125,7 +125,7 @@ def test_try_it_runs_as_printed_against_make_demo(demo_stack: DemoStack) -> None
 
     # The ledger agrees with the balances after all this (the operator's own check).
     uri = re.search(r"MongoDB\s+(mongodb://\S+)", console).group(1)
-    check = subprocess.run([sys.executable, "-m", "ledger", "reconcile"], cwd=ROOT, capture_output=True, text=True,
+    check = subprocess.run([sys.executable, "-m", "ops", "reconcile"], cwd=ROOT, capture_output=True, text=True,
                            env={**shell_env, "APP_ENV": "development", "MONGODB_URI": uri,
                                 "PURSER_VAR_DIR": str(demo_stack.var_dir)}, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr

@@ -206,47 +206,47 @@ def test_reconcile_and_verify_audit_cli_exit_0_when_clean_and_1_after_tampering(
     wait_jobs(db, [j["_id"] for j in jobs])
 
     for command in ("reconcile", "verify-audit"):
-        clean = _run(stack_env, "ledger", command)
+        clean = _run(stack_env, "ops", command)
         assert clean.returncode == 0, clean.stdout + clean.stderr
         assert '"ok": true' in clean.stdout
 
     # A wallet balance changed behind the ledger's back.
     db.wallets.update_one({"_id": friend}, {"$inc": {"balance": 7}})
-    drift = _run(stack_env, "ledger", "reconcile")
+    drift = _run(stack_env, "ops", "reconcile")
     assert drift.returncode == 1, drift.stdout
     assert friend in drift.stdout and '"ok": false' in drift.stdout
     db.wallets.update_one({"_id": friend}, {"$inc": {"balance": -7}})
-    assert _run(stack_env, "ledger", "reconcile").returncode == 0
+    assert _run(stack_env, "ops", "reconcile").returncode == 0
 
     # An audit entry's amount rewritten: its hash no longer matches.
     entry, record = audit_entry_of(db, jobs[0]["_id"])
     tampered = [dict(r, entries=[dict(e, amount=e["amount"] - 1 if e["amount"] > 0 else e["amount"])
                                  for e in r.get("entries", [])]) for r in entry["jobs"]]
     db.auditlogs.update_one({"_id": entry["_id"]}, {"$set": {"jobs": tampered}})
-    broken = _run(stack_env, "ledger", "verify-audit")
+    broken = _run(stack_env, "ops", "verify-audit")
     assert broken.returncode == 1, broken.stdout
     assert "hash does not match" in broken.stdout
     # The ledger itself was not touched: reconcile still passes.
-    assert _run(stack_env, "ledger", "reconcile").returncode == 0
+    assert _run(stack_env, "ops", "reconcile").returncode == 0
     db.auditlogs.update_one({"_id": entry["_id"]}, {"$set": {"jobs": entry["jobs"]}})
 
     # A deleted audit entry breaks the chain as well.
     last, _ = audit_entry_of(db, jobs[1]["_id"])
     db.auditlogs.delete_one({"_id": last["_id"]})
-    assert _run(stack_env, "ledger", "verify-audit").returncode == 1
+    assert _run(stack_env, "ops", "verify-audit").returncode == 1
     db.auditlogs.insert_one(last)
-    assert _run(stack_env, "ledger", "verify-audit").returncode == 0
+    assert _run(stack_env, "ops", "verify-audit").returncode == 0
 
     # Removing a partition's head document must not hide edits to that chain.
     head = db.partitions.find_one({"_id": entry["partition"]})
     db.partitions.delete_one({"_id": head["_id"]})
     db.auditlogs.update_one({"_id": entry["_id"]}, {"$set": {"jobs": tampered}})
-    headless = _run(stack_env, "ledger", "verify-audit")
+    headless = _run(stack_env, "ops", "verify-audit")
     assert headless.returncode == 1, headless.stdout
     assert "without a partition head" in headless.stdout
     db.auditlogs.update_one({"_id": entry["_id"]}, {"$set": {"jobs": entry["jobs"]}})
     db.partitions.insert_one(head)
-    assert _run(stack_env, "ledger", "verify-audit").returncode == 0
+    assert _run(stack_env, "ops", "verify-audit").returncode == 0
     assert_money_invariants(db)
 
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("api", "devstack", "infra", "ledger", "migrations", "services", "tasks", "workers")
+PACKAGES = ("api", "devstack", "infra", "ledger", "migrations", "ops", "services", "tasks", "workers")
 
 # No exception: even infra/metrics.py leaves prometheus_client's value class alone at
 # import (the entry points call metrics.use_multiprocess_values()).

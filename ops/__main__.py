@@ -1,8 +1,6 @@
-"""Operator CLI: ``python -m ledger reconcile`` and ``python -m ledger verify-audit``.
+"""Operator CLI: ``python -m ops reconcile`` and ``python -m ops verify-audit``.
 
 Both print a JSON report and exit 1 on any mismatch, 2 on a configuration error.
-The service layer is imported here, at the entry point, so the ``ledger`` package
-itself stays free of database code.
 """
 
 from __future__ import annotations
@@ -13,7 +11,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ledger")
+    parser = argparse.ArgumentParser(prog="python -m ops")
     parser.add_argument("command", choices=["reconcile", "verify-audit"])
     args = parser.parse_args(argv)
 
