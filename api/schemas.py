@@ -189,6 +189,119 @@ class BalanceOut(BaseModel):
                                   "returned to the balance if the payout fails or expires")
     currency: Literal["COIN"]
     status: WalletStatus
+    asOf: str | None = Field(default=None, description="With `?asOf=`: the instant answered. `balance` is then "
+                                                         "the ledger balance at that instant (credits settled by "
+                                                         "other partitions count from their own date), "
+                                                         "`incoming` is 0")
+    debt: int | None = Field(default=None, description="With `?asOf=`: what a chargeback left owing (a "
+                                                       "negative balance, as a positive number)")
+
+
+class BalanceQuery(Strict):
+    model_config = ConfigDict(extra="forbid", strict=False)
+    asOf: Annotated[str, StringConstraints(max_length=40)] | None = Field(
+        default=None, description="An RFC 3339 date-time with offset, e.g. `2026-11-30T23:59:59.999Z` "
+                                  "(milliseconds kept). Malformed: 422 INSTANT_INVALID; later than now: "
+                                  "INSTANT_IN_FUTURE; before the wallet existed: INSTANT_BEFORE_WALLET.")
+
+
+class StatementSection(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    count: int = 0
+    amount: int = 0
+
+
+class StatementLine(BaseModel):
+    at: str
+    jobId: str
+    section: str = Field(description="income, spending, refunds, chargebacks, payouts.requested, "
+                                     "payouts.released, payouts.returned")
+    kind: str = Field(description="The operation: unlock, subscribe, renew, gift, transfer, topup, credit, "
+                                  "refund, chargeback, payout, payout_event")
+    amount: int = Field(description="What the line moved on this wallet (signed)")
+    gross: int | None = Field(description="What the fan paid (revenue kinds), or the amount given back (refunds)")
+    creatorShare: int | None
+    platformRevenue: int | None
+    processing: int | None
+    counterpartyId: str | None
+    originalJobId: str | None = Field(description="Refunds and chargebacks: the job they reverse")
+
+
+class TieOut(BaseModel):
+    opening: int
+    net: int
+    closing: int
+    ok: bool = Field(description="opening + net == closing, exactly")
+
+
+class StatementOut(BaseModel):
+    userId: str
+    walletId: str
+    period: str
+    currency: Literal["COIN"]
+    provisional: bool = Field(description="The current month (or one not closed yet): computed now, will change")
+    from_: str = Field(alias="from")
+    to: str
+    openingBalance: int
+    closingBalance: int
+    net: int
+    movements: int
+    income: dict[str, StatementSection]
+    spending: dict[str, StatementSection]
+    refunds: StatementSection
+    chargebacks: StatementSection
+    payouts: dict[str, StatementSection]
+    tieOut: TieOut
+    lines: list[StatementLine]
+    hash: str | None = Field(default=None, description="Stored (closed) statements: the hash in the audit chain")
+    linesDigest: str | None = None
+    generatedAt: str | None = None
+
+
+class StatementListItem(BaseModel):
+    period: str
+    stored: bool
+    hash: str | None
+    closingBalance: int | None
+
+
+class StatementList(BaseModel):
+    items: list[StatementListItem]
+
+
+class PlatformReportOut(BaseModel):
+    period: str
+    provisional: bool
+    kinds: dict[str, dict[str, int]] = Field(description="Per operation kind: count, gross, users (what user "
+                                                          "wallets moved), revenue, processing, inFlight, funding")
+    platform: dict[str, TieOut] = Field(description="Per system wallet: opening + the month's movements = closing")
+    tieOut: TieOut = Field(description="Every system wallet and all users together: always sums to zero")
+
+
+class ScheduleIn(Strict):
+    interval: Literal["daily", "weekly", "monthly"]
+    anchor: Annotated[str, StringConstraints(max_length=16)] | Annotated[int, Field(strict=True)] | None = Field(
+        default=None, description="weekly: a weekday (`monday`); monthly: a day 1-28; daily: none")
+    minimum: Amount
+
+
+class ScheduleRun(BaseModel):
+    slot: str
+    outcome: Literal["placed", "skipped"]
+    reason: str | None
+    payoutId: str | None
+    amount: int | None
+
+
+class ScheduleOut(BaseModel):
+    userId: str
+    interval: Literal["daily", "weekly", "monthly"]
+    anchor: str | int | None
+    minimum: int
+    nextSlot: str
+    active: bool
+    lastRun: dict[str, Any] | None
+    runs: list[ScheduleRun] = []
 
 
 class TxItem(BaseModel):

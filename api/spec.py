@@ -193,6 +193,9 @@ def endpoint(
 
 
 _PATH_PARAM = re.compile(r"<(?:[a-z]+:)?([A-Za-z_]+)>")
+ID_PATTERN = "^[0-9a-f]{24}$"
+# Path parameters that are not ids (a statement's month).
+_PATH_PATTERNS = {"period": "^[0-9]{4}-(0[1-9]|1[0-2])$"}
 
 
 def _schema_ref(model: type[BaseModel], components: dict[str, Any]) -> dict[str, str]:
@@ -255,7 +258,7 @@ def openapi_document(version: str) -> dict[str, Any]:
         op: dict[str, Any] = {"summary": ep.summary, "tags": [ep.tag], "operationId": ep.endpoint_name,
                               "responses": {}}
         params = [{"name": name, "in": "path", "required": True,
-                   "schema": {"type": "string", "pattern": "^[0-9a-f]{24}$"}}
+                   "schema": {"type": "string", "pattern": _PATH_PATTERNS.get(name, ID_PATTERN)}}
                   for name in _PATH_PARAM.findall(ep.rule)]
         if ep.query is not None:
             params.extend(_query_parameters(ep.query))

@@ -106,6 +106,10 @@ class Settings:
     payout_hold_ttl_hours: int
     payout_resolve_after_seconds: int
     payout_tick_seconds: int
+    history_margin_seconds: int
+    rollup_interval_seconds: int
+    statement_tick_seconds: int
+    payout_schedule_tick_seconds: int
     provider_sim_delay_seconds: float
     webhook_allow_private: bool
     webhook_timeout_seconds: float
@@ -370,6 +374,13 @@ VARIABLES: tuple[Var, ...] = (
     Var("payout_hold_ttl_hours", "PAYOUT_HOLD_TTL_HOURS", integer(1, 24 * 30), 24),
     Var("payout_resolve_after_seconds", "PAYOUT_RESOLVE_AFTER_SECONDS", integer(1, 86400), 120),
     Var("payout_tick_seconds", "PAYOUT_TICK_SECONDS", integer(1, 3600), 30),
+    # money over time (issue 25): checkpoints, statements, scheduled payouts
+    # Only ledger dates older than this are final: longer than any transaction may live
+    # (MongoDB aborts older ones after 60 s), so no entry can still appear before it.
+    Var("history_margin_seconds", "HISTORY_MARGIN_SECONDS", integer(61, 86400), 120),
+    Var("rollup_interval_seconds", "ROLLUP_INTERVAL_SECONDS", integer(1, 3600), 60),
+    Var("statement_tick_seconds", "STATEMENT_TICK_SECONDS", integer(1, 86400), 3600),
+    Var("payout_schedule_tick_seconds", "PAYOUT_SCHEDULE_TICK_SECONDS", integer(1, 86400), 300),
     Var("provider_sim_delay_seconds", "PROVIDER_SIM_DELAY_SECONDS", seconds(0, 3600), 1.0),
     # job webhooks (services/webhooks.py): SSRF guard, delivery timeout, retry schedule, beat tick
     Var("webhook_allow_private", "WEBHOOK_ALLOW_PRIVATE", boolean, False),

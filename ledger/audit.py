@@ -21,6 +21,8 @@ GENESIS = "0" * 64
 # The partition id of the operators' own chain (freezes, roles, plans, cancellations).
 # An int like the settlement partitions, so chains sort together; never a ledger partition.
 OPERATOR_CHAIN = -1
+# The chain that vouches for stored monthly statements (one entry per statement).
+STATEMENT_CHAIN = -2
 # Fields that describe the stored copy, not the fact: never hashed.
 _UNHASHED = frozenset({"_id", "hash"})
 

@@ -76,12 +76,12 @@ class _NoTarget(Exception):
     """``apply`` found no target: abort, so a claimed form key is not kept for nothing."""
 
 
-def ensure_head(db: Database) -> None:
-    """Create the operator chain's head document once (a read when it exists)."""
-    if db.partitions.find_one({"_id": audit.OPERATOR_CHAIN}, {"_id": 1}) is None:
+def ensure_head(db: Database, chain: int = audit.OPERATOR_CHAIN) -> None:
+    """Create the chain's head document once (a read when it exists)."""
+    if db.partitions.find_one({"_id": chain}, {"_id": 1}) is None:
         try:
             db.partitions.update_one(
-                {"_id": audit.OPERATOR_CHAIN},
+                {"_id": chain},
                 {"$setOnInsert": {"seq": 0, "auditSeq": 0, "auditHead": audit.GENESIS}},
                 upsert=True)
         except DuplicateKeyError:  # created by a concurrent first action
@@ -93,15 +93,15 @@ def actor_of(user_id: str, role: str) -> dict[str, str]:
     return {"type": "admin" if role == Role.ADMIN else "user", "id": user_id}
 
 
-def _append(db: Database, session: ClientSession, body: dict[str, Any]) -> dict[str, Any]:
-    head = db.partitions.find_one({"_id": audit.OPERATOR_CHAIN}, session=session)
+def _append(db: Database, session: ClientSession, body: dict[str, Any], chain: int) -> dict[str, Any]:
+    head = db.partitions.find_one({"_id": chain}, session=session)
     if head is None:
-        raise _HeadMoved("operator chain head missing")
+        raise _HeadMoved("chain head missing")
     seq = head["auditSeq"] + 1
-    entry = audit.seal(dict(body, partition=audit.OPERATOR_CHAIN, seq=seq), head["auditHead"])
+    entry = audit.seal(dict(body, partition=chain, seq=seq), head["auditHead"])
     db.auditlogs.insert_one(entry, session=session)
     res = db.partitions.update_one(
-        {"_id": audit.OPERATOR_CHAIN, "auditSeq": head["auditSeq"], "auditHead": head["auditHead"]},
+        {"_id": chain, "auditSeq": head["auditSeq"], "auditHead": head["auditHead"]},
         {"$set": {"auditSeq": seq, "auditHead": entry["hash"], "lastAuditAt": body["createdAt"]},
          "$inc": {"seq": 1}},
         session=session)
@@ -125,17 +125,18 @@ def _claim_form_key(db: Database, session: ClientSession, owner_id: str, action:
 
 def record(db: Database, action: str, actor: dict[str, str], target: dict[str, str], request_id: str | None,
            apply: Callable[[ClientSession], Change | None], *,
-           submission: Submission | None = None) -> tuple[Change, dict[str, Any]] | None:
+           submission: Submission | None = None,
+           chain: int = audit.OPERATOR_CHAIN) -> tuple[Change, dict[str, Any]] | None:
     """Apply an operator action and append its audit entry, atomically.
 
     ``apply(session)`` makes the change with ``session`` and returns a :class:`Change`
     (the target's ``before`` and ``after``), or ``None`` when the target does not exist:
     then nothing is written and ``None`` is returned. Otherwise returns the change and
-    the sealed entry ``{partition: -1, seq, kind: "operator", action, actor, target,
+    the sealed entry ``{partition: chain, seq, kind: "operator", action, actor, target,
     before, after, requestId, createdAt, prevHash, hash}`` (plus ``reason`` with a
     ``submission``, whose key is claimed in the same transaction: :class:`AlreadyDone`).
     """
-    ensure_head(db)
+    ensure_head(db, chain)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         holder: dict[str, Any] = {}
 
@@ -153,7 +154,7 @@ def record(db: Database, action: str, actor: dict[str, str], target: dict[str, s
                       "requestId": request_id, "createdAt": utcnow()}
             if submission is not None:
                 fields["reason"] = submission.reason
-            holder["entry"] = _append(db, session, fields)
+            holder["entry"] = _append(db, session, fields, chain)
 
         try:
             with db.client.start_session() as session:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from pymongo.database import Database
 
@@ -33,6 +34,14 @@ def user_wallet_status(user_id: str, *, db: Database | None = None) -> WalletSta
     """The status of ``user_id``'s own wallet, or None when there is no such user (system wallets included)."""
     wallet = database(db).wallets.find_one({"_id": user_id, "userId": user_id}, {"status": 1})
     return None if wallet is None else WalletStatus(wallet.get("status", WalletStatus.ACTIVE))
+
+
+def wallet_created(user_id: str, *, db: Database | None = None) -> tuple[datetime | None, WalletStatus | None]:
+    """When ``user_id``'s wallet was created and its status; ``(None, None)`` without one."""
+    wallet = database(db).wallets.find_one({"_id": user_id, "userId": user_id}, {"status": 1, "createdAt": 1})
+    if wallet is None:
+        return None, None
+    return wallet.get("createdAt"), WalletStatus(wallet.get("status", WalletStatus.ACTIVE))
 
 
 def balance(user_id: str, partitions: int, *, db: Database | None = None) -> Balance | None:

@@ -24,7 +24,8 @@ from kombu import Queue
 from infra.config import ConfigError, Settings, get_settings, settings_or_exit
 from infra.queues import DEFAULT_QUEUE, WEBHOOK_QUEUE, partition_queue
 
-TASK_MODULES = ("tasks.settle", "tasks.maintenance", "tasks.subscriptions", "tasks.payouts", "tasks.webhooks")
+TASK_MODULES = ("tasks.settle", "tasks.maintenance", "tasks.subscriptions", "tasks.payouts", "tasks.webhooks",
+                "tasks.history")
 # Registered only outside production (APP_ENV=development or test): debug.boom fails on
 # purpose (error-reporting checks), bench.noop measures the queue ceiling (make bench).
 TEST_TASK_MODULES = ("tasks.debug", "tasks.bench")
@@ -88,6 +89,15 @@ def create_celery(settings: Settings) -> Celery:
                              "options": {"expires": settings.payout_tick_seconds}},
             "webhooks-tick": {"task": "webhooks.tick", "schedule": timedelta(seconds=settings.webhook_tick_seconds),
                               "options": {"expires": settings.webhook_tick_seconds * 2}},
+            "balances-rollup": {"task": "history.rollup",
+                                "schedule": timedelta(seconds=settings.rollup_interval_seconds),
+                                "options": {"expires": settings.rollup_interval_seconds}},
+            "statements-close": {"task": "history.close_statements",
+                                 "schedule": timedelta(seconds=settings.statement_tick_seconds),
+                                 "options": {"expires": settings.statement_tick_seconds}},
+            "payout-schedules": {"task": "history.scheduled_payouts",
+                                 "schedule": timedelta(seconds=settings.payout_schedule_tick_seconds),
+                                 "options": {"expires": settings.payout_schedule_tick_seconds}},
         },
     )
     return app

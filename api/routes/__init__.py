@@ -16,6 +16,7 @@ def register_blueprints(app: Flask) -> None:
         payments,
         payouts,
         premium,
+        statements,
         subscription,
         wallet,
         webhooks,
@@ -23,6 +24,8 @@ def register_blueprints(app: Flask) -> None:
 
     for module in (health, auth, wallet, premium, subscription, gifts, payments, payouts, admin, webhooks, jobs, docs):
         app.register_blueprint(module.bp)
+    app.register_blueprint(statements.bp)
+    app.register_blueprint(statements.admin_bp)
 
     from api.console import bp as console  # the operator console (server-rendered pages, not the API)
 

@@ -16,10 +16,13 @@ from api.errors import ApiError
 from api.jsonbody import parse_body, parse_query
 from api.money import accept
 from api.routes.common import bad_cursor
-from api.schemas import JobOut, PageQuery, PayoutIn, PayoutOut, PayoutPage
+from api.schemas import JobOut, PageQuery, PayoutIn, PayoutOut, PayoutPage, ScheduleIn, ScheduleOut
 from api.spec import Link, endpoint
 from ledger.money import is_user_id
 from ledger.operations import Payout
+from ledger.periods import BadSchedule
+from ledger.timeutil import utcnow
+from services import payout_schedules
 from services.jobs import new_job_id
 from services.payouts import get_payout as load_payout
 from services.payouts import payout_view, user_payouts
@@ -55,6 +58,45 @@ def list_payouts() -> Any:
     except BadCursor as exc:
         raise bad_cursor(exc) from None
     return jsonify(items=[payout_view(d) for d in docs], nextCursor=next_cursor)
+
+
+def _schedule_roles() -> None:
+    if current().role not in current_app.config["PURSER"].payout_roles:
+        raise ApiError(403, "PAYOUT_NOT_ALLOWED", "Your role cannot request payouts.")
+
+
+@endpoint(bp, "PUT", "/schedule", summary="Pay out the whole spendable balance on a schedule (daily, weekly, "
+          "monthly), when it reaches the minimum", body=ScheduleIn, response=ScheduleOut,
+          errors={403: "PAYOUT_NOT_ALLOWED", 422: ("PAYOUT_BELOW_MINIMUM", "SCHEDULE_ANCHOR_INVALID")})
+def put_schedule() -> Any:
+    _schedule_roles()
+    body = parse_body(ScheduleIn)
+    floor = current_app.config["PURSER"].payout_min_amount
+    if body.minimum < floor:
+        raise ApiError(422, "PAYOUT_BELOW_MINIMUM", f"The minimum must be at least {floor} coins.")
+    try:
+        doc = payout_schedules.put_schedule(current().user_id, body.interval, body.anchor, body.minimum, utcnow())
+    except BadSchedule as exc:
+        raise ApiError(422, "SCHEDULE_ANCHOR_INVALID", str(exc)) from None
+    return jsonify(payout_schedules.schedule_view(doc))
+
+
+@endpoint(bp, "GET", "/schedule", summary="The caller's payout schedule and what its last slots did",
+          response=ScheduleOut, errors={404: "SCHEDULE_NOT_FOUND"})
+def get_schedule() -> Any:
+    me = current().user_id
+    doc = payout_schedules.get_schedule(me)
+    if doc is None:
+        raise ApiError(404, "SCHEDULE_NOT_FOUND", "No active payout schedule.")
+    return jsonify({**payout_schedules.schedule_view(doc), "runs": payout_schedules.runs(me)})
+
+
+@endpoint(bp, "DELETE", "/schedule", summary="Stop the caller's payout schedule (a slot already placed still pays)",
+          status=204, errors={404: "SCHEDULE_NOT_FOUND"})
+def delete_schedule() -> Any:
+    if not payout_schedules.delete_schedule(current().user_id, utcnow()):
+        raise ApiError(404, "SCHEDULE_NOT_FOUND", "No active payout schedule.")
+    return "", 204
 
 
 @endpoint(bp, "GET", "/<payoutId>", summary="One payout (its owner's, or any for an admin)", response=PayoutOut,

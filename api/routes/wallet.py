@@ -11,7 +11,8 @@ from api.errors import ApiError
 from api.jsonbody import parse_body, parse_query
 from api.money import accept
 from api.routes.common import bad_cursor, refuse_self, require_user_wallet
-from api.schemas import BalanceOut, JobOut, PageQuery, TransferIn, TxPage
+from api.routes.statements import as_of_answer
+from api.schemas import BalanceOut, BalanceQuery, JobOut, PageQuery, TransferIn, TxPage
 from api.spec import endpoint
 from ledger.operations import Transfer
 from services import wallets
@@ -21,10 +22,15 @@ from services.queries import BadCursor, wallet_history
 bp = Blueprint("wallet", __name__, url_prefix="/api/wallet")
 
 
-@endpoint(bp, "GET", "/balance", summary="The caller's balance", response=BalanceOut,
-          errors={404: "NOT_FOUND", 503: "SERVICE_UNAVAILABLE"})
+@endpoint(bp, "GET", "/balance", summary="The caller's balance, now or as of an instant (?asOf=)", response=BalanceOut,
+          query=BalanceQuery,
+          errors={404: "NOT_FOUND", 422: ("INSTANT_INVALID", "INSTANT_IN_FUTURE", "INSTANT_BEFORE_WALLET"),
+                  503: "SERVICE_UNAVAILABLE"})
 def balance() -> Any:
     me = current().user_id
+    as_of = parse_query(BalanceQuery).asOf
+    if as_of is not None:
+        return jsonify(as_of_answer(me, as_of))
     try:
         found = wallets.balance(me, current_app.config["PURSER"].ledger_partitions)
     except wallets.ConsistentReadError:

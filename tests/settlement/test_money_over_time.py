@@ -1,0 +1,186 @@
+"""Issue 25: balances as of an instant, statements that tie out, the platform report, scheduled payouts.
+
+Settled for real (``services.settlement.settle_partition`` over the session's SecantusDB)
+with a controlled clock, so a history spans two months; no worker runs (``fresh_db``),
+so nothing settles with the wall clock meanwhile.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ledger.operations import Chargeback, Credit, Gift, Payout, PayoutEvent, Refund, TopUp, Transfer
+from ledger.periods import MS, Month
+from services.jobs import build_job
+from tests.support.seeding import add_user, partitions
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+MARGIN = timedelta(seconds=120)
+JAN, FEB = Month(2025, 1), Month(2025, 2)
+
+
+def _settle_at(db: Any, op: Any, at: datetime, job_id: str | None = None) -> dict[str, Any]:
+    """Queue one job and settle it (and the credits it leaves) with the clock at ``at``."""
+    from services.settlement import settle_partition
+
+    job = build_job(op, op.wallet, partitions(), None, None, job_id)
+    db.jobs.insert_one(job)
+    settle_partition(db, job["partition"], partitions=partitions(), batch_max=200, clock=lambda: at)
+    while targets := db.credits.distinct("to", {"applied": False}):
+        for p in targets:
+            settle_partition(db, p, partitions=partitions(), batch_max=200, clock=lambda: at)
+    done = db.jobs.find_one({"_id": job["_id"]})
+    assert done["status"] == "settled", done.get("error")
+    return done
+
+
+def _replay(db: Any, wallet: str, at: datetime) -> int:
+    """The ledger replayed to ``at``, by brute force: the reference balance_at must equal."""
+    return sum(e["amount"] for tx in db.transactions.find({"createdAt": {"$lte": at}})
+               for e in tx["entries"] if e["walletId"] == wallet)
+
+
+def _history(db: Any) -> dict[str, Any]:
+    fan, creator, other = add_user(db), add_user(db, role="creator"), add_user(db)
+    db.wallets.update_many({}, {"$set": {"createdAt": T0}})
+    db.users.update_many({}, {"$set": {"createdAt": T0}})
+    day = lambda d, h=12: T0 + timedelta(days=d - 1, hours=h)  # noqa: E731 - January day d
+    _settle_at(db, TopUp(fan, 10_000, "ptx-1"), day(2))
+    gift = _settle_at(db, Gift(fan, creator, 1_000), day(5))
+    _settle_at(db, Credit(other, 500, "welcome"), day(6))
+    _settle_at(db, Transfer(other, creator, 300), day(7))
+    payout_id = "a" * 24
+    _settle_at(db, Payout(creator, 1_000, payout_id), day(20), job_id=payout_id)
+    _settle_at(db, PayoutEvent(creator, payout_id, "failed", "ev-1"), day(21))
+    # February: a refund of January's gift, a chargeback of January's top-up, a paid payout.
+    _settle_at(db, Refund(creator, gift["_id"], 400, "requested_by_customer"), day(33))
+    _settle_at(db, Chargeback(fan, 2_000, "ptx-1", "cb-1"), day(34))
+    paid_id = "b" * 24
+    _settle_at(db, Payout(creator, 600, paid_id), day(40), job_id=paid_id)
+    _settle_at(db, PayoutEvent(creator, paid_id, "paid", "ev-2"), day(41))
+    _settle_at(db, Gift(fan, creator, 2_500), day(59, 23))  # the last hours of February
+    return {"fan": fan, "creator": creator, "other": other, "gift": gift["_id"], "day": day}
+
+
+def test_balance_as_of_statements_and_report_tie_out_over_two_months(fresh_db: Any) -> None:
+    from services import checkpoints, reports, statements
+    from services.reconcile import verify_audit
+
+    db = fresh_db
+    h = _history(db)
+    creator, fan = h["creator"], h["fan"]
+    now = datetime(2025, 3, 10, tzinfo=UTC)
+    folded = checkpoints.roll_up(partitions=partitions(), now=now, margin=MARGIN, db=db)
+    assert folded.blocks == db.auditlogs.count_documents({"partition": {"$gte": 0}})
+    assert checkpoints.roll_up(partitions=partitions(), now=now, margin=MARGIN, db=db).blocks == 0
+    # Checkpoints sit at the month ends of wallets that moved.
+    assert db.balance_checkpoints.find_one({"walletId": creator, "at": JAN.last_instant}) is not None
+
+    for moment in [h["day"](d, hh) for d in (1, 5, 7, 20, 21, 33, 40, 41, 59, 60) for hh in (0, 12, 13)]:
+        for wallet in (creator, fan, h["other"]):
+            got = checkpoints.balance_at(wallet, moment, db=db)
+            assert got.balance == _replay(db, wallet, moment), (wallet, moment)
+    # Held: between the hold (day 20) and its failure (day 21), then the paid one (days 40-41).
+    assert checkpoints.balance_at(creator, h["day"](20, 13), db=db).held == 1_000
+    assert checkpoints.balance_at(creator, h["day"](21, 13), db=db).held == 0
+    assert checkpoints.balance_at(creator, h["day"](40, 13), db=db).held == 600
+    # The chargeback left the fan in debt? 10000 - 1000 - 2000 + 400 refunded = 7400: no debt.
+    assert checkpoints.balance_at(fan, h["day"](35), db=db).debt == 0
+
+    jan = statements.compute(creator, JAN, now, settle_margin=MARGIN, db=db)
+    feb = statements.compute(creator, FEB, now, settle_margin=MARGIN, db=db)
+    assert jan["tieOut"]["ok"] and feb["tieOut"]["ok"] and not jan["provisional"]
+    assert jan["closingBalance"] == feb["openingBalance"] == 800 + 300
+    assert jan["income"]["gift"] == {"count": 1, "amount": 800, "gross": 1000, "platformRevenue": 150,
+                                     "processing": 50}
+    assert jan["payouts"]["requested"]["amount"] == -1000 and jan["payouts"]["released"]["amount"] == 1000
+    refund = next(line for line in feb["lines"] if line["kind"] == "refund")
+    assert refund["originalJobId"] == h["gift"] and refund["amount"] == -320
+    assert feb["payouts"]["paid"] == {"count": 1, "amount": 600}
+    assert feb["closingBalance"] == 1100 - 320 - 600 + 2000
+    fan_feb = statements.compute(fan, FEB, now, settle_margin=MARGIN, db=db)
+    assert fan_feb["tieOut"]["ok"] and fan_feb["chargebacks"]["amount"] == -2000
+    assert next(x for x in fan_feb["lines"] if x["kind"] == "chargeback")["originalJobId"]
+
+    # Stored once, whoever asks first; the hash is in the statements' audit chain.
+    head, created = statements.store_closed(creator, JAN, now, settle_margin=MARGIN, db=db)
+    again, created_again = statements.store_closed(creator, JAN, now + timedelta(days=5), settle_margin=MARGIN,
+                                                   db=db)
+    assert created and not created_again and again["hash"] == head["hash"]
+    chain = list(db.auditlogs.find({"partition": -2}))
+    assert [e["after"]["hash"] for e in chain] == [head["hash"]]
+    assert verify_audit(db).ok
+    served = statements.get(creator, JAN, now, settle_margin=MARGIN, db=db)
+    assert served["lines"] == jan["lines"] and served["hash"] == head["hash"]
+    parsed = list(csv.DictReader(io.StringIO(statements.csv_text(served))))
+    assert [(r["jobId"], int(r["amount"])) for r in parsed] == [(x["jobId"], x["amount"]) for x in jan["lines"]]
+
+    report = reports.platform_month(FEB, now, settle_margin=MARGIN, db=db)
+    assert not report["provisional"] and report["tieOut"]["ok"]
+    assert all(t["ok"] for t in report["platform"].values()), report["platform"]
+    assert report["kinds"]["gift"]["gross"] == 2500 and report["kinds"]["refund"]["count"] == 1
+
+
+def test_a_month_before_the_wallet_or_in_the_future_is_refused_and_an_empty_month_has_no_movements(
+        fresh_db: Any) -> None:
+    import pytest
+
+    from services import statements
+
+    db = fresh_db
+    user = add_user(db)
+    db.wallets.update_one({"_id": user}, {"$set": {"createdAt": T0 + timedelta(days=40)}})
+    now = datetime(2025, 4, 10, tzinfo=UTC)
+    with pytest.raises(statements.BeforeWallet):
+        statements.compute(user, JAN, now, settle_margin=MARGIN, db=db)
+    with pytest.raises(statements.NotYet):
+        statements.compute(user, Month(2025, 5), now, settle_margin=MARGIN, db=db)
+    empty = statements.compute(user, Month(2025, 3), now, settle_margin=MARGIN, db=db)
+    assert empty["movements"] == 0 and empty["lines"] == [] and empty["tieOut"]["ok"]
+
+
+def test_weekly_schedule_pays_once_per_slot_skips_with_reasons_and_includes_released_money(fresh_db: Any) -> None:
+    from services import payout_schedules
+
+    db = fresh_db
+    creator = add_user(db, role="creator")
+    db.wallets.update_one({"_id": creator}, {"$set": {"createdAt": T0}})
+    _settle_at(db, Credit(creator, 5_013, "earnings"), T0 + timedelta(hours=1))
+    payout_schedules.put_schedule(creator, "weekly", "monday", 1_000, T0, db=db)  # 2025-01-01 is a Wednesday
+    slot = datetime(2025, 1, 6, tzinfo=UTC)
+    rung: list[int] = []
+
+    def tick(at: datetime) -> Any:
+        return payout_schedules.tick(floor=1_000, partitions=partitions(), ring=lambda p, r=None: rung.append(p),
+                                     now=at, db=db)
+
+    assert tick(slot - MS).placed == 0
+    first, second = tick(slot + timedelta(minutes=5)), tick(slot + timedelta(minutes=6))
+    assert (first.placed, second.placed) == (1, 0)
+    job_id = payout_schedules.slot_job_id(payout_schedules.slot_key(creator, slot))
+    job = db.jobs.find_one({"_id": job_id})
+    assert job["params"]["amount"] == 5_013 and db.jobs.count_documents({"type": "payout"}) == 1
+    # A second beat racing for the same slot after a restart finds the job: still one payout.
+    db.payout_schedules.update_one({"_id": creator}, {"$set": {"nextSlot": slot}})
+    assert tick(slot + timedelta(minutes=7)).existing == 1
+    assert db.jobs.count_documents({"type": "payout"}) == 1
+    # The provider fails it (amount ending in 13): the hold is released, the next week pays it again.
+    from services.settlement import settle_partition
+    settle_partition(db, job["partition"], partitions=partitions(), batch_max=10,
+                     clock=lambda: slot + timedelta(minutes=8))
+    _settle_at(db, PayoutEvent(creator, job_id, "failed", "sim-fail"), slot + timedelta(hours=1))
+    nxt = tick(slot + timedelta(days=7, minutes=1))
+    assert nxt.placed == 1
+    week2 = db.jobs.find_one({"_id": payout_schedules.slot_job_id(payout_schedules.slot_key(
+        creator, slot + timedelta(days=7)))})
+    assert week2["params"]["amount"] == 5_013
+    # Frozen: the slot is skipped with the reason; DELETE stops the schedule.
+    db.wallets.update_one({"_id": creator}, {"$set": {"status": "frozen"}})
+    assert tick(slot + timedelta(days=14, minutes=1)).skipped == {"WALLET_FROZEN": 1}
+    runs = payout_schedules.runs(creator, db=db)
+    assert runs[0]["outcome"] == "skipped" and runs[0]["reason"] == "WALLET_FROZEN"
+    assert payout_schedules.delete_schedule(creator, slot, db=db)
+    assert tick(slot + timedelta(days=30)).placed == 0 and not payout_schedules.delete_schedule(creator, slot, db=db)
