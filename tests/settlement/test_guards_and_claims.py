@@ -84,7 +84,7 @@ def test_the_in_flight_bucket_guard_refuses_to_post_more_than_it_holds(db, monke
     monkeypatch.setattr(settlement, "load_snapshot", stale)
     event = queue_jobs(db, [PayoutEvent(creator, payout, "paid", "evt-short")])[0]["_id"]
     drained = settlement.settle_partition(db, 2, partitions=partitions(), batch_max=200, time_budget=1.0)
-    assert drained.more and drained.settled == 0
+    assert drained.held == [event] and not drained.more and drained.settled == 0
     assert db.jobs.find_one({"_id": event})["status"] == "queued"
     assert db.wallets.find_one({"_id": bucket})["balance"] == 200
     assert db.payouts.find_one({"_id": payout})["status"] == "pending"

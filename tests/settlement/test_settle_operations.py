@@ -23,6 +23,7 @@ DUE_INDEX = importlib.import_module("migrations.versions.0002_subscription_due_i
 SINGLE_WRITER = importlib.import_module("migrations.versions.0004_single_writer")
 MONEY_OUT = importlib.import_module("migrations.versions.0005_money_out")
 CONSOLE = importlib.import_module("migrations.versions.0007_console")
+MONEY_OVER_TIME = importlib.import_module("migrations.versions.0008_money_over_time")
 
 
 def _run(stack_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -32,7 +33,7 @@ def _run(stack_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
 
 def _index_names(db) -> dict[str, set[str]]:
     return {name: set(db[name].index_information()) - {"_id_"}
-            for name in [*INITIAL.INDEXES, "credits", "payouts", "check_runs"]}
+            for name in [*INITIAL.INDEXES, "credits", "payouts", "check_runs", *MONEY_OVER_TIME.INDEXES]}
 
 
 def _expected_index_names() -> dict[str, set[str]]:
@@ -51,6 +52,10 @@ def _expected_index_names() -> dict[str, set[str]]:
     names["check_runs"] = set()
     for name, indexes in CONSOLE.INDEXES.items():  # 0007: check runs, the operator trail of a target
         names[name] |= {ix.document["name"] for ix in indexes}
+    for name, indexes in MONEY_OVER_TIME.INDEXES.items():  # 0008: checkpoints, statements, schedules
+        names[name] = {ix.document["name"] for ix in indexes}
+    names["payouts"] |= {MONEY_OVER_TIME.PAYOUT_INDEX.document["name"]}
+    names["users"] |= {MONEY_OVER_TIME.ROLE_INDEX.document["name"]}
     return names
 
 
