@@ -92,8 +92,9 @@ def accept(op: Operation, body: BaseModel | dict[str, Any], *, owner_id: str,
            key: str | None = None, key_owner: str | None = None, job_id: str | None = None) -> Response:
     """Store ``op`` as a queued job exactly once per idempotency key and answer 202.
 
-    ``key``/``key_owner`` default to the caller's ``Idempotency-Key`` scoped to
-    ``owner_id``; the payment webhook passes the provider's transaction id instead.
+    ``key`` is the caller's ``Idempotency-Key`` (validated by the endpoint wrapper of
+    ``api/spec.py`` and handed to the view), scoped to ``key_owner`` (default ``owner_id``);
+    the payment webhook passes the provider's transaction id instead.
     ``job_id`` is for operations that name their own job (a payout's id is its job's).
     The rules live in :func:`services.jobs.accept_job`; this maps its outcome to HTTP.
     """
@@ -108,7 +109,6 @@ def admit(op: Operation, body: BaseModel | dict[str, Any], *, owner_id: str,
     the acceptance, accepted or replayed; a reused or busy key is the API's 422 / 409."""
     settings = current_app.config["PURSER"]
     refuse_if_backlogged(op, settings.ledger_partitions)
-    key = key if key is not None else g.get("idempotency_key", None)
     claim = None
     if key is not None and settings.idempotency_enabled:
         claim = KeyClaim(key_owner or owner_id, fingerprint(body), settings.idempotency_ttl_hours)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Blueprint, g
+from flask import Blueprint
 from pydantic import BaseModel
 
 from api import auth
@@ -164,9 +164,10 @@ def endpoint(
                 # takes effect before the caller's token expires.
                 auth.require_roles(auth.current(), roles)
             if idempotent:
-                # Checked before the body so a client learns about the key first.
+                # Checked before the body so a client learns about the key first, and
+                # handed to the view as an argument (the view passes it to accept()).
                 from api.money import idempotency_key
-                g.idempotency_key = idempotency_key()
+                kwargs["idempotency_key"] = idempotency_key()
             return view(*args, **kwargs)
 
         wrapped.purser_auth_required = auth_required  # type: ignore[attr-defined]

@@ -279,13 +279,11 @@ def wait_drained(db: Any, timeout: float = 600.0, kick: Callable[[], None] | Non
 
 
 def queue_direct(db: Any, mix: MoneyMix, count: int, partitions: int, kinds: Sequence[str] | None = None) -> list[str]:
-    """Insert ``count`` queued jobs of the mix without ringing (nobody settles them until asked); their ids."""
-    from services.jobs import build_job
+    """Store ``count`` queued jobs of the mix without ringing (nobody settles them until asked); their ids."""
+    from services.jobs import Intake, accept_jobs
 
-    jobs = []
+    intakes = []
     for _ in range(count):
         intent = mix.next(kinds)
-        jobs.append(build_job(mix.operation(intent), intent.payer.id, partitions, None, uuid.uuid4().hex))
-    for start in range(0, len(jobs), 500):
-        db.jobs.insert_many(jobs[start:start + 500], ordered=False)
-    return [job["_id"] for job in jobs]
+        intakes.append(Intake(mix.operation(intent), intent.payer.id, uuid.uuid4().hex))
+    return [job["_id"] for job in accept_jobs(db, intakes, partitions=partitions, ring=None).stored]

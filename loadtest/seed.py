@@ -159,17 +159,13 @@ def submit_topups(db: Database, user_ids: Iterable[str], amount: int, *, partiti
                   ring: Ringer) -> list[str]:
     """Queue one provider top-up job per wallet (what the signed webhook stores) and ring."""
     from ledger.operations import TopUp
-    from services.jobs import build_job, ring_safely
+    from services.jobs import Intake, accept_jobs
 
-    jobs = []
+    intakes = []
     for uid in user_ids:
         provider_tx = f"seed-{uuid.uuid4().hex}"
-        jobs.append(build_job(TopUp(uid, amount, provider_tx), uid, partitions, None, f"provider:{provider_tx}"))
-    for chunk in _chunks(jobs, 500):
-        db.jobs.insert_many(chunk, ordered=False)
-    for partition in sorted({j["partition"] for j in jobs}):
-        ring_safely(ring, partition, None)
-    return [j["_id"] for j in jobs]
+        intakes.append(Intake(TopUp(uid, amount, provider_tx), uid, f"provider:{provider_tx}"))
+    return [job["_id"] for job in accept_jobs(db, intakes, partitions=partitions, ring=ring).stored]
 
 
 def job_statuses(db: Database, job_ids: list[str], chunk: int = 50) -> dict[str, dict[str, Any]]:

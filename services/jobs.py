@@ -2,7 +2,8 @@
 
 :func:`accept_job` is the one way a money request becomes a job, for the API, the
 tests and the benchmark alike: claim the idempotency key, insert the queued job,
-ring its partition, and say what happened as an :class:`Acceptance`.
+ring its partition, and say what happened as an :class:`Acceptance`. Jobs the system
+makes in bulk (renewals, seeds) go through its batch form, :func:`accept_jobs`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from ledger.operations import Operation, partition_of, to_params
 from ledger.states import TERMINAL_JOB_STATUSES, JobStatus
@@ -28,6 +29,7 @@ from services.store import database
 log = logging.getLogger("purser.jobs")
 
 QUEUED, SETTLED, FAILED = JobStatus.QUEUED, JobStatus.SETTLED, JobStatus.FAILED
+DUPLICATE_KEY = 11000
 TERMINAL = TERMINAL_JOB_STATUSES
 
 # ring(partition, request_id) publishes a doorbell; provided by the task layer.
@@ -179,6 +181,56 @@ def accept_job(
         raise
     ring_safely(ring, job["partition"], request_id, job["_id"])
     return Acceptance(Outcome.ACCEPTED, response, job)
+
+
+@dataclass(frozen=True)
+class Intake:
+    """One job of a batch made by the system (beat's renewals, seeds, the bench)."""
+
+    op: Operation
+    owner_id: str
+    key: str | None = None  # recorded on the job; a deterministic ``job_id`` is what dedupes
+    job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchAcceptance:
+    stored: list[dict[str, Any]]  # the jobs this call inserted
+    existing: int  # jobs whose id was already stored (an earlier run made them)
+
+
+INTAKE_CHUNK = 500  # documents per insert_many: bounded requests whatever the batch
+
+
+def accept_jobs(db: Database, intakes: list[Intake], *, partitions: int, ring: Ringer | None,
+                request_id: str | None = None) -> BatchAcceptance:
+    """The batch form of :func:`accept_job` for jobs the system makes: one unordered insert
+    per chunk, then one doorbell per partition (``ring=None``: none, the caller rings).
+
+    No idempotency claims: a batch that may run twice (two beats, a restarted tick) gives
+    its jobs deterministic ids, and an id already stored counts as ``existing`` rather
+    than failing the batch; any other write error is raised.
+    """
+    jobs = [build_job(i.op, i.owner_id, partitions, request_id, i.key, i.job_id) for i in intakes]
+    stored: list[dict[str, Any]] = []
+    existing = 0
+    for start in range(0, len(jobs), INTAKE_CHUNK):
+        chunk = jobs[start:start + INTAKE_CHUNK]
+        try:
+            db.jobs.insert_many(chunk, ordered=False)
+            stored += chunk
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            taken = {e["index"] for e in errors}
+            existing += len(taken)
+            stored += [job for n, job in enumerate(chunk) if n not in taken]
+    assert len(stored) + existing == len(jobs)
+    if ring is not None:
+        for partition in sorted({job["partition"] for job in jobs}):
+            ring_safely(ring, partition, request_id)
+    return BatchAcceptance(stored, existing)
 
 
 def submit(

@@ -19,13 +19,12 @@ from typing import Any
 
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError
 
 from ledger.operations import Renew
 from ledger.states import SubscriptionStatus
 from ledger.timeutil import iso, to_ms, utcnow
 from services import operator_audit
-from services.jobs import build_job, ring_safely
+from services.jobs import Intake, accept_jobs
 from services.store import database
 
 log = logging.getLogger("purser.subscriptions")
@@ -126,7 +125,7 @@ def _renew_chunk(db: Database, subs: list[dict[str, Any]], now: datetime, partit
                  ring: Ringer, result: TickResult) -> None:
     creators = sorted({s["creatorId"] for s in subs})
     offered = {p["_id"] for p in db.plans.find({"_id": {"$in": creators}, "isActive": True}, {"_id": 1})}
-    jobs = []
+    intakes = []
     for sub in subs:
         if sub["creatorId"] not in offered:
             res = db.subscriptions.update_one(
@@ -136,21 +135,13 @@ def _renew_chunk(db: Database, subs: list[dict[str, Any]], now: datetime, partit
             continue
         key = renewal_key(sub["_id"], sub["expiresAt"])
         op = Renew(sub["subscriberId"], sub["_id"], sub["expiresAt"])
-        jobs.append(build_job(op, sub["subscriberId"], partitions, None, key, job_id=renewal_job_id(key)))
-    if not jobs:
+        intakes.append(Intake(op, sub["subscriberId"], key, renewal_job_id(key)))
+    if not intakes:
         return
-    inserted = len(jobs)
-    try:
-        db.jobs.insert_many(jobs, ordered=False)
-    except BulkWriteError as exc:
-        dupes = [e for e in exc.details.get("writeErrors", []) if e.get("code") == 11000]
-        if len(dupes) != len(exc.details.get("writeErrors", [])):
-            raise
-        inserted -= len(dupes)
-        result.renewals_existing += len(dupes)
-    result.renewals_submitted += inserted
-    for partition in sorted({j["partition"] for j in jobs}):
-        ring_safely(ring, partition, None)
+    # Deterministic ids: a doubled tick finds its renewals stored and counts them as existing.
+    batch = accept_jobs(db, intakes, partitions=partitions, ring=ring)
+    result.renewals_submitted += len(batch.stored)
+    result.renewals_existing += batch.existing
 
 
 # --- what fans and creators do through the API ------------------------------------------

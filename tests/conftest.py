@@ -166,7 +166,7 @@ def web_server(stack_env: dict[str, str], tmp_path: Path) -> Iterator[StartWeb]:
 
 
 def _clean_database() -> None:
-    """Drop the test database, re-apply migrations and forget ring flags.
+    """Drop the test database, re-apply migrations and forget ring flags and published backlogs.
 
     Only Purser's own Redis keys are deleted: FLUSHDB would also drop kombu's queue
     bindings and silently stop routing to a running worker.
@@ -183,6 +183,7 @@ def _clean_database() -> None:
         redis.delete(key)
     for key in redis.scan_iter(match="purser:lock:*", count=500):
         redis.delete(key)
+    redis.delete("purser:backlog")  # a partition published as full by an earlier test would shed 503s
 
 
 @pytest.fixture

@@ -47,20 +47,21 @@ def set_role(userId: str) -> Any:  # noqa: N803
 
 @endpoint(bp, "POST", "/credit", summary="Credit a wallet (goodwill, corrections)", body=CreditIn,
           response=JobOut, status=202, roles=ADMIN, idempotent=True, errors={422: "RECEIVER_NOT_FOUND"})
-def credit() -> Any:
+def credit(idempotency_key: str | None) -> Any:
     body = parse_body(CreditIn)
     require_user_wallet(body.userId)
-    return accept(Credit(body.userId, body.amount, body.reason), body, owner_id=current().user_id)
+    return accept(Credit(body.userId, body.amount, body.reason), body, owner_id=current().user_id,
+                  key=idempotency_key)
 
 
 @endpoint(bp, "POST", "/refunds", summary="Refund (part of) a settled unlock, gift, subscription charge or transfer",
           body=RefundIn, response=JobOut, status=202, roles=ADMIN, idempotent=True,
           errors={404: "ORIGINAL_NOT_FOUND", 422: "NOT_REFUNDABLE"})
-def refund() -> Any:
+def refund(idempotency_key: str | None) -> Any:
     """Accepted as a job routed by the original's creditor; the settler decides the amount
     (REFUND_EXCEEDS_ORIGINAL, INSUFFICIENT_FUNDS), so concurrent refunds cannot pass the original."""
     body = parse_body(RefundIn)
-    return accept(refund_operation(body), body, owner_id=current().user_id)
+    return accept(refund_operation(body), body, owner_id=current().user_id, key=idempotency_key)
 
 
 def refund_operation(body: RefundIn) -> Refund:

@@ -20,9 +20,9 @@ bp = Blueprint("gifts", __name__, url_prefix="/api")
 @endpoint(bp, "POST", "/gifts", summary="Send a gift to a creator (split 80/15/5, settled asynchronously)",
           body=GiftIn, response=JobOut, status=202, idempotent=True,
           errors={422: ("SELF_TRANSFER", "RECEIVER_NOT_FOUND")})
-def gift() -> Any:
+def gift(idempotency_key: str | None) -> Any:
     body = parse_body(GiftIn)
     me = current().user_id
     refuse_self(me, body.creatorId)
     require_user_wallet(body.creatorId)
-    return accept(Gift(me, body.creatorId, body.amount, body.message), body, owner_id=me)
+    return accept(Gift(me, body.creatorId, body.amount, body.message), body, owner_id=me, key=idempotency_key)

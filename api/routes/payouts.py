@@ -34,7 +34,7 @@ bp = Blueprint("payouts", __name__, url_prefix="/api/payouts")
 @endpoint(bp, "POST", "", summary="Request a payout to the bank: the amount is held, then paid or released",
           body=PayoutIn, response=JobOut, status=202, idempotent=True,
           errors={403: "PAYOUT_NOT_ALLOWED", 422: "PAYOUT_BELOW_MINIMUM"})
-def request_payout() -> Any:
+def request_payout(idempotency_key: str | None) -> Any:
     principal = current()
     settings = current_app.config["PURSER"]
     if principal.role not in settings.payout_roles:
@@ -45,7 +45,7 @@ def request_payout() -> Any:
                        f"A payout must be at least {settings.payout_min_amount} coins.")
     job_id = new_job_id()  # the payout's id: the provider's idempotency key for it
     return accept(Payout(principal.user_id, body.amount, job_id), body, owner_id=principal.user_id,
-                  job_id=job_id)
+                  key=idempotency_key, job_id=job_id)
 
 
 @endpoint(bp, "GET", "", summary="The caller's payouts, newest first", query=PageQuery, response=PayoutPage,

@@ -43,7 +43,7 @@ def get_content(contentId: str) -> Any:  # noqa: N803 - the path parameter name 
 @endpoint(bp, "POST", "/unlock", summary="Buy access to premium content (settled asynchronously)",
           body=UnlockIn, response=JobOut, status=202, idempotent=True,
           errors={422: ("CONTENT_NOT_FOUND", "OWN_CONTENT")})
-def unlock() -> Any:
+def unlock(idempotency_key: str | None) -> Any:
     body = parse_body(UnlockIn)
     me = current().user_id
     content = contents.active_content(body.contentId)
@@ -51,4 +51,4 @@ def unlock() -> Any:
         raise ApiError(422, "CONTENT_NOT_FOUND", "No such content.")
     if content["creatorId"] == me:
         raise ApiError(422, "OWN_CONTENT", "Creators cannot unlock their own content.")
-    return accept(Unlock(me, body.contentId), body, owner_id=me)
+    return accept(Unlock(me, body.contentId), body, owner_id=me, key=idempotency_key)

@@ -34,14 +34,14 @@ def put_plan() -> Any:
 @endpoint(bp, "POST", "/subscribe", summary="Subscribe to a creator (first period charged asynchronously)",
           body=SubscribeIn, response=JobOut, status=202, idempotent=True,
           errors={422: ("SELF_TRANSFER", "RECEIVER_NOT_FOUND", "NO_PLAN")})
-def subscribe() -> Any:
+def subscribe(idempotency_key: str | None) -> Any:
     body = parse_body(SubscribeIn)
     me = current().user_id
     refuse_self(me, body.creatorId)
     require_user_wallet(body.creatorId)
     if not subscriptions.offers_plan(body.creatorId):
         raise ApiError(422, "NO_PLAN", "This creator offers no subscription plan.")
-    return accept(Subscribe(me, body.creatorId, body.autoRenew), body, owner_id=me)
+    return accept(Subscribe(me, body.creatorId, body.autoRenew), body, owner_id=me, key=idempotency_key)
 
 
 @endpoint(bp, "POST", "/cancel", summary="Stop auto-renewal; access lasts until expiresAt",

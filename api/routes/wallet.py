@@ -58,9 +58,9 @@ def transactions() -> Any:
 @endpoint(bp, "POST", "/transfer", summary="Send coins to another user (settled asynchronously)",
           body=TransferIn, response=JobOut, status=202, idempotent=True,
           errors={422: ("SELF_TRANSFER", "RECEIVER_NOT_FOUND")})
-def transfer() -> Any:
+def transfer(idempotency_key: str | None) -> Any:
     body = parse_body(TransferIn)
     me = current().user_id
     refuse_self(me, body.receiverId)
     require_user_wallet(body.receiverId)
-    return accept(Transfer(me, body.receiverId, body.amount, body.note), body, owner_id=me)
+    return accept(Transfer(me, body.receiverId, body.amount, body.note), body, owner_id=me, key=idempotency_key)

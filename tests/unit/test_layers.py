@@ -166,3 +166,29 @@ def test_schemas_offer_exactly_the_named_states(model: str, field: str, enum: ty
 def test_no_cancelled_subscription_status() -> None:
     # Cancelling stops auto-renewal; the subscription stays active until it expires.
     assert "cancelled" not in {member.value for member in states.SubscriptionStatus}
+
+
+JOB_WRITERS = {"services/jobs.py"}  # accept_job and its batch form, accept_jobs
+CODE_DIRS = ("api", "devstack", "infra", "loadtest", "migrations", "ops", "services", "tasks", "workers")
+
+
+def _job_inserts(tree: ast.AST) -> list[int]:
+    """Lines calling ``<x>.jobs.insert_one(...)`` / ``insert_many(...)``."""
+    return [node.lineno for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("insert_one", "insert_many")
+            and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "jobs"]
+
+
+def test_jobs_are_created_only_through_the_accept_path() -> None:
+    # Issue 23: one way to make a job, so its shape (partition, key, status, dates) has one source.
+    offenders = {}
+    for folder in CODE_DIRS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if _rel(path) in JOB_WRITERS:
+                continue
+            lines = _job_inserts(ast.parse(path.read_text(), filename=str(path)))
+            if lines:
+                offenders[_rel(path)] = lines
+    assert offenders == {}, f"create jobs with services.jobs.accept_job / accept_jobs: {offenders}"
+    assert _job_inserts(ast.parse((ROOT / "services/jobs.py").read_text())), "the accept path moved"
