@@ -31,6 +31,14 @@ def _publish(partition: int, queued: int, rate: float = 10.0, age: float = 0.0) 
     time.sleep(backlog.REFRESH_SECONDS + 0.1)  # the web process's copy is this old at most
 
 
+def _settler_done(partition: int, since: float) -> None:
+    """Wait for the worker's own publication after its last batch of ``partition`` (it follows
+    the commit that the client saw), so it cannot overwrite what the test publishes next."""
+    wait_for(lambda: (load := backlog.read(get_redis(), partition)) is not None and load.drained_at >= since
+             and load.queued == 0, timeout=10, what="the settler's publication")
+    time.sleep(0.2)
+
+
 def _shed_count(partition: int) -> float:
     from infra import metrics
 
@@ -39,8 +47,10 @@ def _shed_count(partition: int) -> float:
 
 def test_a_full_partition_refuses_keeps_nothing_and_takes_the_same_key_later(api: Any, fresh_db: Any) -> None:
     alice, bob = api.user(), api.user()
-    api.fund(alice, 1000)
     partition = _partition(alice.id)
+    started = time.time()
+    api.fund(alice, 1000)
+    _settler_done(partition, started)
     jobs_before = fresh_db.jobs.count_documents({})
     shed_before = _shed_count(partition)
     _publish(partition, queued=1000, rate=10.0)
@@ -67,7 +77,9 @@ def test_the_limit_follows_the_partitions_rate(api: Any, fresh_db: Any) -> None:
     partition = _partition(alice.id)
     # 400 queued at 100 jobs/s is 4 s of work: under the 5 s limit (500 jobs).
     _publish(partition, queued=400, rate=100.0)
+    started = time.time()
     api.expect_settled(alice, api.money("/api/wallet/transfer", alice, {"receiverId": bob.id, "amount": 1}))
+    _settler_done(partition, started)
     # The same 400 at 50 jobs/s is 8 s: over (250 jobs).
     _publish(partition, queued=400, rate=50.0)
     r = api.money("/api/wallet/transfer", alice, {"receiverId": bob.id, "amount": 1})

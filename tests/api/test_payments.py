@@ -62,7 +62,7 @@ def test_stale_or_future_timestamps_are_401_even_when_the_mac_is_right(api, fres
     user = api.user()
     body = _body(user.id)
     now = int(time.time())
-    for moment in (now - 301, now - 3600, now + 301):
+    for moment in (now - 310, now - 3600, now + 310):  # 10 s past the window: a loaded machine is slow
         assert_problem(signed_webhook(api.client, body, timestamp=moment), 401, "INVALID_SIGNATURE")
     assert api.job_count() == 0
     # Inside the window (a little clock skew) is fine.
