@@ -361,7 +361,7 @@ VARIABLES: tuple[Var, ...] = (
     # seconds (its own recent rate, never below BACKLOG_MIN_JOBS) refuses new jobs with
     # 503 BACKLOG_FULL. 0 turns the limit off.
     Var("backlog_max_seconds", "BACKLOG_MAX_SECONDS", seconds(0, 3600), 5.0),
-    Var("backlog_min_jobs", "BACKLOG_MIN_JOBS", integer(1, 1_000_000), 100),
+    Var("backlog_min_jobs", "BACKLOG_MIN_JOBS", integer(1, 1_000_000), 20),
     Var("subscription_tick_seconds", "SUBSCRIPTION_TICK_SECONDS", integer(1, 3600), 60),
     Var("subscription_chunk", "SUBSCRIPTION_CHUNK", integer(1, 10000), 500),
     Var("sweep_interval_seconds", "SWEEP_INTERVAL_SECONDS", integer(1, 3600), 5),

@@ -120,7 +120,7 @@ class Plan:
     def quick_plan(cls) -> Plan:
         return cls(duration=10.0, rounds=1, warmup=2.0, store_seconds=2.0, parallel_seconds=3.0, queue_tasks=1000,
                    profile_jobs=600, accept_seconds=6.0, e2e_seconds=10.0, fixed_seconds=10.0,
-                   subscriptions=2000, free=400, premium=250, creators=40, live_seconds=8.0, quick=True)
+                   subscriptions=2000, free=400, premium=250, creators=40, live_seconds=15.0, quick=True)
 
 
 def machine_info() -> dict[str, Any]:
