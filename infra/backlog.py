@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 log = logging.getLogger("purser.backlog")
@@ -30,6 +30,7 @@ KEY = "purser:backlog"
 REFRESH_SECONDS = 0.5  # how old a web process's copy may be
 STALE_SECONDS = 60.0  # a record this old says nothing: no settler and no sweeper ran
 RATE_WEIGHT = 0.5  # weight of the newest sample in the drain-rate average
+RATE_WINDOW = 2.0  # seconds of uninterrupted backlog one rate sample spans, at least
 RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1, 30
 COUNT_CAP = 100_000  # the settler's count stops here: above it the answer is "full" anyway
 
@@ -44,6 +45,8 @@ class Load:
     rate: float  # jobs/s the partition drained while it had a backlog; 0 = not measured yet
     at: float  # Unix time of the observation
     drained_at: float = 0.0  # Unix time of the last observation by a settler (0 = never)
+    window_start: float = 0.0  # the rate's open measuring window (0 = none: the queue was empty)
+    window_settled: int = 0  # jobs settled since window_start
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -52,7 +55,8 @@ class Load:
     def from_json(cls, raw: str | bytes) -> Load:
         data = json.loads(raw)
         return cls(int(data["partition"]), int(data["queued"]), float(data["oldest_age"]),
-                   float(data["rate"]), float(data["at"]), float(data.get("drained_at", 0.0)))
+                   float(data["rate"]), float(data["at"]), float(data.get("drained_at", 0.0)),
+                   float(data.get("window_start", 0.0)), int(data.get("window_settled", 0)))
 
 
 @dataclass(frozen=True)
@@ -74,31 +78,41 @@ def limits(settings: Any) -> Limits:
     return Limits(settings.backlog_max_seconds, settings.backlog_min_jobs)
 
 
-def drain_rate(prev: Load | None, settled: int, busy_seconds: float, now: float) -> float:
-    """The partition's drain rate after a batch of ``settled`` jobs that took ``busy_seconds``.
-
-    When the partition already had a backlog at the previous observation, the sample is
-    the wall-clock rate since the last settler's observation: time spent waiting for a
-    free process counts, since a queued job lives through it too. From an empty queue only the batch's own rate is
-    known (an upper bound); it seeds the average until a backlog forms.
-    """
-    assert settled >= 0 and busy_seconds >= 0
-    if prev is not None and prev.queued > 0 and 0 < prev.drained_at < now:
-        sample = settled / (now - prev.drained_at)
-    elif busy_seconds > 0 and settled > 0:
-        sample = settled / busy_seconds
-    else:
-        return prev.rate if prev is not None else 0.0
-    if prev is None or prev.rate <= 0:
-        return sample
-    return RATE_WEIGHT * sample + (1 - RATE_WEIGHT) * prev.rate
+def _average(prev_rate: float, sample: float) -> float:
+    return sample if prev_rate <= 0 else RATE_WEIGHT * sample + (1 - RATE_WEIGHT) * prev_rate
 
 
 def after_batch(prev: Load | None, partition: int, settled: int, busy_seconds: float,
                 queued: int, oldest_age: float, now: float) -> Load:
-    """The load a settler publishes after committing a batch."""
-    rate = drain_rate(prev, settled, busy_seconds, now)
-    return Load(partition, queued, oldest_age, rate, now, drained_at=now)
+    """The load a settler publishes after committing a batch of ``settled`` jobs.
+
+    The rate is measured on the wall clock over a window of at least ``RATE_WINDOW``
+    seconds during which the partition never ran empty: jobs settled in it over its
+    length, time waiting for a free process included (a queued job lives through that
+    too). A batch that leaves the queue empty closes the window; the time until the
+    next backlog is never counted (a partition that keeps up says nothing about its
+    capacity). Until a first window closes, the batch's own rate (an upper bound) seeds
+    the estimate.
+    """
+    assert settled >= 0 and busy_seconds >= 0 and queued >= 0
+    rate = prev.rate if prev is not None else 0.0
+    if rate <= 0 and settled > 0 and busy_seconds > 0:
+        rate = settled / busy_seconds
+    start, counted = _window(prev, settled, now)
+    if start > 0 and now - start >= RATE_WINDOW:
+        rate = _average(prev.rate if prev is not None else 0.0, counted / (now - start))
+        start, counted = now, 0
+    if queued == 0:
+        start, counted = 0.0, 0
+    return Load(partition, queued, oldest_age, rate, now, drained_at=now, window_start=start,
+                window_settled=counted)
+
+
+def _window(prev: Load | None, settled: int, now: float) -> tuple[float, int]:
+    """The measuring window after this batch: continued when it was open, else opened now."""
+    if prev is not None and prev.window_start > 0:
+        return prev.window_start, prev.window_settled + settled
+    return now, 0
 
 
 def observed(prev: Load | None, partition: int, queued: int, oldest_age: float, now: float,
@@ -114,7 +128,7 @@ def observed(prev: Load | None, partition: int, queued: int, oldest_age: float, 
     rate = prev.rate
     if queued > 0 and now - prev.drained_at > silent_after:
         rate /= 2
-    return Load(partition, queued, oldest_age, rate, now, drained_at=prev.drained_at)
+    return replace(prev, queued=queued, oldest_age=oldest_age, rate=rate, at=now)
 
 
 def retry_after(load: Load, limits: Limits) -> int:

@@ -107,6 +107,7 @@ def _live_stream(stack: Stack, db: Any, http: Any, pop: Population, seconds: flo
     rate = max(20.0, 2 * sustained)
     before = stack.worker_metrics()
     outcome = _offer_gifts(http, senders, creator.id, seconds, rate=rate)
+    seen = _published_loads(settings)
     counts = wait_settled(db, outcome["job_ids"], timeout=600)
     after = stack.worker_metrics()
     jobs = list(job_statuses(db, outcome["job_ids"]).values())
@@ -130,7 +131,19 @@ def _live_stream(stack: Stack, db: Any, http: Any, pop: Population, seconds: flo
         "settle_p99_bound_s": round(bound, 2), "settle_p99_vs_bound": ratio(p.get("p99"), bound),
         "unsettled": len(outcome["job_ids"]) - counts.get("settled", 0) - counts.get("failed", 0),
         "calibration": {k: v for k, v in probe.items() if k != "job_ids"},
+        "published_at_end": seen,
     }
+
+
+def _published_loads(settings: Any) -> dict[str, dict[str, float]]:
+    """What the web's gate read at the end of the offer: each partition's queued, rate and limit."""
+    from infra import backlog
+    from infra.redis_client import get_redis
+
+    limits = backlog.limits(settings)
+    return {str(p): {"queued": load.queued, "rate": round(load.rate, 1), "limit": limits.jobs(load),
+                     "age_s": round(time.time() - load.at, 2)}
+            for p, load in sorted(backlog.read_all(get_redis()).items())}
 
 
 def _settled_in_window(db: Any, outcome: dict[str, Any]) -> float:
