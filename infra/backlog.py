@@ -6,8 +6,9 @@ its oldest queued job and its recent drain rate into one Redis hash; the sweeper
 publishes every partition on its tick, so a partition nobody settles is still seen.
 Each web process keeps a copy at most ``REFRESH_SECONDS`` old (one HGETALL) and
 refuses a new job for a partition whose queued jobs exceed what it drains in
-``BACKLOG_MAX_SECONDS`` (never less than ``BACKLOG_MIN_JOBS``): latency stays bounded
-under overload instead of growing with the queue.
+``BACKLOG_MAX_SECONDS`` (never less than ``BACKLOG_MIN_JOBS``), or whose oldest queued
+job has already waited that long: latency stays bounded under overload instead of
+growing with the queue.
 
 Redis being away, a missing or stale record all mean "unknown": accept. The limit
 protects latency; the durable job and the sweeper protect money, with or without it.
@@ -131,6 +132,17 @@ def observed(prev: Load | None, partition: int, queued: int, oldest_age: float, 
     return replace(prev, queued=queued, oldest_age=oldest_age, rate=rate, at=now)
 
 
+def waited(load: Load, now: float) -> float:
+    """How long the oldest job seen queued has waited by ``now``, if it is still queued.
+
+    The count is read right after the partition's own batch, when its queue is shortest,
+    and ages until its next turn; the oldest job's wait keeps growing in the meantime, so
+    a partition whose turns come further apart than ``BACKLOG_MAX_SECONDS`` is over its
+    limit whatever its count said.
+    """
+    return load.oldest_age + max(0.0, now - load.at) if load.queued > 0 else 0.0
+
+
 def retry_after(load: Load, limits: Limits) -> int:
     """Seconds until the partition is expected back under its limit (bounded both ways)."""
     excess = load.queued - limits.jobs(load) + 1
@@ -195,7 +207,7 @@ class Gate:
         if load is None or now - load.at > STALE_SECONDS:
             return None
         limit = self.limits.jobs(load)
-        if load.queued < limit:
+        if load.queued < limit and waited(load, now) <= self.limits.max_seconds:
             return None
         return Shed(partition, load.queued, limit, retry_after(load, self.limits))
 

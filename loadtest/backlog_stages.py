@@ -75,20 +75,22 @@ def _drain_figures(done: list[dict[str, Any]], commits: dict[int, list[float]], 
 
 
 def live_stream(stack: Stack, db: Any, http: Any, pop: Population, *, seconds: float, clients: int,
-                env: dict[str, str], fans: int = 120, calibrate: float = 6.0, pool: int = 1) -> dict[str, Any]:
+                env: dict[str, str], fans: int = 120, calibrate: float = 6.0, pool: int = 1,
+                batch: int = 20) -> dict[str, Any]:
     """Many fans gift one creator at twice what settlement sustains; every accepted gift must settle.
 
-    The ledger worker runs ``pool`` processes for this stage: on one 2-core machine the
-    HTTP tier shares the cores with settlement, and only a small ledger pool lets it
-    offer twice what settlement sustains (the overload behaviour is the point here,
-    not the pool's throughput). What settlement sustains under this very load is
-    measured first: ``clients`` closed-loop clients for ``calibrate`` seconds, gifts
+    The ledger worker runs ``pool`` processes with batches of ``batch`` jobs for this
+    stage: on one 2-core machine the HTTP tier shares the cores with settlement, and
+    only a deliberately small settler lets it offer twice what settlement sustains (the
+    overload behaviour is the point here, not the settler's throughput). What settlement
+    sustains under this very load is measured first: ``clients`` closed-loop clients for ``calibrate`` seconds, gifts
     settled per second. Then gifts are offered open-loop at twice that for ``seconds``.
     """
     default_pool = stack.worker_concurrency
-    stack.restart_workers(env, concurrency=pool)
+    stack.restart_workers({**env, "SETTLE_BATCH_MAX": str(batch)}, concurrency=pool)
     try:
-        return {"pool": pool, **_live_stream(stack, db, http, pop, seconds, clients, fans, calibrate)}
+        figures = _live_stream(stack, db, http, pop, seconds, clients, fans, calibrate)
+        return {"pool": pool, "batch": batch, **figures}
     finally:
         stack.restart_workers(env, concurrency=default_pool)
 

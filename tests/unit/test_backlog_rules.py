@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from infra.backlog import RETRY_AFTER_MAX, RETRY_AFTER_MIN, Limits, Load, after_batch, observed, retry_after
+from infra.backlog import (
+    RETRY_AFTER_MAX,
+    RETRY_AFTER_MIN,
+    Limits,
+    Load,
+    after_batch,
+    observed,
+    retry_after,
+    waited,
+)
 
 LIMITS = Limits(max_seconds=5.0, min_jobs=100)
 
@@ -90,3 +99,10 @@ def test_a_load_survives_its_json() -> None:
                     window_start=1_699_999_990.0, window_settled=17)
     assert Load.from_json(original.to_json()) == original
     assert Load.from_json(original.to_json().encode()) == original
+
+
+def test_the_oldest_job_keeps_ageing_after_the_count() -> None:
+    counted = Load(3, 12, 1.5, 40.0, at=1000.0, drained_at=1000.0)
+    assert waited(counted, 1000.0) == 1.5
+    assert waited(counted, 1004.0) == 5.5  # over a 5 s limit although 12 jobs are under 200
+    assert waited(Load(3, 0, 0.0, 40.0, at=1000.0), 1010.0) == 0.0  # nothing was queued
