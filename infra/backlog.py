@@ -207,7 +207,9 @@ class Gate:
         if load is None or now - load.at > STALE_SECONDS:
             return None
         limit = self.limits.jobs(load)
-        if load.queued < limit and waited(load, now) <= self.limits.max_seconds:
+        # No rate measured yet (a cold partition): the count says nothing, only the age does.
+        counted_full = load.rate > 0 and load.queued >= limit
+        if not counted_full and waited(load, now) <= self.limits.max_seconds:
             return None
         return Shed(partition, load.queued, limit, retry_after(load, self.limits))
 

@@ -12,12 +12,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from infra import backlog
 from infra.redis_client import get_redis
 from ledger.operations import partition_of
 from tests.api.helpers import assert_problem
 from tests.support.invariants import assert_money_invariants
 from tests.support.waiting import wait_for
+
+LIMIT_SECONDS = 5.0
 
 
 def _partition(user_id: str) -> int:
@@ -26,8 +30,23 @@ def _partition(user_id: str) -> int:
     return partition_of(user_id, get_settings().ledger_partitions)
 
 
-def _publish(partition: int, queued: int, rate: float = 10.0, age: float = 0.0) -> None:
-    backlog.publish(get_redis(), backlog.Load(partition, queued, 3.0, rate, time.time() - age))
+@pytest.fixture
+def api(fresh_db: Any, session_worker: Any) -> Any:
+    """The suites' Api over an app whose limit is the default 5 s (the test environment sets 60)."""
+    import dataclasses
+
+    from api import create_app
+    from infra.config import get_settings
+    from tests.api.helpers import Api
+    from tests.support.client import ApiClient
+
+    app = create_app(dataclasses.replace(get_settings(), backlog_max_seconds=LIMIT_SECONDS))
+    with app.test_client() as flask_client:
+        yield Api(ApiClient(flask_client=flask_client), fresh_db)
+
+
+def _publish(partition: int, queued: int, rate: float = 10.0, age: float = 0.0, oldest: float = 0.5) -> None:
+    backlog.publish(get_redis(), backlog.Load(partition, queued, oldest, rate, time.time() - age))
     time.sleep(backlog.REFRESH_SECONDS + 0.1)  # the web process's copy is this old at most
 
 
@@ -112,3 +131,16 @@ def test_the_settler_publishes_its_partition_after_a_batch(api: Any, fresh_db: A
     assert load is not None and load.partition == partition
     assert load.queued == 0 and load.oldest_age == 0.0
     assert load.rate > 0 and started <= load.at <= time.time()
+
+
+def test_a_partition_whose_oldest_job_waited_the_limit_refuses_whatever_its_count(api: Any, fresh_db: Any) -> None:
+    alice, bob = api.user(), api.user()
+    partition = _partition(alice.id)
+    # 10 jobs at 100 jobs/s is far under the count limit, but the oldest has waited 6 s.
+    _publish(partition, queued=10, rate=100.0, oldest=6.0)
+    assert_problem(api.money("/api/wallet/transfer", alice, {"receiverId": bob.id, "amount": 1}), 503,
+                   "BACKLOG_FULL")
+    # A cold partition (no rate measured yet) is judged by age alone: 5,000 young jobs pass.
+    _publish(partition, queued=5000, rate=0.0, oldest=0.5)
+    r = api.money("/api/wallet/transfer", alice, {"receiverId": bob.id, "amount": 1})
+    assert r.status == 202, r
