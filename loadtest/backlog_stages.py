@@ -20,11 +20,10 @@ import itertools
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from loadtest import timeline
-from loadtest.common import MoneyMix, percentiles, queue_direct, ratio, wait_drained
+from loadtest.common import MoneyMix, closed_loop, open_loop, percentiles, queue_direct, ratio, wait_drained
 from loadtest.seed import Population, job_statuses, wait_settled
 from loadtest.stack import Stack
 
@@ -173,35 +172,9 @@ def _offer_gifts(http: Any, senders: Any, creator_id: str, seconds: float, *, cl
 
     start = time.time()
     if rate is None:
-        _closed_loop(send, clients, seconds)
+        closed_loop(lambda: send() or True, clients, seconds)
     else:
-        _open_loop(send, rate, seconds)
+        open_loop(lambda _scheduled: send(), rate, int(rate * seconds))
     end = time.time()
     return {"start": start, "end": end, "statuses": dict(statuses), "job_ids": job_ids,
             "attempts": sum(statuses.values())}
-
-
-def _closed_loop(send: Any, clients: int, seconds: float) -> None:
-    stop = threading.Event()
-
-    def client() -> None:
-        while not stop.is_set():
-            send()
-
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join(timeout=60)
-
-
-def _open_loop(send: Any, rate: float, seconds: float) -> None:
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=64) as pool:
-        for i in range(int(rate * seconds)):
-            delay = t0 + i / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            pool.submit(send)

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,6 +200,21 @@ class Http:
         """A money request as a client sends it: bearer token and a fresh ``Idempotency-Key``."""
         return self.post(path, body, {"Authorization": f"Bearer {self.tokens[user.id]}",
                                       "Idempotency-Key": uuid.uuid4().hex})
+
+
+def open_loop(send: Callable[[float], Any], rate: float, count: int, start_in: float = 0.0) -> float:
+    """Call ``send(scheduled)`` ``count`` times at ``rate`` per second from a pool of 64
+    threads, whatever the answers take (an open loop); returns when all are answered,
+    with the perf_counter time the schedule started."""
+    t0 = time.perf_counter() + start_in
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        for i in range(count):
+            scheduled = t0 + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(send, scheduled)
+    return t0
 
 
 def closed_loop(send: Callable[[], bool], threads: int, seconds: float, warmup: float = 0.0) -> dict[str, Any]:

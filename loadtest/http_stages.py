@@ -6,12 +6,11 @@ import threading
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
 from loadtest.commands import per_request, top_delta, top_snapshot
-from loadtest.common import Http, MoneyMix, closed_loop, kick_all, percentiles, wait_drained
+from loadtest.common import Http, MoneyMix, closed_loop, kick_all, open_loop, percentiles, wait_drained
 from loadtest.seed import Population, SeedContent, SeedUser, job_statuses, wait_settled
 from loadtest.stack import Stack
 
@@ -112,14 +111,7 @@ def fixed_load(db: Any, http: Http, mix: MoneyMix, rate: float, seconds: float) 
                 accept_ms.append(elapsed)
                 job_ids.append(data["jobId"])
 
-    t0 = time.perf_counter() + 0.2
-    with ThreadPoolExecutor(max_workers=64) as pool:
-        for i in range(count):
-            scheduled = t0 + i / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            pool.submit(send, scheduled)
+    t0 = open_loop(send, rate, count, start_in=0.2)
     offered = count / (time.perf_counter() - t0)
     counts = wait_settled(db, job_ids, timeout=300, kick=kick_all)
     settle_ms: list[float] = []

@@ -7,7 +7,6 @@ tick (one aggregate over the queued jobs, which the limit itself keeps bounded).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -17,8 +16,7 @@ from pymongo.database import Database
 
 from infra import backlog
 from ledger.states import JobStatus
-
-log = logging.getLogger("purser.backlog")
+from ledger.timeutil import to_ms
 
 QUEUED = JobStatus.QUEUED
 
@@ -26,9 +24,7 @@ QUEUED = JobStatus.QUEUED
 def _age(oldest: Any, now: datetime) -> float:
     if not isinstance(oldest, datetime):
         return 0.0
-    if oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=UTC)
-    return max(0.0, (now - oldest).total_seconds())
+    return max(0.0, (now - to_ms(oldest)).total_seconds())
 
 
 def depth(db: Database, partition: int, now: datetime) -> tuple[int, float]:

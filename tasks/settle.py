@@ -128,7 +128,7 @@ def settle(self, partition: int) -> dict[str, int]:  # type: ignore[no-untyped-d
             # The worker's limit, not a job's fault: nothing of the open batch was committed.
             # Hand the partition to a fresh task; never fail a job for being slow.
             log.warning("settle reached the soft time limit; ringing again")
-            ring(partition, None, force=True)
+            force_ring(partition, None)
             return {"settled": 0, "failed": 0}
         except PyMongoError as exc:
             log.warning("store unavailable while settling; retrying", extra={"error": str(exc)})
