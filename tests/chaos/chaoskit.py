@@ -13,6 +13,8 @@ import os
 import random
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -145,9 +147,38 @@ class ChaosStack:
     def log_text(self, proc: ManagedProcess) -> str:
         return proc.log_tail(lines=100_000, since_start=False)
 
+    def diagnose(self) -> str:
+        """What each process was doing, for a scenario that did not drain: the warnings
+        and errors at the end of its log, and a py-spy dump of it and its pool children.
+        CI keeps only the test output, so this is the only evidence a flaky run leaves."""
+        parts = []
+        for proc in self.processes:
+            noisy = [line for line in self.log_text(proc).splitlines()
+                     if '"level": "INFO"' not in line and '"level": "DEBUG"' not in line]
+            parts.append(f"--- {proc.name}: last warnings and errors\n"
+                         + "\n".join(line[:400] for line in noisy[-25:]))
+            parts.append(_py_spy(proc.pid))
+        return "\n".join(parts)
+
     def close(self) -> None:
         # Independent processes: stop them side by side (each may take seconds).
         fire(lambda proc: stop_all([proc]), self.processes, workers=max(1, len(self.processes)))
+
+
+def _py_spy(pid: int | None) -> str:
+    if pid is None or not psutil.pid_exists(pid):
+        return "(not running)"
+    pids = [pid] + [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    spy = Path(sys.executable).with_name("py-spy")
+    out = []
+    for one in pids:
+        try:
+            done = subprocess.run([str(spy), "dump", "--pid", str(one)], capture_output=True, text=True,
+                                  timeout=20, check=False)
+            out.append(done.stdout[-4000:] or done.stderr[-400:])
+        except (OSError, subprocess.SubprocessError) as exc:
+            out.append(f"py-spy on {one}: {exc}")
+    return "\n".join(out)
 
 
 def sweeper_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

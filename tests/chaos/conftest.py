@@ -75,9 +75,20 @@ def _reset_clients() -> None:
     reset_redis()
 
 
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[_FAILED] = report.failed
+    return report
+
+
 @pytest.fixture
 def chaos(stack_env: dict[str, str], chaos_stores: tuple[MongoServer, RedisServer], tmp_path: Path,
-          monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ChaosStack, Any]]:
+          monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[tuple[ChaosStack, Any]]:
     """A stack on the private stores (nothing started yet) and its empty, migrated database.
 
     The test process itself points at the private stores for the duration of the test.
@@ -105,6 +116,9 @@ def chaos(stack_env: dict[str, str], chaos_stores: tuple[MongoServer, RedisServe
     try:
         yield stack, db
     finally:
+        if request.node.stash.get(_FAILED, False):
+            # Printed at teardown: pytest shows it under the failure, the only place CI keeps.
+            print("=== chaos stack at failure ===\n" + stack.diagnose(), flush=True)
         stack.close()
         try:
             db.client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
