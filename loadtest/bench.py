@@ -44,7 +44,6 @@ import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -53,11 +52,11 @@ import psutil
 
 from loadtest import backlog_stages, http_stages, scale_stages, subscription_stages, sync_baseline
 from loadtest.common import Http, MoneyMix, dig, kick_all, log, ratio, wait_drained
+from loadtest.plan import BENCH, RESULTS, Plan
 from loadtest.profiling import pyspy_start, summarize_collapsed
 from loadtest.seed import fund, seed_population
 from loadtest.stack import ROOT, MemorySampler, Stack, StackOptions, wait_for
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PROFILES = ROOT / "var" / "bench"  # raw profiles: large, not for the repository
 DEFAULT_BATCH = 200  # infra.config default of SETTLE_BATCH_MAX
 DEFAULT_WORKER_CONCURRENCY = 4  # the Procfile's WORKER_CONCURRENCY default
@@ -88,39 +87,6 @@ TARGETS: list[tuple[str, str, str, float]] = [
 LEVELS = (1, 2, 4)  # ledger processes (and store client threads) compared
 STAGES = ("store", "queue", "batch1", "concurrency", "profile", "accept", "e2e", "fixed", "burst", "subscriptions",
           "drain", "live")
-
-
-@dataclass
-class Plan:
-    """Sizes and durations of one run (``--quick`` shrinks them)."""
-
-    duration: float = 40.0  # saturation seconds per number of ledger processes (split over rounds)
-    rounds: int = 2  # alternating rounds of the concurrency and end-to-end comparisons
-    warmup: float = 3.0
-    store_seconds: float = 5.0
-    parallel_seconds: float = 8.0  # per thread count, split over rounds
-    queue_tasks: int = 5000
-    profile_jobs: int = 1500  # per in-process round
-    accept_seconds: float = 15.0
-    client_threads: int = 16
-    e2e_seconds: float = 30.0  # per design and round
-    fixed_rate: float = 50.0
-    fixed_seconds: float = 30.0
-    burst: int = 200
-    subscriptions: int = 10_000
-    drain_jobs: int = 4400  # issue 22's backlog: more than two batches in each of 8 partitions
-    live_seconds: float = 20.0
-    free: int = 1500
-    premium: int = 1000
-    creators: int = 100
-    submit_threads: int = 4
-    quick: bool = False
-
-    @classmethod
-    def quick_plan(cls) -> Plan:
-        return cls(duration=10.0, rounds=1, warmup=2.0, store_seconds=2.0, parallel_seconds=3.0, queue_tasks=1000,
-                   profile_jobs=600, accept_seconds=6.0, e2e_seconds=10.0, fixed_seconds=10.0,
-                   subscriptions=2000, free=400, premium=250, creators=40, live_seconds=15.0, quick=True)
 
 
 def machine_info() -> dict[str, Any]:
@@ -435,19 +401,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration is not None:
         plan.duration = args.duration
     plan.fixed_rate = args.rate
+    plan.web_workers, plan.web_threads = args.web_workers, args.web_threads
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     unknown = skip - set(STAGES)
     if unknown:
         raise SystemExit(f"unknown stage(s) to skip: {', '.join(sorted(unknown))}; known: {', '.join(STAGES)}")
     stamp = datetime.now().strftime("%Y-%m-%dT%H%M%S")
     out = args.output or RESULTS / f"{stamp}{'-quick' if plan.quick else ''}.json"
-    options = StackOptions(web_workers=args.web_workers, web_threads=args.web_threads,
+    options = StackOptions(web_workers=plan.web_workers, web_threads=plan.web_threads,
                            worker_concurrency=args.worker_concurrency, worker_nodes=args.worker_nodes,
                            log_level=args.log_level, keep=args.keep)
     results: dict[str, Any] = {
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": "python -m loadtest.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_info(), "plan": plan.__dict__.copy(), "stack": options.__dict__.copy(),
+        "machine": machine_info(), "plan": plan.record(BENCH), "stack": options.__dict__.copy(),
     }
     log(f"machine: {results['machine']['nproc']} cores, load average {results['machine']['loadavg_start']}")
     exit_code = 0

@@ -1,13 +1,13 @@
-"""What the benchmark's stage modules share: the money mix, an HTTP client, meters, draining.
+"""What the benches share: the log, the money mix, an HTTP client, meters, draining.
 
 Moved out of ``loadtest/bench.py`` so each stage module (``scale_stages``,
 ``http_stages``, ``sync_baseline``, ``subscription_stages``) imports what it needs
-without importing the orchestrator.
+without importing the orchestrator; ``loadtest/wait_bench.py`` logs and measures
+with the same helpers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import sys
@@ -19,14 +19,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
+from loadtest.proctree import group_usage, own_cpu_seconds
 from loadtest.seed import Population, SeedUser, wait_queue_empty
 from loadtest.stack import Stack
 
+_log_name = "bench"
+
+
+def log_as(name: str) -> None:
+    """Name the bench in every :func:`log` line from now on (``bench`` until a bench's main says)."""
+    global _log_name
+    _log_name = name
+
 
 def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    """One progress line on stderr: ``[bench 12:00:00] message``."""
+    print(f"[{_log_name} {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float | None]:
@@ -69,22 +77,9 @@ class CpuMeter:
         self.started = 0.0
 
     def _now(self) -> dict[str, float]:
-        totals: dict[str, float] = {}
         groups = {**self.stack.process_groups(), **self.extra}
-        for name, managed in groups.items():
-            total = 0.0
-            for proc in managed:
-                if proc.pid is None or not proc.alive:
-                    continue
-                with contextlib.suppress(psutil.Error):
-                    root = psutil.Process(proc.pid)
-                    for p in [root, *root.children(recursive=True)]:
-                        with contextlib.suppress(psutil.Error):
-                            t = p.cpu_times()
-                            total += t.user + t.system
-            totals[name] = total
-        me = psutil.Process().cpu_times()
-        totals["bench client"] = me.user + me.system
+        totals = {name: used.cpu_seconds for name, used in group_usage(groups).items()}
+        totals["bench client"] = own_cpu_seconds()
         return totals
 
     def start(self) -> CpuMeter:

@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from devstack.apps import WebServer, WorkerProcess
 from devstack.stores import ManagedProcess, MongoServer, RedisServer, free_port, stop_all
+from loadtest.proctree import group_usage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -155,10 +154,21 @@ class Stack:
         self.close()
 
     # -- observation -----------------------------------------------------------------
-    def worker_metrics(self) -> dict[str, float]:
-        """Sum of the workers' settlement counters (batch count/sum, duration sum, conflict retries)."""
+    def _worker_metrics_texts(self) -> list[str]:
+        """The ``/metrics`` page of each worker node that answers."""
         import urllib.request
 
+        texts = []
+        for port in self.worker_metrics_ports:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as response:
+                    texts.append(response.read().decode())
+            except OSError:
+                continue
+        return texts
+
+    def worker_metrics(self) -> dict[str, float]:
+        """Sum of the workers' settlement counters (batch count/sum, duration sum, conflict retries)."""
         wanted = {
             "purser_settle_batch_size_count": "batches",
             "purser_settle_batch_size_sum": "jobs",
@@ -166,12 +176,7 @@ class Stack:
             "purser_settle_conflict_retries_total": "conflict_retries",
         }
         totals = dict.fromkeys(wanted.values(), 0.0)
-        for port in self.worker_metrics_ports:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as response:
-                    text = response.read().decode()
-            except OSError:
-                continue
+        for text in self._worker_metrics_texts():
             for line in text.splitlines():
                 if line.startswith("#"):
                     continue
@@ -184,15 +189,8 @@ class Stack:
 
     def worker_histogram(self, name: str = "purser_settle_batch_size") -> dict[str, float]:
         """Cumulative bucket counts ``{le: count}`` of a worker histogram, summed over the nodes."""
-        import urllib.request
-
         buckets: dict[str, float] = {}
-        for port in self.worker_metrics_ports:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as response:
-                    text = response.read().decode()
-            except OSError:
-                continue
+        for text in self._worker_metrics_texts():
             for line in text.splitlines():
                 if not line.startswith(name + "_bucket{"):
                     continue
@@ -208,23 +206,6 @@ class Stack:
         if self.web is not None:
             groups["web"] = [self.web]
         return groups
-
-
-def group_rss(processes: list[ManagedProcess]) -> int:
-    """Resident memory (bytes) of the processes and all their descendants."""
-    total = 0
-    for managed in processes:
-        if not managed.alive or managed.pid is None:
-            continue
-        try:
-            root = psutil.Process(managed.pid)
-            family = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            continue
-        for proc in family:
-            with contextlib.suppress(psutil.Error):
-                total += proc.memory_info().rss
-    return total
 
 
 @dataclass
@@ -243,10 +224,9 @@ class MemorySampler:
         return self
 
     def sample(self) -> None:
-        for name, processes in self.stack.process_groups().items():
-            rss = group_rss(processes)
-            if rss > self.peaks.get(name, 0):
-                self.peaks[name] = rss
+        for name, used in group_usage(self.stack.process_groups()).items():
+            if used.rss > self.peaks.get(name, 0):
+                self.peaks[name] = used.rss
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -44,16 +44,14 @@ from typing import Any
 
 import psutil
 
-from loadtest.common import percentiles
+from loadtest.common import log, log_as, percentiles
+from loadtest.plan import RESULTS, WAIT, Plan
+from loadtest.proctree import group_usage, own_cpu_seconds, tree
+from loadtest.profiling import pyspy_start
 from loadtest.stack import MemorySampler, Stack, StackOptions
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_BALANCE_P99_MS = 100.0
 TARGET_ANSWER_LAG_MS = 100.0
-
-
-def log(message: str) -> None:
-    print(f"[wait-bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------- a tiny client
@@ -107,26 +105,6 @@ async def http_get(host: str, port: int, path: str, headers: dict[str, str], tim
 
 
 # ------------------------------------------------------------------------- the scenario
-
-
-@dataclass
-class Plan:
-    waiters: int = 500
-    readers: int = 20
-    reader_interval: float = 0.1
-    hold: float = 5.0
-    wait_seconds: int = 10
-    baseline: float = 3.0
-    waits_per_user: int = 5
-    web_workers: int = 2
-    worker_class: str = "gevent"
-    web_threads: int = 8
-    # Waiters arrive evenly over this many seconds (200/s for 500): clients wait on jobs they
-    # just submitted, so arrivals follow the submissions; 0 = all 500 in one instant.
-    ramp: float = 2.5
-    control: bool = False  # hold and settle the jobs, but nobody waits (settlement's own effect)
-    profile: Path | None = None  # py-spy collapsed stacks of web and worker processes go here
-    priority: int | None = None  # autogroup nice of the stack's sessions (shared machines), None = leave
 
 
 @dataclass
@@ -209,26 +187,17 @@ class Run:
 
 def start_profilers(stack: Stack, directory: Path, seconds: float) -> list[Any]:
     """py-spy (collapsed stacks, 100 Hz) on the web worker processes, the ledger worker's pool and the store."""
-    import shutil
-    import subprocess
-
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     directory.mkdir(parents=True, exist_ok=True)
     procs = []
     for name, processes in stack.process_groups().items():
         if name not in ("web", "worker", "mongodb"):
             continue
         for managed in processes:
-            if managed.pid is None:
-                continue
-            root = psutil.Process(managed.pid)
             # The web's and the worker's children do the work; the store is one process.
-            for child in (root.children(recursive=True) if name != "mongodb" else [root]):
-                out = directory / f"{name}-{child.pid}.txt"
-                procs.append(subprocess.Popen(
-                    [spy, "record", "--pid", str(child.pid), "--format", "raw", "--rate", "100", "--nonblocking",
-                     "--duration", str(int(seconds)), "--output", str(out)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            for proc in (tree(managed)[:1] if name == "mongodb" else tree(managed, root=False)):
+                spy = pyspy_start(proc.pid, seconds, directory / f"{name}-{proc.pid}.txt")
+                if spy is not None:
+                    procs.append(spy)
     log(f"profiling {len(procs)} processes into {directory}")
     return procs
 
@@ -259,23 +228,8 @@ def raise_priority(stack: Stack, nice: int) -> list[str]:
 
 def group_cpu(stack: Stack) -> dict[str, float]:
     """CPU seconds (user + system) used so far by each process group of the stack, children included."""
-    totals: dict[str, float] = {}
-    for name, processes in stack.process_groups().items():
-        total = 0.0
-        for managed in processes:
-            if not managed.alive or managed.pid is None:
-                continue
-            try:
-                root = psutil.Process(managed.pid)
-                family = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                continue
-            for proc in family:
-                with contextlib.suppress(psutil.Error):
-                    times = proc.cpu_times()
-                    total += times.user + times.system
-        totals[name] = total
-    totals["bench-client"] = sum(psutil.Process().cpu_times()[:2])
+    totals = {name: used.cpu_seconds for name, used in group_usage(stack.process_groups()).items()}
+    totals["bench-client"] = own_cpu_seconds()
     machine = psutil.cpu_times()
     # Everything else on the machine (other users' processes): machine busy time minus ours.
     totals["other"] = machine.user + machine.system + getattr(machine, "nice", 0.0) - sum(totals.values())
@@ -532,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
                              "sessions on a shared machine (root only; default: leave as is)")
     parser.add_argument("--keep", action="store_true", help="keep the stack's temporary directory")
     args = parser.parse_args(argv)
+    log_as("wait-bench")
     plan = Plan(waiters=args.waiters, readers=args.readers, reader_interval=args.reader_interval, hold=args.hold,
                 web_workers=args.web_workers, worker_class=args.worker_class, web_threads=args.web_threads,
                 ramp=args.ramp, control=args.control, profile=args.profile, priority=args.priority)
@@ -545,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         "scenario": "wait_bench", "started": started.isoformat(timespec="seconds"),
         "machine": {"cpus": psutil.cpu_count(), "python": platform.python_version(),
                     "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)},
-        "plan": {k: str(v) if isinstance(v, Path) else v for k, v in plan.__dict__.items()}, "results": summary,
+        "plan": plan.record(WAIT), "results": summary,
     }
     result["targets"] = targets(summary)
     out = args.out or RESULTS / f"wait-{started.strftime('%Y-%m-%dT%H%M%S')}.json"
