@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET_NAME = "provider_webhook_secret"  # the file infra.config.dev_secret writes
+SECRET_NAME = "provider_webhook_secret"  # the file infra.config_parsers.dev_secret writes
 
 
 class NoSecret(RuntimeError):

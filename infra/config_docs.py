@@ -1,7 +1,7 @@
 """What production requires, as ``docs/operations.md`` lists it: generated, never typed.
 
 The list comes from the configuration table itself (every ``Var`` of
-:data:`infra.config.VARIABLES` with a production rule: required, with its minimum
+:data:`infra.config_table.VARIABLES` with a production rule: required, with its minimum
 length, or refused) and from the Procfile's ``${NAME:?message}`` references (a process
 that will not start without a variable the table does not require of every process,
 such as Flower's basic auth). A row added to the table reaches the page with no edit
@@ -16,8 +16,8 @@ import re
 import sys
 from pathlib import Path
 
-import infra.config as config
-from infra.config import PROJECT_ROOT, Var
+import infra.config_table as config_table
+from infra.config_table import PROJECT_ROOT, Var
 
 OPERATIONS = PROJECT_ROOT / "docs" / "operations.md"
 PROCFILE = PROJECT_ROOT / "Procfile"
@@ -43,7 +43,7 @@ def _rule(var: Var) -> str | None:
 
 def production_rows(procfile: Path = PROCFILE) -> list[tuple[str, str, str]]:
     """(variable, rule, which processes check it), table rows first, then the Procfile's."""
-    rows = [(str(var.variable), rule, EVERY_PROCESS) for var in config.VARIABLES if (rule := _rule(var))]
+    rows = [(str(var.variable), rule, EVERY_PROCESS) for var in config_table.VARIABLES if (rule := _rule(var))]
     known = {variable for variable, _, _ in rows}
     for line in procfile.read_text().splitlines():
         role, sep, command = line.partition(":")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import infra.config as config
+import infra.config_table as config_table
 from infra.config import ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -285,7 +286,7 @@ def test_duplicate_doorbells_is_a_setting_off_by_default() -> None:
 
 def test_var_dir_comes_from_the_settings(tmp_path: Path) -> None:
     assert _load({"APP_ENV": "test"}).var_dir == tmp_path
-    assert load_settings({**PRODUCTION}).var_dir == config.PROJECT_ROOT / "var"
+    assert load_settings({**PRODUCTION}).var_dir == config_table.PROJECT_ROOT / "var"
 
 
 def test_web_tier_settings(var_dir: Path) -> None:
@@ -302,7 +303,7 @@ def test_web_tier_settings(var_dir: Path) -> None:
 
 def test_max_amount_is_not_configuration() -> None:
     """The maximum amount is a money rule (ledger.money.MAX_AMOUNT, in the OpenAPI contract)."""
-    assert "MAX_AMOUNT" not in {var.variable for var in config.VARIABLES}
+    assert "MAX_AMOUNT" not in {var.variable for var in config_table.VARIABLES}
 
 
 def test_every_variable_is_in_the_readme() -> None:
@@ -310,5 +311,5 @@ def test_every_variable_is_in_the_readme() -> None:
     documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", readme))
     # Prefix rows (`RATE_LIMITS_FREE` / `_PREMIUM`) name their siblings by suffix.
     documented |= {f"RATE_LIMITS{suffix}" for suffix in re.findall(r"`(_[A-Z_]+)`", readme)}
-    missing = [var.variable for var in config.VARIABLES if var.variable and var.variable not in documented]
+    missing = [var.variable for var in config_table.VARIABLES if var.variable and var.variable not in documented]
     assert not missing, f"add these to README's configuration table: {missing}"
