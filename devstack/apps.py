@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from devstack.supervisor import ManagedProcess, ProcessStartError, free_port, port_in_use
+from devstack.ports import free_port, port_in_use
+from devstack.supervisor import ManagedProcess, ProcessStartError
 
 if TYPE_CHECKING:
     from celery import Celery

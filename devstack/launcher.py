@@ -30,10 +30,11 @@ from types import FrameType
 
 from devstack import demo as demo_data
 from devstack.console import ConsoleRenderer, choose_format, use_colour
+from devstack.orphans import stop_all
 from devstack.ports import PortBusy, assign_ports
 from devstack.provider_sim import ProviderSimProcess
 from devstack.stores import MongoServer, RedisServer
-from devstack.supervisor import ManagedProcess, ProcessStartError, stop_all
+from devstack.supervisor import ManagedProcess, ProcessStartError
 
 ROOT = Path(__file__).resolve().parent.parent
 HONCHO_STOP_TIMEOUT = 15.0

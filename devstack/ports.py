@@ -1,21 +1,52 @@
-"""Every port the dev launcher uses, treated alike.
+"""Ports: free ones for the stores, tests and benches, and every port the dev launcher uses.
 
-A port given in the environment is the developer's choice: if something already
-listens there the launcher refuses, naming the variable, rather than start a stack
-that half works. A default that is busy (another stack, an earlier run, some other
-program) is replaced by a free port and the launcher says which, so ``make run`` works
-next to whatever else runs on the machine. The stores always take free ports
-(``devstack/stores.py``).
+:func:`free_port` hands out a port nothing listens on (never the same one twice in
+this process); :func:`port_in_use` probes one.
+
+The dev launcher's ports are treated alike. A port given in the environment is the
+developer's choice: if something already listens there the launcher refuses, naming
+the variable, rather than start a stack that half works. A default that is busy
+(another stack, an earlier run, some other program) is replaced by a free port and
+the launcher says which, so ``make run`` works next to whatever else runs on the
+machine. The stores always take free ports (``devstack/stores.py``).
 """
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 
-from devstack.supervisor import free_port, port_in_use
+__all__ = ["LAUNCHER_PORTS", "PortBusy", "PortVar", "assign_ports", "free_port", "port_in_use"]
 
-__all__ = ["LAUNCHER_PORTS", "PortBusy", "PortVar", "assign_ports"]
+_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    The kernel may hand the same ephemeral port out twice in a row once the
+    probe socket is closed, so ports already returned by this process are
+    skipped: two servers started back to back must not race for one port.
+    """
+    with _ports_lock:
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise RuntimeError("could not find a free TCP port")
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The stores of a local stack as managed processes: SecantusDB and redis-server.
 
-The generic supervisor (start/stop, readiness probes, orphan protection, free
-ports) lives in :mod:`devstack.supervisor`; its names are re-exported here for
-the callers that import them from this module.
+The generic supervisor (start/stop, readiness probes) lives in
+:mod:`devstack.supervisor`, orphan protection in :mod:`devstack.orphans`, free
+ports in :mod:`devstack.ports`; their names are re-exported here for the callers
+(tests, the benchmark) that import them from this module.
 """
 
 from __future__ import annotations
@@ -16,15 +17,9 @@ from typing import Self
 
 import psutil
 
-from devstack.supervisor import (
-    ManagedProcess,
-    ProcessStartError,
-    free_port,
-    install_signal_cleanup,
-    live_processes,
-    port_in_use,
-    stop_all,
-)
+from devstack.orphans import install_signal_cleanup, live_processes, stop_all
+from devstack.ports import free_port, port_in_use
+from devstack.supervisor import ManagedProcess, ProcessStartError
 
 __all__ = [
     "ManagedProcess",

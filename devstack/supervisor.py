@@ -2,26 +2,19 @@
 
 Each child runs in its own session so that a Ctrl-C on the terminal reaches only
 our code, which then shuts the children down in order (newest first). Every
-started process is registered so an ``atexit`` hook can stop whatever a crashed
-caller left behind, and on Linux the kernel sends the child SIGTERM if its parent
-dies without cleaning up (``PR_SET_PDEATHSIG``). Nothing here knows about stores
-or the app: :mod:`devstack.stores` and :mod:`devstack.apps` subclass
+started process is registered with :mod:`devstack.orphans` (an ``atexit`` hook,
+``PR_SET_PDEATHSIG``); free ports come from :mod:`devstack.ports`. Nothing here
+knows about stores or the app: :mod:`devstack.stores` and :mod:`devstack.apps` subclass
 :class:`ManagedProcess`.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import ctypes
-import ctypes.util
-import functools
 import logging
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,153 +24,15 @@ from typing import IO, Self
 
 import psutil
 
+from devstack import orphans
+
 log = logging.getLogger("devstack")
 
-__all__ = [
-    "ManagedProcess",
-    "ProcessStartError",
-    "free_port",
-    "install_signal_cleanup",
-    "live_processes",
-    "port_in_use",
-    "stop_all",
-]
+__all__ = ["ManagedProcess", "ProcessStartError"]
 
 
 class ProcessStartError(RuntimeError):
     """A managed process exited or did not become ready during start-up."""
-
-
-# ---------------------------------------------------------------------------
-# ports
-
-_handed_out: set[int] = set()
-_ports_lock = threading.Lock()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now.
-
-    The kernel may hand the same ephemeral port out twice in a row once the
-    probe socket is closed, so ports already returned by this process are
-    skipped: two servers started back to back must not race for one port.
-    """
-    with _ports_lock:
-        for _ in range(100):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-            if port not in _handed_out:
-                _handed_out.add(port)
-                return port
-    raise RuntimeError("could not find a free TCP port")
-
-
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
-
-
-# ---------------------------------------------------------------------------
-# orphan protection
-
-_live: dict[int, ManagedProcess] = {}
-_live_lock = threading.Lock()
-
-_PR_SET_PDEATHSIG = 1
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    """The C library for ``prctl`` (Linux only), loaded on the first start, not at import."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:  # pragma: no cover - exotic libc
-        return None
-
-
-def _death_signal_preexec(sig: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking the kernel to signal the child when we die.
-
-    PDEATHSIG fires when the *thread* that forked exits, so it is only armed
-    for children started from the main thread; a helper thread that starts a
-    server and returns must not take the server down with it.
-    """
-    libc = _libc()
-    if libc is None or threading.current_thread() is not threading.main_thread():
-        return None
-    parent = os.getpid()
-    prctl = libc.prctl
-
-    def arm() -> None:
-        prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
-        # The parent may have died between fork and prctl.
-        if os.getppid() != parent:
-            os.kill(os.getpid(), sig)
-
-    return arm
-
-
-def live_processes() -> list[ManagedProcess]:
-    """Processes started through this module and not yet stopped, oldest first."""
-    with _live_lock:
-        return list(_live.values())
-
-
-def stop_all(processes: Iterable[ManagedProcess] | None = None, timeout: float | None = None) -> list[str]:
-    """Stop ``processes`` (default: every live one) newest first, never raising.
-
-    Newest first because later processes usually depend on earlier ones (the
-    app on its stores). Returns one message per process that failed to stop.
-    """
-    targets = live_processes() if processes is None else list(processes)
-    problems: list[str] = []
-    for proc in reversed(targets):
-        try:
-            proc.stop(timeout=timeout)
-        except Exception as exc:  # cleanup must reach every process
-            problems.append(f"{proc.name}: {exc}")
-            log.warning("could not stop %s: %s", proc.name, exc)
-    return problems
-
-
-def _stop_all_at_exit() -> None:
-    if live_processes():
-        stop_all()
-
-
-@functools.cache
-def _register_exit_hook() -> None:
-    """Registered with the first started process, so importing this module changes nothing."""
-    atexit.register(_stop_all_at_exit)
-
-
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-
-def install_signal_cleanup(signals: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)) -> None:
-    """Turn SIGTERM/SIGHUP into ``KeyboardInterrupt`` so teardown and atexit run.
-
-    The default action of these signals ends the interpreter without running
-    ``finally`` blocks or ``atexit`` hooks, which would orphan every child.
-    KeyboardInterrupt (not SystemExit) because pytest records a SystemExit
-    raised inside a test as a failure and carries on, whereas it stops the
-    session and runs fixture finalizers on KeyboardInterrupt. Handlers that
-    someone else installed are left alone.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for sig in signals:
-        if signal.getsignal(sig) is signal.SIG_DFL:
-            signal.signal(sig, _raise_keyboard_interrupt)
-
-
-# ---------------------------------------------------------------------------
-# generic managed process
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -315,15 +170,13 @@ class ManagedProcess:
                 env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,
-                preexec_fn=_death_signal_preexec(self.death_signal),
+                preexec_fn=orphans.death_signal_preexec(self.death_signal),
             )
         if self.line_sink is not None:
             self._pump = threading.Thread(target=self._pump_lines, args=(self._proc, self.line_sink),
                                           name=f"{self.name}-output", daemon=True)
             self._pump.start()
-        _register_exit_hook()
-        with _live_lock:
-            _live[id(self)] = self
+        orphans.register(self)
         if self.pid_path is not None:
             self.pid_path.parent.mkdir(parents=True, exist_ok=True)
             self.pid_path.write_text(f"{self.pid}\n")
@@ -422,8 +275,7 @@ class ManagedProcess:
         if self._pump is not None and self._pump is not threading.current_thread():
             self._pump.join(timeout=3)
             self._pump = None
-        with _live_lock:
-            _live.pop(id(self), None)
+        orphans.forget(self)
         if self.pid_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 if self.pid_path.read_text().strip() == str(self.pid):

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
+from devstack.ports import free_port
 from devstack.stores import ManagedProcess, MongoServer, RedisServer, install_signal_cleanup, stop_all
-from devstack.supervisor import free_port
 from tests.support.env import TEST_ENV_BASE, child_env
 from tests.support.stack import RoleWorker, Web, Workers
 from tests.support.store import drop_database_unblocked

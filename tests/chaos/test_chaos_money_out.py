@@ -41,8 +41,8 @@ from typing import Any
 import pytest
 import requests
 
+from devstack.ports import free_port
 from devstack.provider_sim import ProviderSimProcess
-from devstack.supervisor import free_port
 from ledger.money import EXTERNAL_FUNDING, PAYOUTS_IN_FLIGHT, PLATFORM_PROCESSING
 from tests.chaos.chaoskit import (
     Attempted,

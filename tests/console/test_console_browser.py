@@ -30,8 +30,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
+from devstack.ports import free_port
 from devstack.provider_sim import ProviderSimProcess
-from devstack.supervisor import free_port
 from services import console_sessions, contents
 from tests.console.conftest import LOGIN_LIMIT, Stack
 from tests.support.browser import Browser

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from devstack import demo
-from devstack.supervisor import free_port
+from devstack.ports import free_port
 from tests.support.env import ROOT
 
 DEMO_TIMEOUT = 120.0

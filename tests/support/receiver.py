@@ -27,7 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from devstack.supervisor import ManagedProcess, free_port
+from devstack.ports import free_port
+from devstack.supervisor import ManagedProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 

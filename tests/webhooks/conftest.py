@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
+from devstack.ports import free_port
 from devstack.stores import stop_all
-from devstack.supervisor import free_port
 from tests.support.client import ApiClient
 from tests.support.env import child_env, migrated_db, redis_db
 from tests.support.receiver import Receiver
