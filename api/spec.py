@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from api import auth
 from api.errors import PROBLEM_CODES, problem_example
-from api.schemas import JobOut, Problem
+from api.response_schemas import JobOut, Problem
 from ledger.states import Role
 
 _ERROR_TEXT = {

@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from api.schemas import PageQuery, Strict, one_of
+from api.request_schemas import PageQuery
+from api.schema_types import Strict, one_of
 from services.webhooks import EVENT_TYPES, DeliveryStatus, EndpointStatus
 
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]

@@ -1,6 +1,6 @@
 """What the console's forms send: the one-time key, the operator's reason, amounts.
 
-Fields are checked as strictly as the API's JSON bodies (``api/schemas.py``): a
+Fields are checked as strictly as the API's JSON bodies (``api/request_schemas.py``): a
 missing or malformed field is a 422 ``VALIDATION_FAILED`` naming it, and nothing
 is applied.
 """

@@ -13,9 +13,9 @@ from api.console.blueprint import actor, bp, done, page
 from api.console.guard import settings
 from api.errors import ApiError
 from api.money import admit
+from api.request_schemas import RefundIn
 from api.routes.admin import refund_operation
 from api.routes.common import bad_cursor
-from api.schemas import RefundIn
 from ledger.money import is_user_id
 from ledger.money_out import REFUNDABLE
 from ledger.states import JobStatus, WalletStatus

@@ -11,8 +11,9 @@ from api.auth import current
 from api.errors import ApiError
 from api.jsonbody import parse_body
 from api.money import accept
+from api.request_schemas import CreditIn, RefundIn, RoleIn
+from api.response_schemas import JobOut, SystemWalletsOut, UserOut, WalletStatusOut
 from api.routes.common import require_user_wallet
-from api.schemas import CreditIn, JobOut, RefundIn, RoleIn, SystemWalletsOut, UserOut, WalletStatusOut
 from api.spec import endpoint
 from ledger.money import is_user_id
 from ledger.operations import Credit, Refund

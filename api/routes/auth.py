@@ -11,7 +11,8 @@ from api.errors import ApiError
 from api.jsonbody import parse_body
 from api.limits import client_address
 from api.login_throttle import LoginThrottle
-from api.schemas import LoginIn, MeOut, RegisterIn, TokenOut, UserOut
+from api.request_schemas import LoginIn, RegisterIn
+from api.response_schemas import MeOut, TokenOut, UserOut
 from api.spec import Link, endpoint
 from infra.config import Settings
 from services import accounts, users

@@ -9,8 +9,9 @@ from flask import Blueprint
 from api.auth import current
 from api.jsonbody import parse_body
 from api.money import accept
+from api.request_schemas import GiftIn
+from api.response_schemas import JobOut
 from api.routes.common import refuse_self, require_user_wallet
-from api.schemas import GiftIn, JobOut
 from api.spec import endpoint
 from ledger.operations import Gift
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import Blueprint, g, jsonify
 
-from api.schemas import HealthOut
+from api.response_schemas import HealthOut
 from api.spec import endpoint
 from infra import queues
 from infra.redis_client import get_redis

@@ -15,8 +15,9 @@ from api import waits
 from api.auth import current, still_admin
 from api.errors import ApiError
 from api.jsonbody import parse_query
+from api.request_schemas import JobsQuery
+from api.response_schemas import JobOut, JobPage
 from api.routes.common import bad_cursor
-from api.schemas import JobOut, JobPage, JobsQuery
 from api.spec import Link, endpoint
 from ledger.money import is_user_id
 from services.job_views import job_detail

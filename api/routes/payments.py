@@ -14,8 +14,9 @@ from pydantic import ValidationError
 from api.errors import ApiError
 from api.jsonbody import parse_body, validation_problem
 from api.money import accept
+from api.request_schemas import DisputeData, PayoutEventData, ProviderEventIn, WebhookIn
+from api.response_schemas import JobOut
 from api.routes.common import require_user_wallet
-from api.schemas import DisputeData, JobOut, PayoutEventData, ProviderEventIn, WebhookIn
 from api.spec import endpoint
 from ledger.operations import Chargeback, PayoutEvent, TopUp
 from services.payouts import get_payout

@@ -15,8 +15,9 @@ from api.auth import current, still_admin
 from api.errors import ApiError
 from api.jsonbody import parse_body, parse_query
 from api.money import accept
+from api.request_schemas import PageQuery, PayoutIn, ScheduleIn
+from api.response_schemas import JobOut, PayoutOut, PayoutPage, ScheduleOut
 from api.routes.common import bad_cursor
-from api.schemas import JobOut, PageQuery, PayoutIn, PayoutOut, PayoutPage, ScheduleIn, ScheduleOut
 from api.spec import Link, endpoint
 from ledger.money import is_user_id
 from ledger.operations import Payout

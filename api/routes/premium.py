@@ -10,7 +10,8 @@ from api.auth import current
 from api.errors import ApiError
 from api.jsonbody import parse_body
 from api.money import accept
-from api.schemas import ContentIn, ContentOut, JobOut, UnlockIn
+from api.request_schemas import ContentIn, UnlockIn
+from api.response_schemas import ContentOut, JobOut
 from api.spec import Link, endpoint
 from ledger.operations import Unlock
 from ledger.states import Role

@@ -10,7 +10,8 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from api.auth import current
 from api.errors import ApiError
 from api.jsonbody import parse_query
-from api.schemas import BalanceOut, BalanceQuery, PlatformReportOut, StatementList, StatementOut
+from api.request_schemas import BalanceQuery
+from api.response_schemas import BalanceOut, PlatformReportOut, StatementList, StatementOut
 from api.spec import endpoint
 from ledger.money import is_user_id
 from ledger.periods import Month, parse_instant, parse_month

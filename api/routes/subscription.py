@@ -10,8 +10,9 @@ from api.auth import current
 from api.errors import ApiError
 from api.jsonbody import parse_body
 from api.money import accept
+from api.request_schemas import CancelIn, PlanIn, SubscribeIn
+from api.response_schemas import JobOut, PlanOut, SubscriptionOut, SubscriptionPage
 from api.routes.common import refuse_self, require_user_wallet
-from api.schemas import CancelIn, JobOut, PlanIn, PlanOut, SubscribeIn, SubscriptionOut, SubscriptionPage
 from api.spec import Link, endpoint
 from ledger.operations import Subscribe
 from ledger.states import Role

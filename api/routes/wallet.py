@@ -10,9 +10,10 @@ from api.auth import current
 from api.errors import ApiError
 from api.jsonbody import parse_body, parse_query
 from api.money import accept
+from api.request_schemas import BalanceQuery, PageQuery, TransferIn
+from api.response_schemas import BalanceOut, JobOut, TxPage
 from api.routes.common import bad_cursor, refuse_self, require_user_wallet
 from api.routes.statements import as_of_answer
-from api.schemas import BalanceOut, BalanceQuery, JobOut, PageQuery, TransferIn, TxPage
 from api.spec import endpoint
 from ledger.operations import Transfer
 from services import wallets

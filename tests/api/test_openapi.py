@@ -192,7 +192,7 @@ def test_issued_cursors_match_the_documented_pattern():
     import re
     from datetime import UTC, datetime
 
-    from api.schemas import CURSOR_PATTERN
+    from api.request_schemas import CURSOR_PATTERN
     from services.queries import decode_cursor, encode_cursor
 
     for moment in (datetime.fromtimestamp(0.001, UTC), datetime(2026, 1, 1, tzinfo=UTC),

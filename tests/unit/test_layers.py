@@ -157,9 +157,11 @@ def _literal_values(annotation: typing.Any) -> set[str]:
     ("SubscriptionOut", "status", states.SubscriptionStatus),
 ])
 def test_schemas_offer_exactly_the_named_states(model: str, field: str, enum: type[StrEnum]) -> None:
-    import api.schemas
+    import api.request_schemas
+    import api.response_schemas
 
-    annotation = getattr(api.schemas, model).model_fields[field].annotation
+    found = getattr(api.request_schemas, model, None) or getattr(api.response_schemas, model)
+    annotation = found.model_fields[field].annotation
     assert _literal_values(annotation) == {member.value for member in enum}
 
 

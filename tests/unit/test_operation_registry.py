@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from api.schemas import OPERATION_REQUESTS
+from api.request_schemas import OPERATION_REQUESTS
 from ledger.decide import DECIDERS
 from ledger.operations import OPERATION_TYPES, Reads
 from ledger.splits import RULES

@@ -1,166 +1,14 @@
-"""Request and response models: the HTTP contract, validated strictly.
-
-``extra="forbid"`` refuses unknown fields; strict types refuse ``true``, ``1.5``,
-``"10"`` where an integer is expected; ids have a fixed shape so an object such as
-``{"$ne": null}`` can never reach a MongoDB filter.
-"""
+"""Response models: what the HTTP contract answers, and the problem+json error body."""
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
-from ledger import states
+from api.schema_types import JobStatus, Role, SubscriptionStatus, WalletStatus
 from ledger.decide import FAILURE_MESSAGES
-from ledger.money import MAX_AMOUNT
 
-Id = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{24}$", strict=True)]
-STRICT_INTEGER = ("A JSON integer: `1.0`, `\"1\"` and `true` are refused with 422 VALIDATION_FAILED, although "
-                  "JSON Schema counts `1.0` as an integer.")
-Amount = Annotated[int, Field(strict=True, ge=1, le=MAX_AMOUNT,
-                              description=f"Coins (integer minor units), 1 to {MAX_AMOUNT}. {STRICT_INTEGER}")]
-# ``\s`` differs between the engines that read this pattern (Python's and Rust's include
-# U+0085, ECMA-262's, which OpenAPI clients use, includes U+FEFF instead): both are named.
-# Surrounding white space is stripped (Rust's ``trim``, pydantic-core) before the pattern,
-# so the documented pattern allows exactly those characters around the address.
-_NOT_IN_EMAIL = r"[^@\s\x00-\x1f\x85\ufeff]"
-_TRIMMED = r"[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*"
-Email = Annotated[str, StringConstraints(strict=True, min_length=3, max_length=254, strip_whitespace=True,
-                                         pattern=rf"^{_TRIMMED}{_NOT_IN_EMAIL}+@{_NOT_IN_EMAIL}+\.{_NOT_IN_EMAIL}+"
-                                                 rf"{_TRIMMED}$")]
-Text = Annotated[str, StringConstraints(strict=True, max_length=500)]
-
-
-def one_of(states_enum: type[StrEnum]) -> Any:
-    """``Literal`` of the enum's values: strict validation of plain JSON strings, an ``enum``
-    in the OpenAPI document, and one source of truth (``ledger/states.py``)."""
-    return Literal[tuple(member.value for member in states_enum)]
-
-
-Role = one_of(states.Role)
-JobStatus = one_of(states.JobStatus)
-WalletStatus = one_of(states.WalletStatus)
-SubscriptionStatus = one_of(states.SubscriptionStatus)
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class RegisterIn(Strict):
-    email: Email
-    password: Annotated[str, StringConstraints(strict=True, min_length=8, max_length=256)]
-    displayName: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=80)] | None = None
-
-
-class LoginIn(Strict):
-    email: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=254)]
-    password: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=256)]
-
-
-class RoleIn(Strict):
-    role: Role
-
-
-class TransferIn(Strict):
-    receiverId: Id
-    amount: Amount
-    note: Text | None = None
-
-
-class ContentIn(Strict):
-    title: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=200)]
-    price: Amount
-
-
-class UnlockIn(Strict):
-    contentId: Id
-
-
-class PlanIn(Strict):
-    price: Amount
-    periodDays: Annotated[int, Field(strict=True, ge=1, le=366, description=f"Days per period. {STRICT_INTEGER}")]
-
-
-class SubscribeIn(Strict):
-    creatorId: Id
-    autoRenew: bool = True
-
-
-class CancelIn(Strict):
-    subscriptionId: Id
-
-
-class GiftIn(Strict):
-    creatorId: Id
-    amount: Amount
-    message: Text | None = None
-
-
-class WebhookIn(Strict):
-    providerTxId: Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
-    userId: Id
-    amount: Amount
-
-
-class CreditIn(Strict):
-    userId: Id
-    amount: Amount
-    reason: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=500)]
-
-
-class PayoutIn(Strict):
-    amount: Amount
-
-
-class RefundIn(Strict):
-    jobId: Id
-    amount: Amount | None = None  # None: whatever is left to refund of the original
-    reason: Literal["duplicate", "fraudulent", "requested_by_customer"]
-
-
-ProviderEventId = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
-
-
-class ProviderEventIn(Strict):
-    """A typed provider event (signed like top-ups); applied once per ``id``."""
-
-    id: ProviderEventId
-    type: Literal["payout.paid", "payout.failed", "payout.returned", "topup.disputed"]
-    data: dict[str, Any]
-
-
-class PayoutEventData(Strict):
-    payoutId: Id
-
-
-class DisputeData(Strict):
-    providerTxId: ProviderEventId
-    userId: Id
-    amount: Amount
-
-
-# What services/queries.encode_cursor writes: unpadded base64url of "<epoch ms>:<24-hex id>"
-# (1 to 15 digits: 26 to 40 bytes, 35 to 54 characters).
-CURSOR_PATTERN = r"^[A-Za-z0-9_-]{35,54}$"
-
-
-class PageQuery(Strict):
-    model_config = ConfigDict(extra="forbid", strict=False)
-    limit: Annotated[int, Field(ge=1, le=100, description="Items per page")] = 20
-    cursor: Annotated[str, StringConstraints(min_length=35, max_length=54, pattern=CURSOR_PATTERN)] | None = Field(
-        default=None, description="Opaque: the `nextCursor` of the previous page, sent back unchanged (unpadded "
-                                  "base64url, 35 to 54 characters). A string this API did not issue is refused "
-                                  "with 422 VALIDATION_FAILED.")
-
-
-class JobsQuery(PageQuery):
-    status: JobStatus | None = None
-
-
-# ---- responses ---------------------------------------------------------------
 
 class UserOut(BaseModel):
     userId: str
@@ -195,14 +43,6 @@ class BalanceOut(BaseModel):
                                                          "`incoming` is 0")
     debt: int | None = Field(default=None, description="With `?asOf=`: what a chargeback left owing (a "
                                                        "negative balance, as a positive number)")
-
-
-class BalanceQuery(Strict):
-    model_config = ConfigDict(extra="forbid", strict=False)
-    asOf: Annotated[str, StringConstraints(max_length=40)] | None = Field(
-        default=None, description="An RFC 3339 date-time with offset, e.g. `2026-11-30T23:59:59.999Z` "
-                                  "(milliseconds kept). Malformed: 422 INSTANT_INVALID; later than now: "
-                                  "INSTANT_IN_FUTURE; before the wallet existed: INSTANT_BEFORE_WALLET.")
 
 
 class StatementSection(BaseModel):
@@ -276,13 +116,6 @@ class PlatformReportOut(BaseModel):
                                                           "wallets moved), revenue, processing, inFlight, funding")
     platform: dict[str, TieOut] = Field(description="Per system wallet: opening + the month's movements = closing")
     tieOut: TieOut = Field(description="Every system wallet and all users together: always sums to zero")
-
-
-class ScheduleIn(Strict):
-    interval: Literal["daily", "weekly", "monthly"]
-    anchor: Annotated[str, StringConstraints(max_length=16)] | Annotated[int, Field(strict=True)] | None = Field(
-        default=None, description="weekly: a weekday (`monday`); monthly: a day 1-28; daily: none")
-    minimum: Amount
 
 
 class ScheduleRun(BaseModel):
@@ -448,21 +281,3 @@ class Problem(BaseModel):
     code: str
     requestId: str | None
     errors: list[FieldError] | None = Field(default=None, description="VALIDATION_FAILED: one entry per field")
-
-
-# The request body that asks for each operation kind (None: never requested over HTTP,
-# e.g. renewals, which the subscription tick issues). tests/unit/test_operation_registry.py
-# fails when a kind in ledger.operations.OPERATION_TYPES is missing here.
-OPERATION_REQUESTS: dict[str, type[BaseModel] | None] = {
-    "payout": PayoutIn,
-    "payout_event": ProviderEventIn,  # payout.paid / payout.failed / payout.returned; expiry: beat
-    "refund": RefundIn,
-    "chargeback": ProviderEventIn,  # topup.disputed
-    "transfer": TransferIn,
-    "unlock": UnlockIn,
-    "subscribe": SubscribeIn,
-    "renew": None,
-    "gift": GiftIn,
-    "topup": WebhookIn,
-    "credit": CreditIn,
-}
