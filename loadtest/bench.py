@@ -44,6 +44,7 @@ import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -395,8 +396,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+@dataclass
+class Run:
+    """One bench run: its plan and options, the started stack and what the stages share."""
+
+    plan: Plan
+    args: argparse.Namespace
+    options: StackOptions
+    skip: set[str]
+    stamp: str
+    results: dict[str, Any]
+    stack: Stack
+    db: Any = None
+    settings: Any = None
+    pop: Any = None
+    mix: MoneyMix | None = None
+    http: Http | None = None
+
+    @property
+    def batch_env(self) -> dict[str, str]:
+        return {"SETTLE_BATCH_MAX": str(self.args.batch_max)}
+
+    def runs(self, name: str) -> bool:
+        return name not in self.skip
+
+
+def _plan(args: argparse.Namespace) -> tuple[Plan, set[str]]:
+    """The plan of this run from the arguments, and the stages to skip."""
     plan = Plan.quick_plan() if args.quick else Plan()
     if args.duration is not None:
         plan.duration = args.duration
@@ -406,117 +432,143 @@ def main(argv: list[str] | None = None) -> int:
     unknown = skip - set(STAGES)
     if unknown:
         raise SystemExit(f"unknown stage(s) to skip: {', '.join(sorted(unknown))}; known: {', '.join(STAGES)}")
-    stamp = datetime.now().strftime("%Y-%m-%dT%H%M%S")
-    out = args.output or RESULTS / f"{stamp}{'-quick' if plan.quick else ''}.json"
-    options = StackOptions(web_workers=plan.web_workers, web_threads=plan.web_threads,
-                           worker_concurrency=args.worker_concurrency, worker_nodes=args.worker_nodes,
-                           log_level=args.log_level, keep=args.keep)
-    results: dict[str, Any] = {
-        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": "python -m loadtest.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_info(), "plan": plan.record(BENCH), "stack": options.__dict__.copy(),
-    }
-    log(f"machine: {results['machine']['nproc']} cores, load average {results['machine']['loadavg_start']}")
-    exit_code = 0
-    stack = Stack(options)
-    sampler: MemorySampler | None = None
-    batch_env = {"SETTLE_BATCH_MAX": str(args.batch_max)}
-    try:
-        stack.start_stores()
-        log(f"stores up in {stack.tmp} (mongo :{stack.mongo.port}, redis :{stack.redis.port})")
-        from api.auth import issue_token
-        from infra.config import get_settings
-        from infra.mongo import get_db
-        from tasks.settle import ring
+    return plan, skip
 
-        settings = get_settings()
-        db = get_db()
-        stack.start_workers(batch_env)
-        stack.start_web()
-        assert stack.web is not None
-        sampler = MemorySampler(stack).start()
-        log(f"web {stack.web.base_url}, {len(stack.workers)} worker node(s) x {options.worker_concurrency}")
 
-        with stage(results, "seed"):
-            started = time.perf_counter()
-            pop = seed_population(db, free=plan.free, premium=plan.premium, creators=plan.creators)
-            funding = fund(db, [u.id for u in pop.payers], 1_000_000, partitions=settings.ledger_partitions,
-                           ring=ring, kick=kick_all)
+def _start(run: Run) -> MemorySampler:
+    """Stores, workers and web up; this process on the stack's store; the RSS sampler started."""
+    stack = run.stack
+    stack.start_stores()
+    log(f"stores up in {stack.tmp} (mongo :{stack.mongo.port}, redis :{stack.redis.port})")
+    from infra.config import get_settings
+    from infra.mongo import get_db
+
+    run.settings = get_settings()
+    run.db = get_db()
+    stack.start_workers(run.batch_env)
+    stack.start_web()
+    assert stack.web is not None
+    sampler = MemorySampler(stack).start()
+    log(f"web {stack.web.base_url}, {len(stack.workers)} worker node(s) x {run.options.worker_concurrency}")
+    return sampler
+
+
+def _seed(run: Run) -> None:
+    """Users of every tier, funded through settlement; the money mix and an HTTP client with their tokens."""
+    from api.auth import issue_token
+    from tasks.settle import ring
+
+    db, results = run.db, run.results
+    with stage(results, "seed"):
+        started = time.perf_counter()
+        pop = seed_population(db, free=run.plan.free, premium=run.plan.premium, creators=run.plan.creators)
+        funding = fund(db, [u.id for u in pop.payers], 1_000_000, partitions=run.settings.ledger_partitions,
+                       ring=ring, kick=kick_all)
+        wait_drained(db)
+        results["seed"] = {"users": len(pop.users), "by_role": dict(Counter(u.role for u in pop.users)),
+                           "contents": len(pop.contents), "plans": len(pop.plans), "funded": funding,
+                           "seconds": round(time.perf_counter() - started, 1)}
+    # A failed seed stage leaves ``pop`` unset: the run stops here, recorded as a setup error.
+    tokens = {u.id: issue_token(run.settings, u.id, u.role)[0] for u in pop.users}
+    assert run.stack.web is not None
+    run.pop, run.mix, run.http = pop, MoneyMix(pop), Http(run.stack.web.base_url, tokens)
+
+
+def _store_and_settle_stages(run: Run) -> None:
+    """Stages 1 to 4: the store alone, the queue, saturation with 1, 2, 4 ledger processes, the settle loop."""
+    plan, args, results, stack, db, mix = run.plan, run.args, run.results, run.stack, run.db, run.mix
+    assert mix is not None
+    if run.runs("store"):
+        with stage(results, "store"):
+            results["store"] = scale_stages.store_ceiling(db, plan.store_seconds)
+            results["store_parallel"] = scale_stages.store_parallel(
+                db, plan.parallel_seconds, levels=LEVELS, rounds=plan.rounds)
+    if run.runs("queue"):
+        with stage(results, "queue"):
+            results["queue"] = queue_ceiling(stack, plan.queue_tasks)
+    if run.runs("batch1"):
+        with stage(results, "saturation batch 1"):
+            stack.restart_workers({"SETTLE_BATCH_MAX": "1"}, concurrency=1)
+            results.setdefault("saturation", {})["batch1"] = scale_stages.saturation(
+                stack, db, mix, seconds=plan.duration / 2, warmup=plan.warmup,
+                submit_threads=plan.submit_threads, batch_max=1)
+    if run.runs("concurrency"):
+        with stage(results, "concurrency"):
+            hook = _pyspy_hook(stack, results, run.stamp, min(plan.duration / plan.rounds, 30) + plan.warmup) \
+                if args.profile else None
+            results["concurrency"] = scale_stages.concurrency(
+                stack, db, mix, levels=LEVELS, rounds=plan.rounds, seconds=plan.duration / plan.rounds,
+                warmup=plan.warmup, submit_threads=plan.submit_threads, batch_max=args.batch_max,
+                profile=hook)
+    if not {"batch1", "concurrency"} <= run.skip:  # back to the default pool and batch size
+        stack.restart_workers(run.batch_env, concurrency=run.options.worker_concurrency)
+    if run.runs("profile"):
+        with stage(results, "settle profile"):
+            html = PROFILES / f"{run.stamp}-pyinstrument-settle.html" if args.profile else None
+            results["settle_profile"] = scale_stages.settle_profile(
+                stack, db, mix, jobs=plan.profile_jobs, batch_max=args.batch_max, levels=(1, 4),
+                rounds=plan.rounds, profile_html=html)
+
+
+def _http_stages(run: Run) -> None:
+    """Stages 5 to 8 over HTTP: accept path, end to end vs synchronous, fixed load, unlock burst."""
+    plan, args, results, stack, db = run.plan, run.args, run.results, run.stack, run.db
+    mix, http, pop = run.mix, run.http, run.pop
+    assert stack.web is not None and mix is not None and http is not None
+    if run.runs("accept"):
+        with stage(results, "accept path"):
+            spy = _spy(results, run.stamp, "web", stack.web.pid, subprocesses=True, gil=False) \
+                if args.profile else None
+            results["accept"] = http_stages.accept_capacity(
+                stack, db, http, mix, pop, threads=plan.client_threads, seconds=plan.accept_seconds,
+                warmup=1.0, batch_max=args.batch_max, spy=spy)
+    if run.runs("e2e"):
+        with stage(results, "end to end vs synchronous"):
+            results["end_to_end"] = sync_baseline.end_to_end(
+                stack, db, http, mix, pop, threads=plan.client_threads, seconds=plan.e2e_seconds,
+                warmup=plan.warmup, rounds=plan.rounds,
+                cap=max(400, args.batch_max * run.settings.ledger_partitions))
+    if run.runs("fixed"):
+        with stage(results, "fixed load"):
             wait_drained(db)
-            results["seed"] = {"users": len(pop.users), "by_role": dict(Counter(u.role for u in pop.users)),
-                               "contents": len(pop.contents), "plans": len(pop.plans), "funded": funding,
-                               "seconds": round(time.perf_counter() - started, 1)}
-        tokens = {u.id: issue_token(settings, u.id, u.role)[0] for u in pop.users}
-        mix = MoneyMix(pop)
-        http = Http(stack.web.base_url, tokens)
+            results["fixed_load"] = http_stages.fixed_load(db, http, mix, plan.fixed_rate, plan.fixed_seconds)
+    if run.runs("burst"):
+        with stage(results, "unlock burst"):
+            wait_drained(db)
+            results["unlock_burst"] = http_stages.unlock_burst(db, http, pop, mix, plan.burst)
 
-        if "store" not in skip:
-            with stage(results, "store"):
-                results["store"] = scale_stages.store_ceiling(db, plan.store_seconds)
-                results["store_parallel"] = scale_stages.store_parallel(
-                    db, plan.parallel_seconds, levels=LEVELS, rounds=plan.rounds)
-        if "queue" not in skip:
-            with stage(results, "queue"):
-                results["queue"] = queue_ceiling(stack, plan.queue_tasks)
-        if "batch1" not in skip:
-            with stage(results, "saturation batch 1"):
-                stack.restart_workers({"SETTLE_BATCH_MAX": "1"}, concurrency=1)
-                results.setdefault("saturation", {})["batch1"] = scale_stages.saturation(
-                    stack, db, mix, seconds=plan.duration / 2, warmup=plan.warmup,
-                    submit_threads=plan.submit_threads, batch_max=1)
-        if "concurrency" not in skip:
-            with stage(results, "concurrency"):
-                hook = _pyspy_hook(stack, results, stamp, min(plan.duration / plan.rounds, 30) + plan.warmup) \
-                    if args.profile else None
-                results["concurrency"] = scale_stages.concurrency(
-                    stack, db, mix, levels=LEVELS, rounds=plan.rounds, seconds=plan.duration / plan.rounds,
-                    warmup=plan.warmup, submit_threads=plan.submit_threads, batch_max=args.batch_max,
-                    profile=hook)
-        if not {"batch1", "concurrency"} <= skip:  # back to the default pool and batch size
-            stack.restart_workers(batch_env, concurrency=options.worker_concurrency)
-        if "profile" not in skip:
-            with stage(results, "settle profile"):
-                html = PROFILES / f"{stamp}-pyinstrument-settle.html" if args.profile else None
-                results["settle_profile"] = scale_stages.settle_profile(
-                    stack, db, mix, jobs=plan.profile_jobs, batch_max=args.batch_max, levels=(1, 4),
-                    rounds=plan.rounds, profile_html=html)
-        if "accept" not in skip:
-            with stage(results, "accept path"):
-                spy = _spy(results, stamp, "web", stack.web.pid, subprocesses=True, gil=False) \
-                    if args.profile else None
-                results["accept"] = http_stages.accept_capacity(
-                    stack, db, http, mix, pop, threads=plan.client_threads, seconds=plan.accept_seconds,
-                    warmup=1.0, batch_max=args.batch_max, spy=spy)
-        if "e2e" not in skip:
-            with stage(results, "end to end vs synchronous"):
-                results["end_to_end"] = sync_baseline.end_to_end(
-                    stack, db, http, mix, pop, threads=plan.client_threads, seconds=plan.e2e_seconds,
-                    warmup=plan.warmup, rounds=plan.rounds,
-                    cap=max(400, args.batch_max * settings.ledger_partitions))
-        if "fixed" not in skip:
-            with stage(results, "fixed load"):
-                wait_drained(db)
-                results["fixed_load"] = http_stages.fixed_load(db, http, mix, plan.fixed_rate, plan.fixed_seconds)
-        if "burst" not in skip:
-            with stage(results, "unlock burst"):
-                wait_drained(db)
-                results["unlock_burst"] = http_stages.unlock_burst(db, http, pop, mix, plan.burst)
-        if "drain" not in skip:
-            with stage(results, "backlog drain"):
-                results["drain"] = backlog_stages.drain(stack, db, MoneyMix(pop, seed=22), jobs=plan.drain_jobs,
-                                                        env=batch_env)
-        if "live" not in skip:
-            with stage(results, "live stream"):
-                results["live_stream"] = backlog_stages.live_stream(stack, db, http, pop, seconds=plan.live_seconds,
-                                                                    clients=plan.client_threads, env=batch_env)
-        if "subscriptions" not in skip:
-            with stage(results, "subscriptions"):
-                conc = results.get("concurrency", {})
-                mix_rate = dig(conc, f"c{options.worker_concurrency}.ops_per_s") or dig(conc, "c1.ops_per_s")
-                results["subscriptions"] = subscription_stages.subscription_figures(
-                    db, pop, plan.subscriptions, mix_rate, stack)
+
+def _backlog_and_subscription_stages(run: Run) -> None:
+    """Issue 22's backlog drain and live stream, then subscriptions."""
+    plan, results, stack, db, pop = run.plan, run.results, run.stack, run.db, run.pop
+    if run.runs("drain"):
+        with stage(results, "backlog drain"):
+            results["drain"] = backlog_stages.drain(stack, db, MoneyMix(pop, seed=22), jobs=plan.drain_jobs,
+                                                    env=run.batch_env)
+    if run.runs("live"):
+        with stage(results, "live stream"):
+            results["live_stream"] = backlog_stages.live_stream(stack, db, run.http, pop, seconds=plan.live_seconds,
+                                                                clients=plan.client_threads, env=run.batch_env)
+    if run.runs("subscriptions"):
+        with stage(results, "subscriptions"):
+            conc = results.get("concurrency", {})
+            mix_rate = dig(conc, f"c{run.options.worker_concurrency}.ops_per_s") or dig(conc, "c1.ops_per_s")
+            results["subscriptions"] = subscription_stages.subscription_figures(
+                db, pop, plan.subscriptions, mix_rate, stack)
+
+
+def _measure(run: Run) -> None:
+    """Start the stack, run every stage not skipped and the invariants; a crash is recorded, not raised."""
+    results = run.results
+    sampler: MemorySampler | None = None
+    try:
+        sampler = _start(run)
+        _seed(run)
+        _store_and_settle_stages(run)
+        _http_stages(run)
+        _backlog_and_subscription_stages(run)
         with stage(results, "invariants"):
-            results["invariants"] = check_invariants(db)
+            results["invariants"] = check_invariants(run.db)
     except Exception as exc:  # noqa: BLE001
         traceback.print_exc()
         results.setdefault("stage_errors", {})["setup"] = f"{type(exc).__name__}: {exc}"[:500]
@@ -528,14 +580,16 @@ def main(argv: list[str] | None = None) -> int:
             results["memory_mib"]["stores"] = f"{results['memory_mib'].get('mongodb', 0):,.0f} / " \
                                               f"{results['memory_mib'].get('redis', 0):,.0f}"
         results["machine"]["loadavg_end"] = os.getloadavg()
-        stack.close()
+        run.stack.close()
 
-    _derive(results, options.worker_concurrency)
+
+def _report(results: dict[str, Any], out: Path, worker_concurrency: int) -> int:
+    """Derive, evaluate, write and print the results; the exit status."""
+    _derive(results, worker_concurrency)
     _summaries(results)
     results["targets"] = evaluate(results)
     inv_ok = dig(results, "invariants.ok")
-    if inv_ok is not True or results.get("stage_errors"):
-        exit_code = 1
+    exit_code = 1 if inv_ok is not True or results.get("stage_errors") else 0
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print()
@@ -545,10 +599,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {load['nproc']} cores, {load['cpu_model']}, {load['ram_gib']} GiB; load average "
           f"start {tuple(round(x, 2) for x in load['loadavg_start'])} end "
           f"{tuple(round(x, 2) for x in load['loadavg_end'])}; commit {load['commit']}")
-    for run in dig(results, "concurrency.runs") or []:
-        print(f"saturation {run['concurrency']} process(es): {run['ops_per_s']} ops/s; backlog mean "
-              f"{run.get('backlog_mean')}, queued at end {run.get('queued_at_end')}; mean batch "
-              f"{run.get('mean_batch_size')}; retries {run.get('conflict_retries')}; CPU cores {run.get('cpu_cores')}")
+    for sat in dig(results, "concurrency.runs") or []:
+        print(f"saturation {sat['concurrency']} process(es): {sat['ops_per_s']} ops/s; backlog mean "
+              f"{sat.get('backlog_mean')}, queued at end {sat.get('queued_at_end')}; mean batch "
+              f"{sat.get('mean_batch_size')}; retries {sat.get('conflict_retries')}; CPU cores {sat.get('cpu_cores')}")
     if results.get("stage_errors"):
         print(f"stage errors: {results['stage_errors']}")
     if inv_ok is False:
@@ -556,6 +610,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results: {out}")
     return exit_code
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan, skip = _plan(args)
+    stamp = datetime.now().strftime("%Y-%m-%dT%H%M%S")
+    out = args.output or RESULTS / f"{stamp}{'-quick' if plan.quick else ''}.json"
+    options = StackOptions(web_workers=plan.web_workers, web_threads=plan.web_threads,
+                           worker_concurrency=args.worker_concurrency, worker_nodes=args.worker_nodes,
+                           log_level=args.log_level, keep=args.keep)
+    results: dict[str, Any] = {
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": "python -m loadtest.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_info(), "plan": plan.record(BENCH), "stack": options.__dict__.copy(),
+    }
+    log(f"machine: {results['machine']['nproc']} cores, load average {results['machine']['loadavg_start']}")
+    _measure(Run(plan, args, options, skip, stamp, results, Stack(options)))
+    return _report(results, out, options.worker_concurrency)
 
 if __name__ == "__main__":
     sys.exit(main())
