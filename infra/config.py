@@ -45,6 +45,7 @@ class Settings:
     app_env: str
     var_dir: Path
     duplicate_doorbells: bool
+    fault_deaf_consumer: bool
     mongodb_uri: str
     mongodb_db: str
     redis_url: str
@@ -85,6 +86,7 @@ class Settings:
     subscription_chunk: int
     sweep_interval_seconds: int
     sweep_age_seconds: int
+    consumer_stall_seconds: float
     reconcile_interval_seconds: int
     payout_provider_url: str | None
     payout_min_amount: int

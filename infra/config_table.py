@@ -65,6 +65,7 @@ class Var:
 VARIABLES: tuple[Var, ...] = (
     Var("var_dir", "PURSER_VAR_DIR", path, Derived(lambda _: PROJECT_ROOT / "var")),
     Var("duplicate_doorbells", "PURSER_DUPLICATE_DOORBELLS", boolean, False, production=refused),
+    Var("fault_deaf_consumer", "PURSER_FAULT_DEAF_CONSUMER", boolean, False, production=refused),
     # stores
     Var("mongodb_uri", "MONGODB_URI", url("mongodb", "mongodb+srv"),
         "mongodb://127.0.0.1:27017/?retryWrites=false", production=required()),
@@ -122,6 +123,9 @@ VARIABLES: tuple[Var, ...] = (
     Var("subscription_chunk", "SUBSCRIPTION_CHUNK", integer(1, 10000), 500),
     Var("sweep_interval_seconds", "SWEEP_INTERVAL_SECONDS", integer(1, 3600), 5),
     Var("sweep_age_seconds", "SWEEP_AGE_SECONDS", integer(0, 3600), 3),
+    # A worker whose queues have held messages this long while it received nothing and
+    # had a process free restarts its consumer (workers/watchdog.py). 0 turns it off.
+    Var("consumer_stall_seconds", "CONSUMER_STALL_SECONDS", seconds(0, 3600), 30.0),
     Var("reconcile_interval_seconds", "RECONCILE_INTERVAL_SECONDS", integer(5, 86400), 300),
     # payouts (money out): the provider adapter, admission and the beat tick
     Var("payout_provider_url", "PAYOUT_PROVIDER_URL", url("http", "https"), None, production=required()),

@@ -94,6 +94,9 @@ _LAZY: dict[str, Callable[[], Any]] = {
                                         buckets=LATENCY_BUCKETS),
     "SETTLE_CONFLICTS": lambda: Counter("purser_settle_conflict_retries",
                                         "Settlement transactions retried after a write conflict"),
+    "CONSUMER_RESTARTS": lambda: Counter(
+        "purser_worker_consumer_restarts",
+        "Consumers the watchdog restarted: queues holding messages, nothing received, a process free"),
     "RECONCILE_DRIFT": lambda: Gauge(
         "purser_reconcile_drift",
         "Coins by which balances differ from the ledger, plus |sum of balances| (0 = healthy)",
@@ -191,6 +194,14 @@ def record_broken_invariant(guard: str) -> None:
         BROKEN_INVARIANTS.labels(guard).inc()
     except Exception:  # noqa: BLE001
         log.warning("could not count a broken invariant", exc_info=True)
+
+
+def record_consumer_restart() -> None:
+    """Count one consumer the watchdog restarted (workers/watchdog.py). Never raises."""
+    try:
+        _lazy("CONSUMER_RESTARTS").inc()
+    except Exception:  # noqa: BLE001 - metrics never break the caller
+        log.warning("could not count a consumer restart", exc_info=True)
 
 
 def record_loads(loads: Iterable[Any], limits: Any) -> None:

@@ -19,6 +19,7 @@ from infra.logging_setup import setup_logging
 from infra.mongo import reset_client
 from infra.queues import UNKNOWN_QUEUES, WORKER_HEARTBEAT_TTL
 from infra.redis_client import get_redis, reset_redis
+from workers import watchdog
 
 log = logging.getLogger("purser.worker")
 
@@ -97,6 +98,8 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     _heartbeat_stop = threading.Event()
     threading.Thread(target=_heartbeat_loop, args=(name, queues, _heartbeat_stop), daemon=True,
                      name="purser-heartbeat").start()
+    # The heartbeat proves the process lives, not that it consumes: the watchdog does that.
+    watchdog.start(sender, _heartbeat_stop)
     observability.start_worker_metrics()
 
 
