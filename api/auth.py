@@ -27,7 +27,7 @@ from infra.config import Settings
 from ledger.money import is_user_id
 from ledger.states import Role
 from services import accounts
-from services.store import StoreError
+from services.store import StoreError, process_db
 
 log = logging.getLogger("purser.auth")
 
@@ -141,7 +141,7 @@ ROLE_CACHE = RoleCache()
 
 def load_stored_role(user_id: str) -> Role | None:
     """The role stored for ``user_id``, or None (no such user, account not active, unknown role)."""
-    return accounts.stored_role(user_id)
+    return accounts.stored_role(process_db(), user_id)
 
 
 def stored_role(user_id: str, ttl: float) -> Role | None:

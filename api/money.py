@@ -20,6 +20,7 @@ from api.errors import ApiError
 from infra import metrics
 from ledger.operations import Operation, partition_of
 from services.jobs import Acceptance, KeyClaim, Outcome, Ringer, StoredResponse, accept_job
+from services.store import process_db
 
 MAX_KEY_LENGTH = 255
 RINGER_EXTENSION = "purser_ringer"
@@ -112,7 +113,7 @@ def admit(op: Operation, body: BaseModel | dict[str, Any], *, owner_id: str,
     claim = None
     if key is not None and settings.idempotency_enabled:
         claim = KeyClaim(key_owner or owner_id, fingerprint(body), settings.idempotency_ttl_hours)
-    result = accept_job(op, owner_id, partitions=settings.ledger_partitions, ring=ringer(),
+    result = accept_job(process_db(), op, owner_id, partitions=settings.ledger_partitions, ring=ringer(),
                         request_id=g.request_id, key=key, claim=claim, job_id=job_id)
     if result.outcome == Outcome.MISMATCH:
         raise ApiError(422, "IDEMPOTENCY_KEY_REUSED",

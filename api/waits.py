@@ -40,6 +40,7 @@ from infra import announce
 from infra.config import get_settings
 from infra.pubsub import Listener
 from services.jobs import TERMINAL, jobs_by_ids
+from services.store import process_db
 
 log = logging.getLogger("purser.waits")
 
@@ -128,7 +129,7 @@ FETCH_CHUNK = 25
 
 def fetch_jobs(ids: list[str]) -> dict[str, dict[str, Any]]:
     """The jobs ``ids`` (one ``$in`` query; the hub passes at most FETCH_CHUNK ids)."""
-    return jobs_by_ids(ids)
+    return jobs_by_ids(process_db(), ids)
 
 
 class WaitHub:

@@ -155,16 +155,13 @@ class _Attempt:
 
 
 def settle_partition(
-    db: Database,
-    partition: int,
-    *,
+    db: Database, partition: int, *,
     partitions: int,
     batch_max: int,
     clock: Clock = utcnow,
     on_batch: Callable[[BatchResult], None] | None = None,
     time_budget: float | None = None,
-    transient: tuple[type[BaseException], ...] = (),
-) -> DrainResult:
+    transient: tuple[type[BaseException], ...] = ()) -> DrainResult:
     """Settle batches (inbound credits first) until the partition has nothing left.
 
     With ``time_budget`` (seconds) it stops between batches once the budget is

@@ -42,7 +42,6 @@ from ledger.timeutil import iso, utcnow
 from services import operator_audit
 from services.job_views import job_details
 from services.queries import page as cursor_page
-from services.store import database
 from services.webhook_http import Attempt, UrlRefused, check_url, next_delay, post
 from services.webhook_signing import headers as signed_headers
 from services.webhook_signing import new_secret
@@ -147,11 +146,10 @@ def _public(endpoint: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in endpoint.items() if k != "secrets"}
 
 
-def register(url: str, event_types: Sequence[str], description: str | None, actor: dict[str, str],
-             request_id: str | None, *, allow_private: bool, db: Database | None = None) -> tuple[dict[str, Any], str]:
+def register(db: Database, url: str, event_types: Sequence[str], description: str | None, actor: dict[str, str],
+             request_id: str | None, *, allow_private: bool) -> tuple[dict[str, Any], str]:
     """A new active endpoint and its secret (returned once); :class:`UrlRefused` for a bad URL."""
     check_url(url, allow_private=allow_private)
-    db = database(db)
     now = utcnow()
     secret = new_secret()
     doc = {"_id": str(ObjectId()), "url": url, "description": description,
@@ -168,20 +166,18 @@ def register(url: str, event_types: Sequence[str], description: str | None, acto
     return doc, secret
 
 
-def get_endpoint(endpoint_id: str, db: Database | None = None) -> dict[str, Any] | None:
-    return database(db).webhook_endpoints.find_one({"_id": endpoint_id})
+def get_endpoint(db: Database, endpoint_id: str) -> dict[str, Any] | None:
+    return db.webhook_endpoints.find_one({"_id": endpoint_id})
 
 
-def list_endpoints(limit: int, cursor: str | None,
-                   db: Database | None = None) -> tuple[list[dict[str, Any]], str | None]:
+def list_endpoints(db: Database, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
     """Newest first; ``BadCursor`` (services.queries) for a cursor this API did not give."""
-    return cursor_page(database(db), "webhook_endpoints", {}, limit, cursor)
+    return cursor_page(db, "webhook_endpoints", {}, limit, cursor)
 
 
-def disable(endpoint_id: str, actor: dict[str, str], request_id: str | None, reason: str = "deleted by an admin",
-            db: Database | None = None) -> dict[str, Any] | None:
+def disable(db: Database, endpoint_id: str, actor: dict[str, str], request_id: str | None,
+            reason: str = "deleted by an admin") -> dict[str, Any] | None:
     """Stop delivering to an endpoint (its log is kept); ``None`` when there is no such endpoint."""
-    db = database(db)
     now = utcnow()
 
     def apply(session: Any) -> operator_audit.Change | None:
@@ -203,10 +199,9 @@ def disable(endpoint_id: str, actor: dict[str, str], request_id: str | None, rea
     return done[0].result
 
 
-def rotate(endpoint_id: str, actor: dict[str, str], request_id: str | None, grace: timedelta,
-           db: Database | None = None) -> tuple[dict[str, Any], str] | None:
+def rotate(db: Database, endpoint_id: str, actor: dict[str, str], request_id: str | None,
+           grace: timedelta) -> tuple[dict[str, Any], str] | None:
     """A new secret; the ones valid now stay valid for ``grace`` (both sign meanwhile)."""
-    db = database(db)
     now = utcnow()
     secret = new_secret()
 
@@ -238,13 +233,13 @@ def _forget_active() -> None:
     _active_cache = None
 
 
-def any_active_endpoint(db: Database | None = None) -> bool:
+def any_active_endpoint(db: Database) -> bool:
     """True when an endpoint is active (cached for a couple of seconds per process)."""
     global _active_cache
     now = time.monotonic()
     if _active_cache is not None and now - _active_cache[0] < _ACTIVE_TTL:
         return _active_cache[1]
-    found = database(db).webhook_endpoints.find_one({"status": EndpointStatus.ACTIVE}, {"_id": 1}) is not None
+    found = db.webhook_endpoints.find_one({"status": EndpointStatus.ACTIVE}, {"_id": 1}) is not None
     _active_cache = (now, found)
     return found
 
@@ -286,10 +281,9 @@ def _move_cursor(db: Database, partition: int, old: int, new: int, now: datetime
     return res.matched_count == 1 or res.upserted_id is not None
 
 
-def dispatch_partition(partition: int, *, db: Database | None = None, page: int = DISPATCH_PAGE,
+def dispatch_partition(db: Database, partition: int, *, page: int = DISPATCH_PAGE,
                        clock: Callable[[], datetime] = utcnow) -> Dispatch:
     """Turn the next page of ``partition``'s audit blocks into events and deliveries."""
-    db = database(db)
     now = clock()
     cursor_doc = db.webhook_cursors.find_one({"_id": partition})
     cursor = cursor_doc["auditSeq"] if cursor_doc else 0
@@ -313,7 +307,7 @@ def dispatch_partition(partition: int, *, db: Database | None = None, page: int 
     wanted = [(block, record) for block in blocks for record in block.get("jobs", [])
               if any(e["createdAt"] <= block["createdAt"] for e in endpoints)]
     jobs = {j["_id"]: j for j in db.jobs.find({"_id": {"$in": sorted({r["jobId"] for _, r in wanted})}})}
-    views = job_details(list(jobs.values()), db=db)
+    views = job_details(db, list(jobs.values()))
     events: list[dict[str, Any]] = []
     deliveries: list[dict[str, Any]] = []
     for block, record in wanted:
@@ -345,10 +339,10 @@ def dispatch_partition(partition: int, *, db: Database | None = None, page: int 
     return result
 
 
-def due_deliveries(db: Database | None = None, limit: int = SWEEP_LIMIT,
+def due_deliveries(db: Database, limit: int = SWEEP_LIMIT,
                    clock: Callable[[], datetime] = utcnow) -> list[str]:
     """Pending deliveries whose attempt is due (a lost message, an expired lease, a long backoff)."""
-    cur = (database(db).webhook_deliveries
+    cur = (db.webhook_deliveries
            .find({"status": DeliveryStatus.PENDING, "nextAttemptAt": {"$lte": clock()}}, {"_id": 1})
            .sort("nextAttemptAt", 1).limit(limit))
     return [d["_id"] for d in cur]
@@ -400,11 +394,10 @@ def _finish(db: Database, delivery: dict[str, Any], fields: dict[str, Any], entr
     return res.modified_count == 1
 
 
-def deliver_one(delivery_id_: str, *, timeout: float, schedule: Sequence[float], allow_private: bool,
-                db: Database | None = None, send: Sender = post,
+def deliver_one(db: Database, delivery_id_: str, *, timeout: float, schedule: Sequence[float], allow_private: bool,
+                send: Sender = post,
                 clock: Callable[[], datetime] = utcnow) -> Outcome:
     """One attempt of one delivery, if it is due and no other worker holds it."""
-    db = database(db)
     now = clock()
     delivery = _claim(db, delivery_id_, now, 2 * timeout + LEASE_MARGIN)
     if delivery is None:
@@ -488,19 +481,17 @@ def delivery_view(delivery: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def list_deliveries(endpoint_id: str, limit: int, cursor: str | None,
-                    db: Database | None = None) -> tuple[list[dict[str, Any]], str | None]:
+def list_deliveries(db: Database, endpoint_id: str, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]],
+                    str | None]:
     """An endpoint's deliveries, newest first (index ``endpoint_recent``)."""
-    return cursor_page(database(db), "webhook_deliveries", {"endpointId": endpoint_id}, limit, cursor)
+    return cursor_page(db, "webhook_deliveries", {"endpointId": endpoint_id}, limit, cursor)
 
 
-def deliveries_of_job(job_id: str, endpoints_read: int = 100,
-                      db: Database | None = None) -> list[dict[str, Any]]:
+def deliveries_of_job(db: Database, job_id: str, endpoints_read: int = 100) -> list[dict[str, Any]]:
     """Every delivery of ``job_id``'s events: ids derived from (event, endpoint), one ``$in`` read.
 
     The endpoints are the newest ``endpoints_read`` (a deployment has a handful).
     """
-    db = database(db)
     endpoints = [e["_id"] for e in db.webhook_endpoints.find({}, {"_id": 1}).sort("createdAt", -1)
                  .limit(endpoints_read)]
     families = {event_id(job_id, t) for t in EVENT_TYPES}
@@ -510,9 +501,8 @@ def deliveries_of_job(job_id: str, endpoints_read: int = 100,
     return sorted(db.webhook_deliveries.find({"_id": {"$in": ids}}), key=lambda d: (d["createdAt"], d["_id"]))
 
 
-def failing_deliveries(limit: int = 50, db: Database | None = None) -> list[dict[str, Any]]:
+def failing_deliveries(db: Database, limit: int = 50) -> list[dict[str, Any]]:
     """Deliveries given up (``failed``) and those retrying after a failed attempt, on the ``due`` index."""
-    db = database(db)
     failed = list(db.webhook_deliveries.find({"status": DeliveryStatus.FAILED}).sort("nextAttemptAt", -1)
                   .limit(limit))
     retrying = list(db.webhook_deliveries.find({"status": DeliveryStatus.PENDING, "attempts": {"$gte": 1}})
@@ -520,15 +510,14 @@ def failing_deliveries(limit: int = 50, db: Database | None = None) -> list[dict
     return failed + retrying
 
 
-def replay(endpoint_id: str, delivery_id_: str, actor: dict[str, str], request_id: str | None,
-           db: Database | None = None, clock: Callable[[], datetime] = utcnow, *,
+def replay(db: Database, endpoint_id: str, delivery_id_: str, actor: dict[str, str], request_id: str | None,
+           clock: Callable[[], datetime] = utcnow, *,
            submission: operator_audit.Submission | None = None) -> dict[str, Any] | None:
     """Start a new run of attempts now (same event id, same body), whatever the delivery's status.
 
     ``None`` when there is no such delivery of that endpoint; :class:`WebhookDisabled`
     when the endpoint no longer receives.
     """
-    db = database(db)
     endpoint = db.webhook_endpoints.find_one({"_id": endpoint_id}, {"status": 1})
     if endpoint is None:
         return None

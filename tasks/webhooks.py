@@ -63,8 +63,9 @@ def enqueue(delivery_id: str, countdown: float | None = None) -> None:
 def dispatch_all_pages(partition: int) -> int:
     """Dispatch ``partition`` until its cursor reaches the chain head (bounded); deliveries enqueued."""
     created = 0
+    db = get_db()
     for _ in range(MAX_PAGES):
-        result = dispatch_partition(partition, db=get_db())
+        result = dispatch_partition(db, partition)
         for delivery_id in result.deliveries:
             enqueue(delivery_id)
         created += len(result.deliveries)
@@ -88,9 +89,9 @@ def dispatch(partition: int) -> int:
 @task(name="webhooks.deliver", acks_late=True, ignore_result=True)
 def deliver(delivery_id: str) -> str | None:
     settings = get_settings()
-    outcome = deliver_one(delivery_id, timeout=settings.webhook_timeout_seconds,
+    outcome = deliver_one(get_db(), delivery_id, timeout=settings.webhook_timeout_seconds,
                           schedule=settings.webhook_backoff_seconds,
-                          allow_private=settings.webhook_allow_private, db=get_db())
+                          allow_private=settings.webhook_allow_private)
     if outcome.retry_in is not None and outcome.retry_in <= COUNTDOWN_MAX:
         enqueue(delivery_id, countdown=outcome.retry_in)
     if outcome.claimed and outcome.status is not None:

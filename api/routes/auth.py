@@ -15,6 +15,7 @@ from api.schemas import LoginIn, MeOut, RegisterIn, TokenOut, UserOut
 from api.spec import Link, endpoint
 from infra.config import Settings
 from services import accounts, users
+from services.store import process_db
 
 bp = Blueprint("auth", __name__, url_prefix="/api")
 
@@ -40,7 +41,7 @@ def throttled_login(email: str, password: str) -> dict[str, Any]:
     """
     attempt = _throttle().reserve(users.normalise_email(email), client_address())
     try:
-        user = accounts.login(email, password, settings=_settings())
+        user = accounts.login(process_db(), email, password, settings=_settings())
     except users.HashingBusy:
         attempt.release()
         raise _busy() from None
@@ -67,7 +68,7 @@ def throttled_login(email: str, password: str) -> dict[str, Any]:
 def register() -> Any:
     body = parse_body(RegisterIn)
     try:
-        user = accounts.register(body.email, body.password, body.displayName, settings=_settings())
+        user = accounts.register(process_db(), body.email, body.password, body.displayName, settings=_settings())
     except users.EmailTaken:
         raise ApiError(409, "EMAIL_TAKEN", "An account with this email already exists.") from None
     except users.HashingBusy:
@@ -87,7 +88,7 @@ def login() -> Any:
 
 @endpoint(bp, "GET", "/me", summary="The caller's profile", response=MeOut)
 def me() -> Any:
-    user = accounts.profile(tokens.current().user_id)
+    user = accounts.profile(process_db(), tokens.current().user_id)
     if user is None:
         raise ApiError(401, "UNAUTHORIZED", "The account no longer exists.")
     return jsonify(**users.user_view(user), walletId=user["_id"], displayName=user.get("displayName"))

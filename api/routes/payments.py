@@ -19,6 +19,7 @@ from api.schemas import DisputeData, JobOut, PayoutEventData, ProviderEventIn, W
 from api.spec import endpoint
 from ledger.operations import Chargeback, PayoutEvent, TopUp
 from services.payouts import get_payout
+from services.store import process_db
 
 bp = Blueprint("payments", __name__, url_prefix="/api/payments")
 
@@ -84,7 +85,7 @@ def events() -> Any:
         return accept(Chargeback(dispute.userId, dispute.amount, dispute.providerTxId, body.id), body,
                       owner_id=dispute.userId, key=key, key_owner=PROVIDER_OWNER)
     event = _data(PayoutEventData, body.data)
-    payout = get_payout(event.payoutId)
+    payout = get_payout(process_db(), event.payoutId)
     if payout is None:
         raise ApiError(404, "PAYOUT_NOT_FOUND", "No such payout.")
     user = payout["userId"]

@@ -27,6 +27,7 @@ from services.jobs import new_job_id
 from services.payouts import get_payout as load_payout
 from services.payouts import payout_view, user_payouts
 from services.queries import BadCursor
+from services.store import process_db
 
 bp = Blueprint("payouts", __name__, url_prefix="/api/payouts")
 
@@ -54,7 +55,7 @@ def request_payout(idempotency_key: str | None) -> Any:
 def list_payouts() -> Any:
     q = parse_query(PageQuery)
     try:
-        docs, next_cursor = user_payouts(current().user_id, q.limit, q.cursor)
+        docs, next_cursor = user_payouts(process_db(), current().user_id, q.limit, q.cursor)
     except BadCursor as exc:
         raise bad_cursor(exc) from None
     return jsonify(items=[payout_view(d) for d in docs], nextCursor=next_cursor)
@@ -75,7 +76,8 @@ def put_schedule() -> Any:
     if body.minimum < floor:
         raise ApiError(422, "PAYOUT_BELOW_MINIMUM", f"The minimum must be at least {floor} coins.")
     try:
-        doc = payout_schedules.put_schedule(current().user_id, body.interval, body.anchor, body.minimum, utcnow())
+        doc = payout_schedules.put_schedule(process_db(), current().user_id, body.interval, body.anchor, body.minimum,
+                                            utcnow())
     except BadSchedule as exc:
         raise ApiError(422, "SCHEDULE_ANCHOR_INVALID", str(exc)) from None
     return jsonify(payout_schedules.schedule_view(doc))
@@ -85,16 +87,16 @@ def put_schedule() -> Any:
           response=ScheduleOut, errors={404: "SCHEDULE_NOT_FOUND"})
 def get_schedule() -> Any:
     me = current().user_id
-    doc = payout_schedules.get_schedule(me)
+    doc = payout_schedules.get_schedule(process_db(), me)
     if doc is None:
         raise ApiError(404, "SCHEDULE_NOT_FOUND", "No active payout schedule.")
-    return jsonify({**payout_schedules.schedule_view(doc), "runs": payout_schedules.runs(me)})
+    return jsonify({**payout_schedules.schedule_view(doc), "runs": payout_schedules.runs(process_db(), me)})
 
 
 @endpoint(bp, "DELETE", "/schedule", summary="Stop the caller's payout schedule (a slot already placed still pays)",
           status=204, errors={404: "SCHEDULE_NOT_FOUND"})
 def delete_schedule() -> Any:
-    if not payout_schedules.delete_schedule(current().user_id, utcnow()):
+    if not payout_schedules.delete_schedule(process_db(), current().user_id, utcnow()):
         raise ApiError(404, "SCHEDULE_NOT_FOUND", "No active payout schedule.")
     return "", 204
 
@@ -103,7 +105,7 @@ def delete_schedule() -> Any:
           errors={404: "PAYOUT_NOT_FOUND"})
 def get_payout(payoutId: str) -> Any:  # noqa: N803
     principal = current()
-    doc = load_payout(payoutId) if is_user_id(payoutId) else None
+    doc = load_payout(process_db(), payoutId) if is_user_id(payoutId) else None
     # 404, not 403, for other people's payouts: existence is not disclosed.
     if doc is None or (doc["userId"] != principal.user_id and not still_admin(principal)):
         raise ApiError(404, "PAYOUT_NOT_FOUND", "No such payout.")

@@ -29,6 +29,7 @@ from ledger.money import is_user_id
 from ledger.states import Role
 from services import operator_audit, webhooks
 from services.queries import BadCursor
+from services.store import process_db
 from services.webhook_http import UrlRefused
 
 bp = Blueprint("webhooks", __name__, url_prefix="/api/admin/webhooks")
@@ -47,7 +48,7 @@ def _not_found() -> ApiError:
 
 
 def _endpoint(webhook_id: str) -> dict[str, Any]:
-    found = webhooks.get_endpoint(webhook_id) if is_user_id(webhook_id) else None
+    found = webhooks.get_endpoint(process_db(), webhook_id) if is_user_id(webhook_id) else None
     if found is None:
         raise _not_found()
     return found
@@ -72,8 +73,8 @@ def create() -> Any:
     body = _parse_webhook()
     settings = current_app.config["PURSER"]
     try:
-        doc, secret = webhooks.register(body.url, body.eventTypes, body.description, _actor(), g.request_id,
-                                        allow_private=settings.webhook_allow_private)
+        doc, secret = webhooks.register(process_db(), body.url, body.eventTypes, body.description, _actor(),
+                                        g.request_id, allow_private=settings.webhook_allow_private)
     except UrlRefused as exc:
         raise ApiError(422, exc.code, exc.reason) from None
     return jsonify({**webhooks.endpoint_view(doc), "secret": secret}), 201, {
@@ -85,7 +86,7 @@ def create() -> Any:
 def list_all() -> Any:
     q = parse_query(WebhookPageQuery)
     try:
-        items, next_cursor = webhooks.list_endpoints(q.limit, q.cursor)
+        items, next_cursor = webhooks.list_endpoints(process_db(), q.limit, q.cursor)
     except BadCursor as exc:
         raise bad_cursor(exc) from None
     return jsonify(items=[webhooks.endpoint_view(e) for e in items], nextCursor=next_cursor)
@@ -100,7 +101,7 @@ def get_one(webhookId: str) -> Any:  # noqa: N803
 @endpoint(bp, "DELETE", "/<webhookId>", summary="Disable a webhook endpoint (its delivery log is kept)",
           response=WebhookEndpointOut, roles=ADMIN, errors=NOT_FOUND)
 def delete(webhookId: str) -> Any:  # noqa: N803
-    done = webhooks.disable(webhookId, _actor(), g.request_id) if is_user_id(webhookId) else None
+    done = webhooks.disable(process_db(), webhookId, _actor(), g.request_id) if is_user_id(webhookId) else None
     if done is None:
         raise _not_found()
     return jsonify(webhooks.endpoint_view(done))
@@ -111,7 +112,7 @@ def delete(webhookId: str) -> Any:  # noqa: N803
           response=WebhookEndpointCreated, roles=ADMIN, errors=NOT_FOUND)
 def rotate(webhookId: str) -> Any:  # noqa: N803
     grace = timedelta(hours=current_app.config["PURSER"].webhook_secret_grace_hours)
-    done = webhooks.rotate(webhookId, _actor(), g.request_id, grace) if is_user_id(webhookId) else None
+    done = webhooks.rotate(process_db(), webhookId, _actor(), g.request_id, grace) if is_user_id(webhookId) else None
     if done is None:
         raise _not_found()
     doc, secret = done
@@ -124,7 +125,7 @@ def deliveries(webhookId: str) -> Any:  # noqa: N803
     q = parse_query(WebhookPageQuery)
     _endpoint(webhookId)
     try:
-        items, next_cursor = webhooks.list_deliveries(webhookId, q.limit, q.cursor)
+        items, next_cursor = webhooks.list_deliveries(process_db(), webhookId, q.limit, q.cursor)
     except BadCursor as exc:
         raise bad_cursor(exc) from None
     return jsonify(items=[webhooks.delivery_view(d) for d in items], nextCursor=next_cursor)
@@ -138,7 +139,7 @@ def replay(webhookId: str, deliveryId: str) -> Any:  # noqa: N803
     if not (is_user_id(webhookId) and is_user_id(deliveryId)):
         raise ApiError(404, "DELIVERY_NOT_FOUND", "No such delivery.")
     try:
-        done = webhooks.replay(webhookId, deliveryId, _actor(), g.request_id)
+        done = webhooks.replay(process_db(), webhookId, deliveryId, _actor(), g.request_id)
     except webhooks.WebhookDisabled:
         raise ApiError(409, "WEBHOOK_DISABLED", "The endpoint is disabled; register it again.") from None
     if done is None:

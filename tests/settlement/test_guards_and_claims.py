@@ -156,7 +156,7 @@ def test_a_payout_retried_over_a_stale_claim_keeps_one_id_for_job_and_payout(db)
     t0 = utcnow()
     idempotency.claim(db, user, "key-p", "fp", "job-first", 24, _response("job-first"),
                       now=t0 - idempotency.STALE_AFTER)
-    got = accept_job(Payout(user, 1500, "job-retry"), user, partitions=partitions(), ring=lambda *a: None,
-                     key="key-p", claim=KeyClaim(user, "fp", 24), job_id="job-retry", db=db)
+    got = accept_job(db, Payout(user, 1500, "job-retry"), user, partitions=partitions(), ring=lambda *a: None,
+                     key="key-p", claim=KeyClaim(user, "fp", 24), job_id="job-retry")
     assert got.job is not None and got.job["_id"] == "job-first"
     assert got.job["params"]["payout_id"] == "job-first"

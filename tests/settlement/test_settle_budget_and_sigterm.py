@@ -97,8 +97,8 @@ def budget_task(fresh_db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.setattr(services.settlement, "time", clock)
     record, settle_partition = tasks.settle._record, tasks.settle.settle_partition
 
-    def slow_record(partition: int, batch: Any) -> None:
-        record(partition, batch)
+    def slow_record(db: Database, partition: int, batch: Any) -> None:
+        record(db, partition, batch)
         clock.offset += budget + 1
 
     def observed_settle_partition(*args: Any, **kwargs: Any) -> Any:
