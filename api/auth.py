@@ -20,8 +20,9 @@ import time
 from dataclasses import dataclass
 
 import jwt
-from flask import current_app, g, request
+from flask import g, request
 
+from api.app_settings import settings
 from api.errors import ApiError
 from infra.config import Settings
 from ledger.money import is_user_id
@@ -211,7 +212,7 @@ def still_admin(principal: Principal, ttl: float | None = None) -> bool:
     if not principal.is_admin:
         return False
     if ttl is None:
-        ttl = current_app.config["PURSER"].role_cache_seconds
+        ttl = settings().role_cache_seconds
     role = stored_role(principal.user_id, ttl)
     if role is None:
         raise ApiError(401, "UNAUTHORIZED", "The account no longer exists.")

@@ -8,9 +8,9 @@ from typing import Any
 from flask import g, request
 from pydantic import ValidationError
 
+from api.app_settings import settings
 from api.console import forms
 from api.console.blueprint import actor, bp, done, page
-from api.console.guard import settings
 from api.errors import ApiError
 from api.money import admit
 from api.routes.admin import refund_operation

@@ -7,9 +7,9 @@ from typing import Any
 
 from flask import g, request
 
+from api.app_settings import settings
 from api.console import forms
 from api.console.blueprint import actor, bp, done, page
-from api.console.guard import settings
 from api.console.lookup import checked_id
 from api.errors import ApiError
 from api.money import ringer

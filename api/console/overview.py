@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from api.app_settings import settings
 from api.console import charts
 from api.console.blueprint import bp, page
-from api.console.guard import settings
 from services import overview as figures
 from services.store import process_db
 from services.wallets import platform_balances

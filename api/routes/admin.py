@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, g, jsonify
+from flask import Blueprint, g, jsonify
 
 from api import user_changes
+from api.app_settings import settings
 from api.auth import current
 from api.errors import ApiError
 from api.jsonbody import parse_body
@@ -101,6 +102,6 @@ def unfreeze(userId: str) -> Any:  # noqa: N803
 @endpoint(bp, "GET", "/system-wallets", summary="The platform's own wallets (revenue, processing, funding, payouts "
           "in flight), each the sum of its per-partition buckets", response=SystemWalletsOut, roles=ADMIN)
 def system_wallets() -> Any:
-    totals = wallets.platform_balances(process_db(), current_app.config["PURSER"].ledger_partitions)
+    totals = wallets.platform_balances(process_db(), settings().ledger_partitions)
     return jsonify(items=[{"walletId": name, "balance": amount} for name, amount in totals.items()],
                    currency="COIN")

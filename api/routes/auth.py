@@ -7,21 +7,17 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 
 from api import auth as tokens
+from api.app_settings import settings
 from api.errors import ApiError
 from api.jsonbody import parse_body
 from api.limits import client_address
 from api.login_throttle import LoginThrottle
 from api.schemas import LoginIn, MeOut, RegisterIn, TokenOut, UserOut
 from api.spec import Link, endpoint
-from infra.config import Settings
 from services import accounts, users
 from services.store import process_db
 
 bp = Blueprint("auth", __name__, url_prefix="/api")
-
-
-def _settings() -> Settings:
-    return current_app.config["PURSER"]
 
 
 def _throttle() -> LoginThrottle:
@@ -41,7 +37,7 @@ def throttled_login(email: str, password: str) -> dict[str, Any]:
     """
     attempt = _throttle().reserve(users.normalise_email(email), client_address())
     try:
-        user = accounts.login(process_db(), email, password, settings=_settings())
+        user = accounts.login(process_db(), email, password, settings=settings())
     except users.HashingBusy:
         attempt.release()
         raise _busy() from None
@@ -68,7 +64,7 @@ def throttled_login(email: str, password: str) -> dict[str, Any]:
 def register() -> Any:
     body = parse_body(RegisterIn)
     try:
-        user = accounts.register(process_db(), body.email, body.password, body.displayName, settings=_settings())
+        user = accounts.register(process_db(), body.email, body.password, body.displayName, settings=settings())
     except users.EmailTaken:
         raise ApiError(409, "EMAIL_TAKEN", "An account with this email already exists.") from None
     except users.HashingBusy:
@@ -82,7 +78,7 @@ def register() -> Any:
 def login() -> Any:
     body = parse_body(LoginIn)
     user = throttled_login(body.email, body.password)
-    token, ttl = tokens.issue_token(_settings(), user["_id"], user["role"])
+    token, ttl = tokens.issue_token(settings(), user["_id"], user["role"])
     return jsonify(accessToken=token, tokenType="Bearer", expiresIn=ttl)
 
 

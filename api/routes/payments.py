@@ -8,9 +8,10 @@ import re
 import time
 from typing import Any
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, request
 from pydantic import ValidationError
 
+from api.app_settings import settings
 from api.errors import ApiError
 from api.jsonbody import parse_body, validation_problem
 from api.money import accept
@@ -54,7 +55,7 @@ def _verify_signature(secret: str) -> None:
                   422: ("RECEIVER_NOT_FOUND", "IDEMPOTENCY_KEY_REUSED"), 503: "BACKLOG_FULL"},
           extra_headers={SIGNATURE_HEADER: "t=<unix>,v1=<hex hmac>"}, limited=False)
 def webhook() -> Any:
-    _verify_signature(current_app.config["PURSER"].provider_webhook_secret)
+    _verify_signature(settings().provider_webhook_secret)
     body = parse_body(WebhookIn)
     require_user_wallet(body.userId)
     return accept(TopUp(body.userId, body.amount, body.providerTxId), body, owner_id=body.userId,
@@ -76,7 +77,7 @@ def _data(model: type[PayoutEventData] | type[DisputeData], data: dict[str, Any]
                   422: ("RECEIVER_NOT_FOUND", "IDEMPOTENCY_KEY_REUSED"), 503: "BACKLOG_FULL"},
           extra_headers={SIGNATURE_HEADER: "t=<unix>,v1=<hex hmac>"}, limited=False)
 def events() -> Any:
-    _verify_signature(current_app.config["PURSER"].provider_webhook_secret)
+    _verify_signature(settings().provider_webhook_secret)
     body = parse_body(ProviderEventIn)
     key = f"event:{body.id}"
     if body.type == "topup.disputed":

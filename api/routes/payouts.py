@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 
+from api.app_settings import settings
 from api.auth import current, still_admin
 from api.errors import ApiError
 from api.jsonbody import parse_body, parse_query
@@ -37,13 +38,13 @@ bp = Blueprint("payouts", __name__, url_prefix="/api/payouts")
           errors={403: "PAYOUT_NOT_ALLOWED", 422: "PAYOUT_BELOW_MINIMUM"})
 def request_payout(idempotency_key: str | None) -> Any:
     principal = current()
-    settings = current_app.config["PURSER"]
-    if principal.role not in settings.payout_roles:
+    s = settings()
+    if principal.role not in s.payout_roles:
         raise ApiError(403, "PAYOUT_NOT_ALLOWED", "Your role cannot request payouts.")
     body = parse_body(PayoutIn)
-    if body.amount < settings.payout_min_amount:
+    if body.amount < s.payout_min_amount:
         raise ApiError(422, "PAYOUT_BELOW_MINIMUM",
-                       f"A payout must be at least {settings.payout_min_amount} coins.")
+                       f"A payout must be at least {s.payout_min_amount} coins.")
     job_id = new_job_id()  # the payout's id: the provider's idempotency key for it
     return accept(Payout(principal.user_id, body.amount, job_id), body, owner_id=principal.user_id,
                   key=idempotency_key, job_id=job_id)
@@ -62,7 +63,7 @@ def list_payouts() -> Any:
 
 
 def _schedule_roles() -> None:
-    if current().role not in current_app.config["PURSER"].payout_roles:
+    if current().role not in settings().payout_roles:
         raise ApiError(403, "PAYOUT_NOT_ALLOWED", "Your role cannot request payouts.")
 
 
@@ -72,7 +73,7 @@ def _schedule_roles() -> None:
 def put_schedule() -> Any:
     _schedule_roles()
     body = parse_body(ScheduleIn)
-    floor = current_app.config["PURSER"].payout_min_amount
+    floor = settings().payout_min_amount
     if body.minimum < floor:
         raise ApiError(422, "PAYOUT_BELOW_MINIMUM", f"The minimum must be at least {floor} coins.")
     try:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
+from api.app_settings import settings
 from api.auth import current
 from api.errors import ApiError
 from api.jsonbody import parse_query
@@ -26,7 +27,7 @@ CSV = "text/csv"
 
 
 def _margin() -> timedelta:
-    return timedelta(seconds=current_app.config["PURSER"].history_margin_seconds)
+    return timedelta(seconds=settings().history_margin_seconds)
 
 
 def as_of_answer(user_id: str, text: str) -> dict[str, Any]:

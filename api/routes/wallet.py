@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 
+from api.app_settings import settings
 from api.auth import current
 from api.errors import ApiError
 from api.jsonbody import parse_body, parse_query
@@ -33,7 +34,7 @@ def balance() -> Any:
     if as_of is not None:
         return jsonify(as_of_answer(me, as_of))
     try:
-        found = wallets.balance(process_db(), me, current_app.config["PURSER"].ledger_partitions)
+        found = wallets.balance(process_db(), me, settings().ledger_partitions)
     except wallets.ConsistentReadError:
         raise ApiError(503, "SERVICE_UNAVAILABLE", "The wallet is changing; retry shortly.",
                        headers={"Retry-After": "1"}) from None

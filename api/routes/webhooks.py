@@ -9,8 +9,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, current_app, g, jsonify
+from flask import Blueprint, g, jsonify
 
+from api.app_settings import settings
 from api.auth import current
 from api.errors import ApiError
 from api.jsonbody import parse_body, parse_query
@@ -71,10 +72,9 @@ def _parse_webhook() -> WebhookEndpointIn:
           errors={422: ("UNKNOWN_EVENT_TYPE", "WEBHOOK_URL_INVALID", "WEBHOOK_URL_PRIVATE")})
 def create() -> Any:
     body = _parse_webhook()
-    settings = current_app.config["PURSER"]
     try:
         doc, secret = webhooks.register(process_db(), body.url, body.eventTypes, body.description, _actor(),
-                                        g.request_id, allow_private=settings.webhook_allow_private)
+                                        g.request_id, allow_private=settings().webhook_allow_private)
     except UrlRefused as exc:
         raise ApiError(422, exc.code, exc.reason) from None
     return jsonify({**webhooks.endpoint_view(doc), "secret": secret}), 201, {
@@ -111,7 +111,7 @@ def delete(webhookId: str) -> Any:  # noqa: N803
           summary="New signing secret; the previous one keeps signing for WEBHOOK_SECRET_GRACE_HOURS",
           response=WebhookEndpointCreated, roles=ADMIN, errors=NOT_FOUND)
 def rotate(webhookId: str) -> Any:  # noqa: N803
-    grace = timedelta(hours=current_app.config["PURSER"].webhook_secret_grace_hours)
+    grace = timedelta(hours=settings().webhook_secret_grace_hours)
     done = webhooks.rotate(process_db(), webhookId, _actor(), g.request_id, grace) if is_user_id(webhookId) else None
     if done is None:
         raise _not_found()
