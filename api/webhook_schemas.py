@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StringConstraints
 
 from api.schemas import PageQuery, Strict, one_of
-from services.webhooks import EVENT_TYPES, DeliveryStatus, EndpointStatus
+from services.webhook_events import EVENT_TYPES, DeliveryStatus, EndpointStatus
 
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
 WebhookStatus: Any = one_of(EndpointStatus)

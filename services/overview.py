@@ -28,7 +28,7 @@ from pymongo.database import Database
 from ledger.states import JobStatus, PayoutStatus
 from ledger.timeutil import utcnow
 from services.check_runs import latest_runs
-from services.webhooks import DeliveryStatus
+from services.webhook_events import DeliveryStatus
 
 WINDOW_MINUTES = 60
 QUEUE_SLACK = timedelta(minutes=10)  # how long a job may have waited queued and still be counted

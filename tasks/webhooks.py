@@ -3,8 +3,8 @@
 The dispatcher and the tick run on the housekeeping queue (``purser.default``);
 deliveries on their own (``purser.webhooks``, the Procfile's ``webhooks`` role, a
 thread pool): a slow receiver must hold neither a settler nor beat's housekeeping. Every message is a hint; the state
-lives in MongoDB (``services/webhooks.py``), so a lost message, a doubled one or a
-worker SIGKILLed mid-delivery changes nothing but latency: beat's tick dispatches
+lives in MongoDB (``services/webhook_dispatch.py``, ``services/webhook_delivery.py``), so a lost message, a doubled
+one or a worker SIGKILLed mid-delivery changes nothing but latency: beat's tick dispatches
 every partition and hands out every due delivery again.
 """
 
@@ -17,7 +17,9 @@ from infra import metrics
 from infra.config import get_settings
 from infra.mongo import get_db
 from infra.redis_client import get_redis
-from services.webhooks import any_active_endpoint, deliver_one, dispatch_partition, due_deliveries
+from services.webhook_delivery import deliver_one, due_deliveries
+from services.webhook_dispatch import dispatch_partition
+from services.webhook_endpoints import any_active_endpoint
 from workers.celery_app import task
 
 log = logging.getLogger("purser.webhooks")

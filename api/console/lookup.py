@@ -19,7 +19,7 @@ from api.schemas import RefundIn
 from ledger.money import is_user_id
 from ledger.money_out import REFUNDABLE
 from ledger.states import JobStatus, WalletStatus
-from services import accounts, desk, operator_audit, refunds, search, webhooks
+from services import accounts, desk, operator_audit, refunds, search, webhook_log
 from services.jobs import Outcome, get_job, job_view
 from services.queries import BadCursor, user_jobs, wallet_history
 from services.store import process_db
@@ -86,7 +86,7 @@ def job(job_id: str) -> Any:
     refundable = doc["type"] in REFUNDABLE and doc["status"] == JobStatus.SETTLED
     return page("job.html", job=doc, view=view, params=doc.get("params") or {},
                 split=(doc.get("result") or {}).get("split"), audit=desk.audit_record(process_db(), job_id),
-                deliveries=webhooks.deliveries_of_job(process_db(), job_id), refundable=refundable,
+                deliveries=webhook_log.deliveries_of_job(process_db(), job_id), refundable=refundable,
                 reasons=REFUND_REASONS)
 
 
