@@ -18,8 +18,9 @@ from infra.queues import partition_queue
 from infra.redis_client import get_redis
 from ledger.decide import Settled
 from services import backlog as backlog_store
+from services.batch_runner import BatchResult
 from services.jobs import ring_safely
-from services.settlement import BatchResult, settle_partition
+from services.settlement import settle_partition
 from tasks.webhooks import notify as notify_webhooks
 from workers.celery_app import get_celery, task
 
