@@ -53,8 +53,8 @@ def ask_provider(payout_id: str) -> Any:
     s = settings()
     try:
         asked = payouts.ask_provider(process_db(), checked_id(payout_id), from_url(s.payout_provider_url), actor(),
-                                     g.request_id,
-                                     partitions=s.ledger_partitions, ring=ringer(), submission=forms.submission())
+                                     g.request_id, partitions=s.ledger_partitions, ring=ringer(),
+                                     submission=forms.submission())
     except operator_audit.AlreadyDone:
         return done("console.payout", "already", payout_id=payout_id)
     except payouts.PayoutNotOpen:
