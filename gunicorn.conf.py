@@ -95,14 +95,14 @@ def post_worker_init(worker):
     try:
         from api.waits import get_hub
 
-        get_hub().start()
+        get_hub(_settings).start()
     except Exception as exc:  # noqa: BLE001 - waits start the hub themselves; never block boot
         worker.log.warning("post_worker_init: announcement hub not started (%s)", exc)
     # And to role changes and freezes (api/user_changes.py); without it roles follow within ROLE_CACHE_SECONDS.
     try:
         from api.user_changes import start_listening
 
-        start_listening()
+        start_listening(_settings)
     except Exception as exc:  # noqa: BLE001 - the cache window is the fallback; never block boot
         worker.log.warning("post_worker_init: user change subscription not started (%s)", exc)
 

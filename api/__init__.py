@@ -10,9 +10,10 @@ import time
 from flask import Flask, Response, g, request
 
 from api import auth
+from api.app_settings import settings
 from api.errors import ApiError, register_error_handlers
 from infra import backlog, context, observability
-from infra.config import Settings, get_settings, settings_or_exit
+from infra.config import Settings, settings_or_exit
 from infra.logging_setup import setup_logging
 from infra.redis_client import get_redis
 
@@ -45,7 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     _register_hooks(app)
 
     from api.routes import register_blueprints
-    register_blueprints(app)
+    register_blueprints(app, settings)
 
     observability.init_web(app, settings)
 
@@ -73,7 +74,7 @@ def _register_hooks(app: Flask) -> None:
         # is the stored one (cached <= ROLE_CACHE_SECONDS), never the token's claim:
         # authorization and the admin exemption from rate limits follow a demotion.
         try:
-            g.principal = auth.request_principal(get_settings_for_app())
+            g.principal = auth.request_principal(settings())
         except ApiError as exc:
             # Public routes (login, register, webhook, health) ignore a broken token so a
             # client holding an expired one can still log in; protected routes raise it.
@@ -107,8 +108,3 @@ def _register_hooks(app: Flask) -> None:
                 context.reset(token)
             except ValueError:
                 pass
-
-
-def get_settings_for_app() -> Settings:
-    from flask import current_app
-    return current_app.config.get("PURSER") or get_settings()

@@ -20,14 +20,15 @@ import time
 from dataclasses import dataclass
 
 import jwt
-from flask import current_app, g, request
+from flask import g, request
 
+from api.app_settings import settings
 from api.errors import ApiError
 from infra.config import Settings
 from ledger.money import is_user_id
 from ledger.states import Role
 from services import accounts
-from services.store import StoreError
+from services.store import StoreError, process_db
 
 log = logging.getLogger("purser.auth")
 
@@ -141,7 +142,7 @@ ROLE_CACHE = RoleCache()
 
 def load_stored_role(user_id: str) -> Role | None:
     """The role stored for ``user_id``, or None (no such user, account not active, unknown role)."""
-    return accounts.stored_role(user_id)
+    return accounts.stored_role(process_db(), user_id)
 
 
 def stored_role(user_id: str, ttl: float) -> Role | None:
@@ -211,7 +212,7 @@ def still_admin(principal: Principal, ttl: float | None = None) -> bool:
     if not principal.is_admin:
         return False
     if ttl is None:
-        ttl = current_app.config["PURSER"].role_cache_seconds
+        ttl = settings().role_cache_seconds
     role = stored_role(principal.user_id, ttl)
     if role is None:
         raise ApiError(401, "UNAUTHORIZED", "The account no longer exists.")

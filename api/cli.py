@@ -9,6 +9,7 @@ from flask import Flask
 
 from api import user_changes
 from services import accounts
+from services.store import process_db
 
 
 def register_cli(app: Flask) -> None:
@@ -21,7 +22,7 @@ def register_cli(app: Flask) -> None:
             password = sys.stdin.readline().rstrip("\n")
         if len(password) < 8:
             raise click.ClickException("password must be at least 8 characters")
-        user_id, created = accounts.ensure_admin(email, password, {"type": "cli", "id": "create-admin"})
+        user_id, created = accounts.ensure_admin(process_db(), email, password, {"type": "cli", "id": "create-admin"})
         if not created:
             user_changes.announce(user_id)  # a promotion: running web processes must not keep the old role
         click.echo(f"created admin {user_id}" if created else f"promoted {user_id} to admin")

@@ -16,10 +16,12 @@ from typing import Any
 from flask import Response, current_app, g, request
 from pydantic import BaseModel
 
+from api.app_settings import settings
 from api.errors import ApiError
 from infra import metrics
 from ledger.operations import Operation, partition_of
 from services.jobs import Acceptance, KeyClaim, Outcome, Ringer, StoredResponse, accept_job
+from services.store import process_db
 
 MAX_KEY_LENGTH = 255
 RINGER_EXTENSION = "purser_ringer"
@@ -29,7 +31,7 @@ BACKLOG_GATE_EXTENSION = "purser_backlog_gate"
 def idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
-        if not current_app.config["PURSER"].idempotency_enabled:
+        if not settings().idempotency_enabled:
             return None
         raise ApiError(400, "IDEMPOTENCY_KEY_REQUIRED", "Send an Idempotency-Key header with money requests.")
     if not key or len(key) > MAX_KEY_LENGTH or not all(0x21 <= ord(c) <= 0x7E for c in key):
@@ -107,12 +109,12 @@ def admit(op: Operation, body: BaseModel | dict[str, Any], *, owner_id: str,
           key: str | None = None, key_owner: str | None = None, job_id: str | None = None) -> Acceptance:
     """:func:`accept` without the HTTP answer (the console redirects to the job instead):
     the acceptance, accepted or replayed; a reused or busy key is the API's 422 / 409."""
-    settings = current_app.config["PURSER"]
-    refuse_if_backlogged(op, settings.ledger_partitions)
+    s = settings()
+    refuse_if_backlogged(op, s.ledger_partitions)
     claim = None
-    if key is not None and settings.idempotency_enabled:
-        claim = KeyClaim(key_owner or owner_id, fingerprint(body), settings.idempotency_ttl_hours)
-    result = accept_job(op, owner_id, partitions=settings.ledger_partitions, ring=ringer(),
+    if key is not None and s.idempotency_enabled:
+        claim = KeyClaim(key_owner or owner_id, fingerprint(body), s.idempotency_ttl_hours)
+    result = accept_job(process_db(), op, owner_id, partitions=s.ledger_partitions, ring=ringer(),
                         request_id=g.request_id, key=key, claim=claim, job_id=job_id)
     if result.outcome == Outcome.MISMATCH:
         raise ApiError(422, "IDEMPOTENCY_KEY_REUSED",

@@ -22,7 +22,8 @@ import os
 import threading
 
 from api import auth
-from infra.config import get_settings
+from api.app_settings import settings
+from infra.config import Settings
 from infra.pubsub import Listener
 from infra.redis_client import get_redis
 from ledger.money import is_user_id
@@ -30,20 +31,21 @@ from ledger.money import is_user_id
 log = logging.getLogger("purser.auth")
 
 
-def channel(mongodb_db: str | None = None) -> str:
+def channel(mongodb_db: str) -> str:
     """The channel of one Purser database (pub/sub ignores Redis database numbers)."""
-    return f"purser:users:changed:{mongodb_db or get_settings().mongodb_db}"
+    return f"purser:users:changed:{mongodb_db}"
 
 
 def announce(user_id: str) -> bool:
     """Forget ``user_id``'s cached role here and tell every web process; never raises.
 
-    Call it after the change is committed. False: Redis could not be told (logged);
-    the other processes then see the change within ``ROLE_CACHE_SECONDS``.
+    Call it after the change is committed, in the app's context (a request or a CLI
+    command). False: Redis could not be told (logged); the other processes then see the
+    change within ``ROLE_CACHE_SECONDS``.
     """
     auth.forget_role(user_id)
     try:
-        get_redis().publish(channel(), user_id)
+        get_redis().publish(channel(settings().mongodb_db), user_id)
         return True
     except Exception as exc:  # noqa: BLE001 - the change is committed; the cache window covers it
         log.warning("could not announce a user change; other web processes see it within ROLE_CACHE_SECONDS",
@@ -62,10 +64,12 @@ _listener_key: tuple[int, str, str] | None = None
 _lock = threading.Lock()
 
 
-def listener() -> Listener:
-    """This process's subscription (a new one after fork or when the settings changed), not started."""
+def listener(settings: Settings) -> Listener:
+    """This process's subscription (a new one after fork or when the settings changed), not started.
+
+    Called outside any app context (gunicorn's ``post_worker_init``): the caller passes the settings.
+    """
     global _listener, _listener_key
-    settings = get_settings()
     key = (os.getpid(), settings.redis_url, channel(settings.mongodb_db))
     with _lock:
         if _listener is None or _listener_key != key:
@@ -77,6 +81,6 @@ def listener() -> Listener:
     return _listener
 
 
-def start_listening() -> Listener:
+def start_listening(settings: Settings) -> Listener:
     """Subscribe this web process to user changes (idempotent)."""
-    return listener().start()
+    return listener(settings).start()

@@ -36,10 +36,12 @@ from typing import Any
 
 import redis
 
+from api.app_settings import settings
 from infra import announce
-from infra.config import get_settings
+from infra.config import Settings
 from infra.pubsub import Listener
 from services.jobs import TERMINAL, jobs_by_ids
+from services.store import process_db
 
 log = logging.getLogger("purser.waits")
 
@@ -128,7 +130,7 @@ FETCH_CHUNK = 25
 
 def fetch_jobs(ids: list[str]) -> dict[str, dict[str, Any]]:
     """The jobs ``ids`` (one ``$in`` query; the hub passes at most FETCH_CHUNK ids)."""
-    return jobs_by_ids(ids)
+    return jobs_by_ids(process_db(), ids)
 
 
 class WaitHub:
@@ -211,8 +213,7 @@ class WaitHub:
                 log.warning("could not read announced jobs; waiters read them one by one", exc_info=True)
             self._wake([w for job_id in chunk for w in by_job[job_id]], published_at, docs)
 
-    @staticmethod
-    def _wake(targets: list[Waiter], published_at: float, docs: dict[str, dict[str, Any]]) -> None:
+    def _wake(self, targets: list[Waiter], published_at: float, docs: dict[str, dict[str, Any]]) -> None:
         # The waiters handed a terminal job answer now: their slots are given back here,
         # in one round trip after waking them, instead of one round trip each while
         # dozens of them answer at once.
@@ -224,7 +225,7 @@ class WaitHub:
                 slots.append(waiter.slot)
             waiter.wake(published_at, doc)
         if slots:
-            release_slots(slots)
+            release_slots(self.redis_url, slots)
 
     def wake_all(self) -> None:
         with self._lock:
@@ -255,10 +256,13 @@ _hub_key: tuple[int, str, str] | None = None
 _hub_lock = threading.Lock()
 
 
-def get_hub() -> WaitHub:
-    """This process's hub (a new one after fork or when the settings changed)."""
+def get_hub(settings: Settings) -> WaitHub:
+    """This process's hub (a new one after fork or when the settings changed).
+
+    Also called outside any app context (gunicorn's ``post_worker_init``): the caller
+    passes the settings.
+    """
     global _hub, _hub_key
-    settings = get_settings()
     key = (os.getpid(), settings.redis_url, announce.channel(settings.mongodb_db))
     if _hub is not None and _hub_key == key:
         return _hub
@@ -283,8 +287,9 @@ return 1
 _scripts: dict[int, Any] = {}
 
 
-def _cap_key(user_id: str) -> str:
-    return f"purser:waits:{get_settings().mongodb_db}:{user_id}"
+def cap_key(mongodb_db: str, user_id: str) -> str:
+    """The sorted set counting ``user_id``'s running waits (one per Purser database)."""
+    return f"purser:waits:{mongodb_db}:{user_id}"
 
 
 REDIS_POOL_SIZE = 16
@@ -292,7 +297,7 @@ _redis: redis.Redis | None = None
 _redis_key: tuple[int, str] | None = None
 
 
-def waits_redis() -> redis.Redis:
+def waits_redis(redis_url: str) -> redis.Redis:
     """This process's Redis client for wait slots: a BLOCKING pool of a few connections.
 
     Hundreds of waits start (or end) at the same instant; with an unbounded pool each
@@ -301,7 +306,7 @@ def waits_redis() -> redis.Redis:
     answers in the profile), so they queue briefly for one of a few instead.
     """
     global _redis, _redis_key
-    key = (os.getpid(), get_settings().redis_url)
+    key = (os.getpid(), redis_url)
     if _redis is None or _redis_key != key:
         with _hub_lock:
             if _redis is None or _redis_key != key:
@@ -312,8 +317,9 @@ def waits_redis() -> redis.Redis:
     return _redis
 
 
-def acquire_slot(client: redis.Redis, user_id: str, seconds: float, cap: int) -> tuple[str, str] | None:
-    """A wait slot for ``user_id`` ((cap key, token)) or None when ``cap`` waits are running."""
+def acquire_slot(client: redis.Redis, key: str, seconds: float, cap: int) -> tuple[str, str] | None:
+    """A wait slot in the cap set ``key`` (:func:`cap_key`): (key, token), or None when ``cap``
+    waits are running."""
     if cap <= 0:
         return None
     script = _scripts.get(id(client))
@@ -321,15 +327,15 @@ def acquire_slot(client: redis.Redis, user_id: str, seconds: float, cap: int) ->
         script = _scripts[id(client)] = client.register_script(_ACQUIRE)
     now_ms = int(time.time() * 1000)
     expires_ms = now_ms + int((seconds + CAP_GRACE_SECONDS) * 1000)
-    key, token = _cap_key(user_id), uuid.uuid4().hex
+    token = uuid.uuid4().hex
     ok = script(keys=[key], args=[now_ms, expires_ms, token, cap, expires_ms - now_ms])
     return (key, token) if ok == 1 else None
 
 
-def release_slots(slots: list[tuple[str, str]]) -> None:
+def release_slots(redis_url: str, slots: list[tuple[str, str]]) -> None:
     """Give wait slots back, all in one round trip; never raises (entries expire anyway)."""
     try:
-        pipe = waits_redis().pipeline(transaction=False)
+        pipe = waits_redis(redis_url).pipeline(transaction=False)
         for key, token in slots:
             pipe.zrem(key, token)
         pipe.execute()
@@ -362,14 +368,16 @@ def wait_for_job(
     Exceptions of ``first_read`` (404) propagate.
     """
     deadline = time.monotonic() + seconds
-    hub = get_hub()
+    s = settings()
+    hub = get_hub(s)
     waiter = hub.register(job_id)
     try:
         job = first_read()
         if job["status"] in TERMINAL:
             return WaitResult(job, True, "immediate")
         try:
-            waiter.slot = acquire_slot(waits_redis(), user_id, seconds, get_settings().job_wait_max_per_user)
+            waiter.slot = acquire_slot(waits_redis(s.redis_url), cap_key(s.mongodb_db, user_id), seconds,
+                                       s.job_wait_max_per_user)
         except Exception as exc:  # noqa: BLE001 - cannot count waits: do not hold the request
             log.warning("could not count a wait; answering at once",
                         extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
@@ -403,6 +411,6 @@ def wait_for_job(
         finally:
             active.dec()
             if not waiter.slot_released:
-                release_slots([waiter.slot])
+                release_slots(s.redis_url, [waiter.slot])
     finally:
         hub.unregister(waiter)

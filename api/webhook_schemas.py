@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from api.request_schemas import PageQuery
 from api.schema_types import Strict, one_of
-from services.webhooks import EVENT_TYPES, DeliveryStatus, EndpointStatus
+from services.webhook_events import EVENT_TYPES, DeliveryStatus, EndpointStatus
 
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
 WebhookStatus: Any = one_of(EndpointStatus)

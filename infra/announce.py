@@ -76,7 +76,7 @@ def decode(raw: bytes | str) -> Announcement | None:
 
 
 def terminal_jobs(batch: Any) -> list[tuple[str, str]]:
-    """(job id, status) of every job a committed ``services.settlement.BatchResult`` decided."""
+    """(job id, status) of every job a committed ``services.batch_runner.BatchResult`` decided."""
     return [(str(job["_id"]), "settled" if outcome.ok else "failed") for job, outcome in batch.outcomes]
 
 

@@ -142,7 +142,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("statement_tick_seconds", "STATEMENT_TICK_SECONDS", integer(1, 86400), 3600),
     Var("payout_schedule_tick_seconds", "PAYOUT_SCHEDULE_TICK_SECONDS", integer(1, 86400), 300),
     Var("provider_sim_delay_seconds", "PROVIDER_SIM_DELAY_SECONDS", seconds(0, 3600), 1.0),
-    # job webhooks (services/webhooks.py): SSRF guard, delivery timeout, retry schedule, beat tick
+    # job webhooks (services/webhook_*.py): SSRF guard, delivery timeout, retry schedule, beat tick
     Var("webhook_allow_private", "WEBHOOK_ALLOW_PRIVATE", boolean, False),
     Var("webhook_timeout_seconds", "WEBHOOK_TIMEOUT_SECONDS", seconds(1, 60), 15.0),
     Var("webhook_backoff_seconds", "WEBHOOK_BACKOFF_SECONDS", delays, (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)),

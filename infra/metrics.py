@@ -163,7 +163,7 @@ def _aware(moment: datetime) -> datetime:
 
 
 def record_batch(batch: Any, now: datetime | None = None) -> None:
-    """Count one committed settlement batch (``services.settlement.BatchResult``).
+    """Count one committed settlement batch (``services.batch_runner.BatchResult``).
 
     Never raises: metrics must not turn a committed batch into a task failure.
     """

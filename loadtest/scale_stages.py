@@ -330,7 +330,8 @@ def drain_in_process(db: Any, partitions: int, batch_max: int, threads: int) -> 
     One pass is not enough: a partition drained early is owed credits by the batches of
     partitions drained after it, so passes repeat until the credits are applied too.
     """
-    from services.settlement import has_queued, settle_partition
+    from services.batch_read import has_queued
+    from services.settlement import settle_partition
 
     batches: list[Any] = []
     lock = threading.Lock()

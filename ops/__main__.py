@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     db = get_db()
     report = reconcile(db) if args.command == "reconcile" else verify_audit(db)
     print(json.dumps(report.as_dict(), indent=2, default=str))
-    record_run(args.command, report.as_dict(), db=db)  # shown by the operator console's overview
+    record_run(db, args.command, report.as_dict())  # shown by the operator console's overview
     return 0 if report.ok else 1
 
 

@@ -15,28 +15,26 @@ from pymongo.database import Database
 from infra.config import Settings
 from ledger.states import Role, WalletStatus
 from services import operator_audit, users
-from services.store import database
 
 
-def register(email: str, password: str, display_name: str | None = None, *, settings: Settings | None = None,
-             db: Database | None = None) -> dict[str, Any]:
+def register(db: Database, email: str, password: str, display_name: str | None = None, *,
+             settings: Settings | None = None) -> dict[str, Any]:
     """A new ``free`` account and its wallet (``users.EmailTaken``, ``users.HashingBusy``)."""
-    return users.create_user(database(db), email, password, display_name=display_name, settings=settings)
+    return users.create_user(db, email, password, display_name=display_name, settings=settings)
 
 
-def login(email: str, password: str, *, settings: Settings | None = None,
-          db: Database | None = None) -> dict[str, Any] | None:
+def login(db: Database, email: str, password: str, *, settings: Settings | None = None) -> dict[str, Any] | None:
     """The active account with this e-mail and password, or None (``users.HashingBusy``)."""
-    return users.authenticate(database(db), email, password, settings=settings)
+    return users.authenticate(db, email, password, settings=settings)
 
 
-def profile(user_id: str, *, db: Database | None = None) -> dict[str, Any] | None:
-    return users.get_user(database(db), user_id)
+def profile(db: Database, user_id: str) -> dict[str, Any] | None:
+    return users.get_user(db, user_id)
 
 
-def stored_role(user_id: str, *, db: Database | None = None) -> Role | None:
+def stored_role(db: Database, user_id: str) -> Role | None:
     """The role stored for ``user_id``, or None (no such user, account not active, unknown role)."""
-    user = database(db).users.find_one({"_id": user_id}, {"role": 1, "accountStatus": 1})
+    user = db.users.find_one({"_id": user_id}, {"role": 1, "accountStatus": 1})
     if user is None or user.get("accountStatus", users.AccountStatus.ACTIVE) != users.AccountStatus.ACTIVE:
         return None
     try:
@@ -45,23 +43,20 @@ def stored_role(user_id: str, *, db: Database | None = None) -> Role | None:
         return None
 
 
-def change_role(user_id: str, role: Role, actor: dict[str, str], request_id: str | None, *,
-                db: Database | None = None) -> dict[str, Any] | None:
+def change_role(db: Database, user_id: str, role: Role, actor: dict[str, str],
+                request_id: str | None) -> dict[str, Any] | None:
     """An operator's audited role change; the user, or None for no such user."""
-    return users.change_role(database(db), user_id, role, actor, request_id)
+    return users.change_role(db, user_id, role, actor, request_id)
 
 
-def set_wallet_status(user_id: str, status: WalletStatus, actor: dict[str, str], request_id: str | None, *,
-                      submission: operator_audit.Submission | None = None,
-                      db: Database | None = None) -> dict[str, Any] | None:
+def set_wallet_status(db: Database, user_id: str, status: WalletStatus, actor: dict[str, str], request_id: str | None,
+                      *, submission: operator_audit.Submission | None = None) -> dict[str, Any] | None:
     """An operator's audited freeze or unfreeze; the wallet, or None for no such wallet."""
-    return users.change_wallet_status(database(db), user_id, status, actor, request_id, submission=submission)
+    return users.change_wallet_status(db, user_id, status, actor, request_id, submission=submission)
 
 
-def ensure_admin(email: str, password: str, actor: dict[str, str], *,
-                 db: Database | None = None) -> tuple[str, bool]:
+def ensure_admin(db: Database, email: str, password: str, actor: dict[str, str]) -> tuple[str, bool]:
     """Create an admin, or promote the existing account (password unchanged): (user id, created)."""
-    db = database(db)
     existing = db.users.find_one({"email": users.normalise_email(email)})
     if existing:
         users.change_role(db, existing["_id"], Role.ADMIN, actor, None)

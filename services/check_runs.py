@@ -13,7 +13,6 @@ from typing import Any
 from pymongo.database import Database
 
 from ledger.timeutil import utcnow
-from services.store import database
 
 RECONCILE, VERIFY_AUDIT = "reconcile", "verify-audit"
 KINDS = (RECONCILE, VERIFY_AUDIT)
@@ -34,17 +33,16 @@ def summary(kind: str, report: dict[str, Any]) -> dict[str, Any]:
             "missing": len(report["missing"])}
 
 
-def record_run(kind: str, report: dict[str, Any], *, now: datetime | None = None,
-               db: Database | None = None) -> dict[str, Any]:
+def record_run(db: Database, kind: str, report: dict[str, Any], *, now: datetime | None = None) -> dict[str, Any]:
     """Store one run of ``kind`` (``report`` is the report's ``as_dict()``); the stored document."""
     if kind not in KINDS:
         raise ValueError(f"unknown check kind {kind!r}")
     doc = {"kind": kind, "ok": bool(report["ok"]), "at": now or utcnow(), "summary": summary(kind, report)}
-    database(db).check_runs.insert_one(doc)
+    db.check_runs.insert_one(doc)
     return doc
 
 
-def latest_runs(*, db: Database | None = None) -> dict[str, dict[str, Any] | None]:
+def latest_runs(db: Database) -> dict[str, dict[str, Any] | None]:
     """The newest run of each kind (None: never run), one index probe each."""
-    runs = database(db).check_runs
+    runs = db.check_runs
     return {kind: runs.find_one({"kind": kind}, sort=[("at", -1)]) for kind in KINDS}

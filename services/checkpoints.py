@@ -36,7 +36,6 @@ from ledger.history import Totals, entries_sum, fold_record, held_change, platfo
 from ledger.money import SYSTEM_WALLETS
 from ledger.periods import MS, month_of
 from ledger.timeutil import to_ms
-from services.store import database
 
 log = logging.getLogger("purser.checkpoints")
 
@@ -143,10 +142,8 @@ class _Moved(Exception):
     """Another roll-up advanced the watermark first: this window is already folded."""
 
 
-def roll_up(*, partitions: int, now: datetime, margin: timedelta, max_windows: int = 200,
-            db: Database | None = None) -> RollupResult:
+def roll_up(db: Database, *, partitions: int, now: datetime, margin: timedelta, max_windows: int = 200) -> RollupResult:
     """Fold audit blocks dated up to ``now - margin`` into checkpoints, window by window."""
-    db = database(db)
     horizon = to_ms(now) - margin
     result = RollupResult()
     for _ in range(max_windows):
@@ -191,9 +188,8 @@ class AsOf:
     documents: int  # documents read to answer (the cost the benchmark reports)
 
 
-def balance_at(wallet_id: str, at: datetime, *, db: Database | None = None) -> AsOf:
+def balance_at(db: Database, wallet_id: str, at: datetime) -> AsOf:
     """``wallet_id``'s ledger balance, held coins and debt at ``at`` (inclusive, milliseconds)."""
-    db = database(db)
     at = to_ms(at)
     doc = db.balance_checkpoints.find_one({"walletId": wallet_id, "at": {"$lt": at + MS}}, sort=[("at", -1)])
     total = Totals(doc["balance"], doc["held"]) if doc else Totals()
@@ -213,6 +209,6 @@ def balance_at(wallet_id: str, at: datetime, *, db: Database | None = None) -> A
     return AsOf(at, total.balance, total.held, total.debt, (doc is not None) + len(txs) + len(payouts))
 
 
-def watermark(db: Database | None = None) -> datetime:
+def watermark(db: Database) -> datetime:
     """How far the checkpoints reach (every block dated at or before it is folded)."""
-    return _state(database(db))["watermark"]
+    return _state(db)["watermark"]

@@ -10,27 +10,24 @@ from pymongo.database import Database
 
 from ledger.states import SubscriptionStatus
 from ledger.timeutil import utcnow
-from services.store import database
 
 
-def publish(creator_id: str, title: str, price: int, *, db: Database | None = None) -> dict[str, Any]:
+def publish(db: Database, creator_id: str, title: str, price: int) -> dict[str, Any]:
     """Store a new active content of ``creator_id``; the stored document."""
     doc = {"_id": str(ObjectId()), "creatorId": creator_id, "title": title, "price": price,
            "isActive": True, "createdAt": utcnow()}
-    database(db).contents.insert_one(doc)
+    db.contents.insert_one(doc)
     return doc
 
 
-def active_content(content_id: str, *, db: Database | None = None) -> dict[str, Any] | None:
-    return database(db).contents.find_one({"_id": content_id, "isActive": True})
+def active_content(db: Database, content_id: str) -> dict[str, Any] | None:
+    return db.contents.find_one({"_id": content_id, "isActive": True})
 
 
-def has_access(user_id: str, content: dict[str, Any], now: datetime | None = None, *,
-               db: Database | None = None) -> bool:
+def has_access(db: Database, user_id: str, content: dict[str, Any], now: datetime | None = None) -> bool:
     """Unlocked, or an active subscriber of the content's creator, or its creator."""
     if content["creatorId"] == user_id:
         return True
-    db = database(db)
     if db.unlocks.find_one({"userId": user_id, "contentId": content["_id"]}, {"_id": 1}):
         return True
     return db.subscriptions.find_one(

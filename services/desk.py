@@ -15,7 +15,6 @@ from pymongo.database import Database
 
 from services.payouts import held_amount
 from services.queries import audit_entry_of
-from services.store import database
 from services.wallets import Balance, balance
 
 TRAIL_READ = 200  # operator entries read about one target (sorted here, newest shown)
@@ -33,25 +32,24 @@ class WalletCard:
         return max(0, -self.balance.balance)
 
 
-def wallet_card(user_id: str, partitions: int, *, db: Database | None = None) -> WalletCard | None:
-    db = database(db)
+def wallet_card(db: Database, user_id: str, partitions: int) -> WalletCard | None:
     user = db.users.find_one({"_id": user_id}, {"passwordHash": 0})
-    found = balance(user_id, partitions, db=db) if user is not None else None
+    found = balance(db, user_id, partitions) if user is not None else None
     if user is None or found is None:
         return None
-    return WalletCard(user, found, held_amount(user_id, db=db))
+    return WalletCard(user, found, held_amount(db, user_id))
 
 
-def operator_trail(target_id: str, limit: int = 20, *, db: Database | None = None) -> list[dict[str, Any]]:
+def operator_trail(db: Database, target_id: str, limit: int = 20) -> list[dict[str, Any]]:
     """The operator chain's entries about ``target_id`` (a wallet, a delivery, a payout), newest first."""
-    entries = list(database(db).auditlogs.find({"target.id": target_id}, hint="operator_target").limit(TRAIL_READ))
+    entries = list(db.auditlogs.find({"target.id": target_id}, hint="operator_target").limit(TRAIL_READ))
     entries.sort(key=lambda e: e["seq"], reverse=True)
     return entries[:limit]
 
 
-def audit_record(job_id: str, *, db: Database | None = None) -> dict[str, Any] | None:
+def audit_record(db: Database, job_id: str) -> dict[str, Any] | None:
     """Where a terminal job is vouched for: its block's partition, seq and hash, and its record."""
-    found = audit_entry_of(database(db), job_id)
+    found = audit_entry_of(db, job_id)
     if found is None:
         return None
     entry, record = found
@@ -59,12 +57,11 @@ def audit_record(job_id: str, *, db: Database | None = None) -> dict[str, Any] |
             "createdAt": entry["createdAt"], "record": record}
 
 
-def audit_trail(job_ids: list[str], wallet_id: str, *, db: Database | None = None) -> list[dict[str, Any]]:
+def audit_trail(db: Database, job_ids: list[str], wallet_id: str) -> list[dict[str, Any]]:
     """The audit records of ``job_ids`` (one page of a wallet's ledger) with that wallet's balances."""
-    db = database(db)
     rows = []
     for job_id in job_ids:
-        found = audit_record(job_id, db=db)
+        found = audit_record(db, job_id)
         if found is None:
             continue
         moved = [b for b in found["record"].get("balances", []) if b["walletId"] == wallet_id]

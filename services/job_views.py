@@ -15,16 +15,15 @@ from services.jobs import job_view
 from services.refunds import lists_refunds, refunds_by_original, with_refunds
 
 
-def job_detail(job: dict[str, Any], *, refunds: list[dict[str, Any]] | None = None,
-               db: Database | None = None) -> dict[str, Any]:
+def job_detail(db: Database, job: dict[str, Any], *, refunds: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The job's public view with, for a settled unlock, gift, subscription charge, transfer or
     top-up, what was given back so far (``refunds``, ``refunded``). ``refunds``: already read."""
-    return with_refunds(job_view(job), refunds=refunds, db=db)
+    return with_refunds(db, job_view(job), refunds=refunds)
 
 
-def job_details(jobs: list[dict[str, Any]], *, db: Database | None = None) -> dict[str, dict[str, Any]]:
+def job_details(db: Database, jobs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """:func:`job_detail` of many jobs by id, their refunds read in one query."""
     views = {job["_id"]: job_view(job) for job in jobs}
     wanted = [job_id for job_id, view in views.items() if lists_refunds(view)]
-    found = refunds_by_original(wanted, db=db)
-    return {job_id: with_refunds(view, refunds=found.get(job_id, [])) for job_id, view in views.items()}
+    found = refunds_by_original(db, wanted)
+    return {job_id: with_refunds(db, view, refunds=found.get(job_id, [])) for job_id, view in views.items()}

@@ -24,7 +24,6 @@ from ledger.operations import Operation, partition_of, to_params
 from ledger.states import TERMINAL_JOB_STATUSES, JobStatus
 from ledger.timeutil import iso, utcnow
 from services import idempotency
-from services.store import database
 
 log = logging.getLogger("purser.jobs")
 
@@ -121,6 +120,7 @@ def accepted_response(job: dict[str, Any]) -> StoredResponse:
 
 
 def accept_job(
+    db: Database,
     op: Operation,
     owner_id: str,
     *,
@@ -130,7 +130,6 @@ def accept_job(
     key: str | None = None,
     claim: KeyClaim | None = None,
     job_id: str | None = None,
-    db: Database | None = None,
 ) -> Acceptance:
     """Store ``op`` as a queued job exactly once per idempotency key, then ring its partition.
 
@@ -145,7 +144,6 @@ def accept_job(
     raised: the server may have stored the job, and releasing the key would let a
     retry create a second one. A known refusal releases the key and is raised too.
     """
-    db = database(db)
     job = build_job(op, owner_id, partitions, request_id, key, job_id)
     response = accepted_response(job)
     record = None
@@ -249,20 +247,20 @@ def submit(
     :func:`accept_job` without a key claim (``idempotency_key`` is only recorded on
     the job), for callers that make their own ids: the settlement tests and the bench.
     """
-    acceptance = accept_job(op, owner_id, partitions=partitions, ring=ring, request_id=request_id,
-                            key=idempotency_key, job_id=job_id, db=db)
+    acceptance = accept_job(db, op, owner_id, partitions=partitions, ring=ring, request_id=request_id,
+                            key=idempotency_key, job_id=job_id)
     assert acceptance.job is not None
     return acceptance.job
 
 
-def get_job(job_id: str, *, db: Database | None = None) -> dict[str, Any] | None:
+def get_job(db: Database, job_id: str) -> dict[str, Any] | None:
     """The job ``job_id`` (its owner decides who may see it), or None."""
-    return database(db).jobs.find_one({"_id": job_id})
+    return db.jobs.find_one({"_id": job_id})
 
 
-def jobs_by_ids(ids: list[str], *, db: Database | None = None) -> dict[str, dict[str, Any]]:
+def jobs_by_ids(db: Database, ids: list[str]) -> dict[str, dict[str, Any]]:
     """The jobs ``ids`` by id, in one ``$in`` query (callers keep ``ids`` short)."""
-    return {doc["_id"]: doc for doc in database(db).jobs.find({"_id": {"$in": ids}})}
+    return {doc["_id"]: doc for doc in db.jobs.find({"_id": {"$in": ids}})}
 
 
 def ring_safely(ring: Ringer, partition: int, request_id: str | None, job_id: str | None = None) -> bool:

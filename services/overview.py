@@ -28,8 +28,7 @@ from pymongo.database import Database
 from ledger.states import JobStatus, PayoutStatus
 from ledger.timeutil import utcnow
 from services.check_runs import latest_runs
-from services.store import database
-from services.webhooks import DeliveryStatus
+from services.webhook_events import DeliveryStatus
 
 WINDOW_MINUTES = 60
 QUEUE_SLACK = timedelta(minutes=10)  # how long a job may have waited queued and still be counted
@@ -128,10 +127,8 @@ def _tally_jobs(overview: Overview, jobs: list[dict[str, Any]]) -> None:
     overview.decided = len(everything)
 
 
-def build(partitions: int, stuck_after: timedelta, *, now: datetime | None = None,
-          db: Database | None = None) -> Overview:
+def build(db: Database, partitions: int, stuck_after: timedelta, *, now: datetime | None = None) -> Overview:
     """The overview as of ``now``: the window is the ``WINDOW_MINUTES`` whole minutes up to it."""
-    db = database(db)
     now = now or utcnow()
     start = now.replace(second=0, microsecond=0) - timedelta(minutes=WINDOW_MINUTES - 1)
     overview = Overview(now=now, start=start)
@@ -146,5 +143,5 @@ def build(partitions: int, stuck_after: timedelta, *, now: datetime | None = Non
         "submitted": _count(db.payouts, {"status": PayoutStatus.SUBMITTED}),
         "stuck": _count(db.payouts, {"status": PayoutStatus.SUBMITTED, "updatedAt": {"$lt": now - stuck_after}}),
     }
-    overview.checks = latest_runs(db=db)
+    overview.checks = latest_runs(db)
     return overview

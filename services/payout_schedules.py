@@ -28,7 +28,6 @@ from ledger.periods import MS, check_anchor, slot_after, slot_label
 from ledger.states import WalletStatus
 from ledger.timeutil import iso, to_ms, utcnow
 from services.jobs import accept_job, ring_safely
-from services.store import database
 
 log = logging.getLogger("purser.payout_schedules")
 
@@ -53,32 +52,32 @@ def schedule_view(doc: dict[str, Any]) -> dict[str, Any]:
             "lastRun": doc.get("lastRun")}
 
 
-def put_schedule(user_id: str, interval: str, anchor: str | int | None, minimum: int, now: datetime, *,
-                 db: Database | None = None) -> dict[str, Any]:
+def put_schedule(db: Database, user_id: str, interval: str, anchor: str | int | None, minimum: int,
+                 now: datetime) -> dict[str, Any]:
     """Create or replace ``user_id``'s schedule (``BadSchedule`` for an impossible one); the first
     slot is the next one strictly after now, so setting a schedule never pays at once."""
     anchor = check_anchor(interval, anchor)
     now = to_ms(now)
     doc = {"interval": interval, "anchor": anchor, "minimum": minimum, "active": True,
            "nextSlot": slot_after(interval, anchor, now), "updatedAt": now}
-    database(db).payout_schedules.update_one({"_id": user_id}, {"$set": doc, "$setOnInsert": {"createdAt": now}},
+    db.payout_schedules.update_one({"_id": user_id}, {"$set": doc, "$setOnInsert": {"createdAt": now}},
                                              upsert=True)
     return {"_id": user_id, **doc}
 
 
-def get_schedule(user_id: str, *, db: Database | None = None) -> dict[str, Any] | None:
-    return database(db).payout_schedules.find_one({"_id": user_id, "active": True})
+def get_schedule(db: Database, user_id: str) -> dict[str, Any] | None:
+    return db.payout_schedules.find_one({"_id": user_id, "active": True})
 
 
-def delete_schedule(user_id: str, now: datetime, *, db: Database | None = None) -> bool:
+def delete_schedule(db: Database, user_id: str, now: datetime) -> bool:
     """Stop the schedule; False when there was none. A slot already placed still pays."""
-    res = database(db).payout_schedules.update_one({"_id": user_id, "active": True},
+    res = db.payout_schedules.update_one({"_id": user_id, "active": True},
                                                     {"$set": {"active": False, "updatedAt": to_ms(now)}})
     return res.modified_count == 1
 
 
-def runs(user_id: str, limit: int = 20, *, db: Database | None = None) -> list[dict[str, Any]]:
-    docs = database(db).payout_schedule_runs.find({"userId": user_id}).sort("slot", -1).limit(limit)
+def runs(db: Database, user_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    docs = db.payout_schedule_runs.find({"userId": user_id}).sort("slot", -1).limit(limit)
     return [{"slot": iso(d["slot"]), "outcome": d["outcome"], "reason": d.get("reason"),
              "payoutId": d.get("payoutId"), "amount": d.get("amount")} for d in docs]
 
@@ -119,8 +118,8 @@ def _run_slot(db: Database, schedule: dict[str, Any], slot: datetime, *, floor: 
         result.skipped[reason] = result.skipped.get(reason, 0) + 1
         return {"outcome": "skipped", "reason": reason}
     try:
-        accept_job(Payout(user_id, amount, job_id), user_id, partitions=partitions, ring=ring, key=key,
-                   job_id=job_id, db=db)
+        accept_job(db, Payout(user_id, amount, job_id), user_id, partitions=partitions, ring=ring, key=key,
+                   job_id=job_id)
         result.placed += 1
     except DuplicateKeyError:  # placed by a concurrent tick: ring in case its doorbell was lost
         job = db.jobs.find_one({"_id": job_id}, {"partition": 1})
@@ -130,10 +129,9 @@ def _run_slot(db: Database, schedule: dict[str, Any], slot: datetime, *, floor: 
     return {"outcome": "placed", "payoutId": job_id, "amount": amount}
 
 
-def tick(*, floor: int, partitions: int, ring: Ringer, now: datetime | None = None, chunk: int = 200,
-         db: Database | None = None) -> ScheduleTick:
+def tick(db: Database, *, floor: int, partitions: int, ring: Ringer, now: datetime | None = None,
+         chunk: int = 200) -> ScheduleTick:
     """Place (or skip, with the reason) every due slot of every active schedule."""
-    db = database(db)
     now = to_ms(now or utcnow())
     result = ScheduleTick()
     for _ in range(1000):  # bounded: each pass moves every due schedule at least one slot on

@@ -34,7 +34,6 @@ from services import operator_audit
 from services.jobs import accept_job, ring_safely
 from services.payout_provider import ACCEPTED, REFUSED, PayoutProvider, ProviderUnavailable
 from services.queries import decode_cursor, encode_cursor
-from services.store import database
 
 log = logging.getLogger("purser.payouts")
 
@@ -63,41 +62,40 @@ def payout_view(doc: dict[str, Any]) -> dict[str, Any]:
                         "at": iso(e["at"]) if e.get("at") else None} for e in doc.get("events", [])]}
 
 
-def get_payout(payout_id: str, *, db: Database | None = None) -> dict[str, Any] | None:
-    return database(db).payouts.find_one({"_id": payout_id})
+def get_payout(db: Database, payout_id: str) -> dict[str, Any] | None:
+    return db.payouts.find_one({"_id": payout_id})
 
 
-def user_payouts(user_id: str, limit: int, cursor: str | None, *,
-                 db: Database | None = None) -> tuple[list[dict[str, Any]], str | None]:
+def user_payouts(db: Database, user_id: str, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
     """One page of ``user_id``'s payouts, newest first (index userId, createdAt), and the next
     cursor; ``BadCursor`` (services.queries) for a cursor this API did not issue."""
     query: dict[str, Any] = {"userId": user_id}
     if cursor:
         moment, doc_id = decode_cursor(cursor)
         query["$or"] = [{"createdAt": {"$lt": moment}}, {"createdAt": moment, "_id": {"$lt": doc_id}}]
-    docs = list(database(db).payouts.find(query).sort([("createdAt", -1), ("_id", -1)]).limit(limit + 1))
+    docs = list(db.payouts.find(query).sort([("createdAt", -1), ("_id", -1)]).limit(limit + 1))
     more = len(docs) > limit
     docs = docs[:limit]
     return docs, (encode_cursor(docs[-1]["createdAt"], docs[-1]["_id"]) if more and docs else None)
 
 
-def payouts_by_status(status: PayoutStatus, limit: int, cursor: str | None = None, *,
-                      db: Database | None = None) -> tuple[list[dict[str, Any]], str | None]:
+def payouts_by_status(db: Database, status: PayoutStatus, limit: int,
+                      cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the payouts in ``status``, longest unchanged first (index status_age: the
     stuck ones lead), and the next cursor; ``BadCursor`` for a cursor this did not issue."""
     query: dict[str, Any] = {"status": PayoutStatus(status)}
     if cursor:
         moment, doc_id = decode_cursor(cursor)
         query["$or"] = [{"updatedAt": {"$gt": moment}}, {"updatedAt": moment, "_id": {"$gt": doc_id}}]
-    docs = list(database(db).payouts.find(query).sort([("updatedAt", 1), ("_id", 1)]).limit(limit + 1))
+    docs = list(db.payouts.find(query).sort([("updatedAt", 1), ("_id", 1)]).limit(limit + 1))
     more = len(docs) > limit
     docs = docs[:limit]
     return docs, (encode_cursor(docs[-1]["updatedAt"], docs[-1]["_id"]) if more and docs else None)
 
 
-def held_amount(user_id: str, *, db: Database | None = None) -> int:
+def held_amount(db: Database, user_id: str) -> int:
     """Coins of ``user_id`` held by open payouts (``pending``/``submitted``), on the userId index."""
-    docs = database(db).payouts.find(
+    docs = db.payouts.find(
         {"userId": user_id, "status": {"$in": [str(s) for s in OPEN_PAYOUT_STATUSES]}}, {"amount": 1})
     return sum(doc["amount"] for doc in docs)
 
@@ -110,14 +108,13 @@ def event_job_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
-def accept_event(user_id: str, payout_id: str, event: str, key: str, *, partitions: int, ring: Ringer,
-                 db: Database | None = None) -> bool:
+def accept_event(db: Database, user_id: str, payout_id: str, event: str, key: str, *, partitions: int,
+                 ring: Ringer) -> bool:
     """Store a ``payout_event`` job whose id derives from ``key`` (so a doubled tick applies it
     once) and ring its partition; False when that job already existed."""
-    db = database(db)
     op = PayoutEvent(user_id, payout_id, event, key)
     try:
-        accept_job(op, user_id, partitions=partitions, ring=ring, key=key, job_id=event_job_id(key), db=db)
+        accept_job(db, op, user_id, partitions=partitions, ring=ring, key=key, job_id=event_job_id(key))
     except DuplicateKeyError:
         # Already stored by an earlier tick: ring anyway, in case its doorbell was lost.
         job = db.jobs.find_one({"_id": event_job_id(key)}, {"partition": 1})
@@ -131,17 +128,17 @@ def accept_event(user_id: str, payout_id: str, event: str, key: str, *, partitio
 # --- submission -------------------------------------------------------------------------
 
 
-def mark_submitted(payout_id: str, now: datetime | None = None, *, db: Database | None = None) -> bool:
+def mark_submitted(db: Database, payout_id: str, now: datetime | None = None) -> bool:
     """``pending -> submitted`` once the provider has the payout; False when it is no longer pending."""
     now = to_ms(now or utcnow())
-    res = database(db).payouts.update_one(
+    res = db.payouts.update_one(
         {"_id": payout_id, "status": PayoutStatus.PENDING},
         {"$set": {"status": PayoutStatus.SUBMITTED, "updatedAt": now, "submittedAt": now}})
     return res.modified_count == 1
 
 
-def submit_payout(payout_id: str, provider: PayoutProvider | None, *, partitions: int, ring: Ringer,
-                  now: datetime | None = None, db: Database | None = None) -> str:
+def submit_payout(db: Database, payout_id: str, provider: PayoutProvider | None, *, partitions: int, ring: Ringer,
+                  now: datetime | None = None) -> str:
     """Send a pending payout to the provider (idempotent on its id); what happened.
 
     ``SUBMITTED``: accepted and marked. ``LOST``: no usable answer, the payout stays
@@ -150,7 +147,6 @@ def submit_payout(payout_id: str, provider: PayoutProvider | None, *, partitions
     voids the hold. ``NOT_PENDING``: nothing to do (already submitted, settled by an
     event, or being expired).
     """
-    db = database(db)
     now = to_ms(now or utcnow())
     doc = db.payouts.find_one({"_id": payout_id})
     if doc is None or doc["status"] != PayoutStatus.PENDING or doc.get("expiring"):
@@ -166,13 +162,12 @@ def submit_payout(payout_id: str, provider: PayoutProvider | None, *, partitions
         return NOT_PENDING
     answer = provider.submit(payout_id, doc["userId"], doc["amount"])
     if answer == ACCEPTED:
-        mark_submitted(payout_id, now, db=db)
+        mark_submitted(db, payout_id, now)
         log.info("payout submitted", extra={"payoutId": payout_id, "amount": doc["amount"]})
         return SUBMITTED
     if answer == REFUSED:
-        accept_event(doc["userId"], payout_id, PayoutStatus.FAILED.value, f"refused:{payout_id}",
-                     partitions=partitions,
-                     ring=ring, db=db)
+        accept_event(db, doc["userId"], payout_id, PayoutStatus.FAILED.value, f"refused:{payout_id}",
+                     partitions=partitions, ring=ring)
         return REFUSED_VOIDED
     return LOST
 
@@ -190,9 +185,9 @@ class Asked:
     resolved: int  # payout_event jobs accepted from the answer (0 when the tick had done it)
 
 
-def ask_provider(payout_id: str, provider: PayoutProvider | None, actor: dict[str, str], request_id: str | None,
-                 *, partitions: int, ring: Ringer, submission: operator_audit.Submission | None = None,
-                 now: datetime | None = None, db: Database | None = None) -> Asked | None:
+def ask_provider(db: Database, payout_id: str, provider: PayoutProvider | None, actor: dict[str, str],
+                 request_id: str | None, *, partitions: int, ring: Ringer,
+                 submission: operator_audit.Submission | None = None, now: datetime | None = None) -> Asked | None:
     """What the tick does for one payout, now, for an operator: ask its status and apply the answer.
 
     The question and the answer are recorded in the operator chain first (with the
@@ -202,7 +197,6 @@ def ask_provider(payout_id: str, provider: PayoutProvider | None, actor: dict[st
     :class:`PayoutNotOpen`; ``ProviderUnavailable`` when there is no provider or it
     does not answer (nothing recorded).
     """
-    db = database(db)
     now = to_ms(now or utcnow())
     doc = db.payouts.find_one({"_id": payout_id})
     if doc is None:
@@ -225,7 +219,7 @@ def ask_provider(payout_id: str, provider: PayoutProvider | None, actor: dict[st
     if done is None:
         return None
     result = TickResult()
-    _apply_status(doc, status, partitions, ring, db, result, now)
+    _apply_status(db, doc, status, partitions, ring, result, now)
     return Asked(status, result.resolved)
 
 
@@ -245,31 +239,30 @@ class TickResult:
                 "inDoubt": self.in_doubt, "providerDown": self.provider_down}
 
 
-def _apply_status(doc: dict[str, Any], status: str, partitions: int, ring: Ringer, db: Database,
-                  result: TickResult, now: datetime) -> None:
+def _apply_status(db: Database, doc: dict[str, Any], status: str, partitions: int, ring: Ringer, result: TickResult,
+                  now: datetime) -> None:
     if status in FINAL_PROVIDER_STATUSES:
-        if accept_event(doc["userId"], doc["_id"], status, f"status:{doc['_id']}:{status}",
-                        partitions=partitions, ring=ring, db=db):
+        if accept_event(db, doc["userId"], doc["_id"], status, f"status:{doc['_id']}:{status}",
+                        partitions=partitions, ring=ring):
             result.resolved += 1
     elif status == PayoutStatus.PENDING and doc["status"] == PayoutStatus.PENDING:
-        mark_submitted(doc["_id"], now, db=db)  # the provider has it: the lost answer was a yes
+        mark_submitted(db, doc["_id"], now)  # the provider has it: the lost answer was a yes
 
 
-def _expire(doc: dict[str, Any], partitions: int, ring: Ringer, db: Database, result: TickResult) -> None:
+def _expire(db: Database, doc: dict[str, Any], partitions: int, ring: Ringer, result: TickResult) -> None:
     guard: dict[str, Any] = {"_id": doc["_id"], "status": PayoutStatus.PENDING,
                              "submitAttemptedAt": doc.get("submitAttemptedAt")}
     if doc.get("submitAttemptedAt") is None:
         guard["submitAttemptedAt"] = {"$exists": False}
     if db.payouts.update_one(guard, {"$set": {"expiring": True}}).modified_count != 1:
         return  # a submission started meanwhile: look again next tick
-    if accept_event(doc["userId"], doc["_id"], PayoutStatus.EXPIRED.value, f"expire:{doc['_id']}",
-                    partitions=partitions, ring=ring, db=db):
+    if accept_event(db, doc["userId"], doc["_id"], PayoutStatus.EXPIRED.value, f"expire:{doc['_id']}",
+                    partitions=partitions, ring=ring):
         result.expired += 1
 
 
-def tick(provider: PayoutProvider | None, *, partitions: int, ring: Ringer, resolve_after: timedelta,
-         hold_ttl: timedelta, now: datetime | None = None, chunk: int = 200,
-         db: Database | None = None) -> TickResult:
+def tick(db: Database, provider: PayoutProvider | None, *, partitions: int, ring: Ringer, resolve_after: timedelta,
+         hold_ttl: timedelta, now: datetime | None = None, chunk: int = 200) -> TickResult:
     """Resolve payouts in doubt by asking the provider, resubmit pending ones, expire old holds.
 
     * ``submitted`` for longer than ``resolve_after``: the provider's status becomes a
@@ -279,7 +272,6 @@ def tick(provider: PayoutProvider | None, *, partitions: int, ring: Ringer, reso
       resolve; it never got it -> submit again, or expire once older than ``hold_ttl``.
     * The provider unreachable -> nothing is concluded; the next tick tries again.
     """
-    db = database(db)
     now = to_ms(now or utcnow())
     result = TickResult()
     if provider is None:
@@ -295,27 +287,25 @@ def tick(provider: PayoutProvider | None, *, partitions: int, ring: Ringer, reso
                 log.error("payout in doubt: submitted but unknown to the provider", extra={"payoutId": doc["_id"]})
                 result.in_doubt.append(doc["_id"])
             else:
-                _apply_status(doc, status, partitions, ring, db, result, now)
+                _apply_status(db, doc, status, partitions, ring, result, now)
         for doc in db.payouts.find({"status": PayoutStatus.PENDING, "updatedAt": {"$lt": cutoff}}
                                    ).sort("updatedAt", 1).limit(chunk):
             too_old = now - doc["createdAt"] > hold_ttl
             attempted = doc.get("submitAttemptedAt")
             if attempted is None:
                 if too_old:
-                    _expire(doc, partitions, ring, db, result)
-                elif submit_payout(doc["_id"], provider, partitions=partitions, ring=ring, now=now,
-                                   db=db) == SUBMITTED:
+                    _expire(db, doc, partitions, ring, result)
+                elif submit_payout(db, doc["_id"], provider, partitions=partitions, ring=ring, now=now) == SUBMITTED:
                     result.submitted += 1
                 continue
             if now - attempted < SUBMISSION_WINDOW:
                 continue  # an attempt may still be in flight
             status = provider.status(doc["_id"])
             if status != "unknown":
-                _apply_status(doc, status, partitions, ring, db, result, now)
+                _apply_status(db, doc, status, partitions, ring, result, now)
             elif too_old:
-                _expire(doc, partitions, ring, db, result)
-            elif submit_payout(doc["_id"], provider, partitions=partitions, ring=ring, now=now,
-                               db=db) == SUBMITTED:
+                _expire(db, doc, partitions, ring, result)
+            elif submit_payout(db, doc["_id"], provider, partitions=partitions, ring=ring, now=now) == SUBMITTED:
                 result.submitted += 1
     except ProviderUnavailable as exc:
         log.warning("payout provider unreachable; payouts stay as they are", extra={"error": str(exc)})

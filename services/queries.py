@@ -13,7 +13,6 @@ from ledger.money import SYSTEM_WALLETS
 from ledger.operations import partition_of
 from ledger.states import JobStatus
 from ledger.timeutil import iso
-from services.store import database
 
 
 class BadCursor(ValueError):
@@ -58,10 +57,10 @@ def page(db: Database, collection: str, base: dict[str, Any], limit: int,
     return docs, next_cursor
 
 
-def wallet_history(wallet_id: str, limit: int, cursor: str | None, *,
-                   db: Database | None = None) -> tuple[list[dict[str, Any]], str | None]:
+def wallet_history(db: Database, wallet_id: str, limit: int,
+                   cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
     """One page of ``wallet_id``'s transactions, newest first, and the next cursor (BadCursor)."""
-    txs, next_cursor = page(database(db), "transactions", {"parties": wallet_id}, limit, cursor)
+    txs, next_cursor = page(db, "transactions", {"parties": wallet_id}, limit, cursor)
     items = []
     for tx in txs:
         mine = sum(e["amount"] for e in tx["entries"] if e["walletId"] == wallet_id)
@@ -72,13 +71,13 @@ def wallet_history(wallet_id: str, limit: int, cursor: str | None, *,
     return items, next_cursor
 
 
-def user_jobs(owner_id: str, status: JobStatus | None, limit: int, cursor: str | None, *,
-              db: Database | None = None) -> tuple[list[dict[str, Any]], str | None]:
+def user_jobs(db: Database, owner_id: str, status: JobStatus | None, limit: int,
+              cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
     """One page of ``owner_id``'s jobs (optionally in one status), newest first, and the next cursor."""
     base: dict[str, Any] = {"ownerId": owner_id}
     if status:
         base["status"] = JobStatus(status)
-    return page(database(db), "jobs", base, limit, cursor)
+    return page(db, "jobs", base, limit, cursor)
 
 
 def subscription_view(sub: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from pymongo.database import Database
 from ledger.operations import REFUND_DEBTORS
 from ledger.states import JobStatus
 from ledger.timeutil import iso
-from services.store import database
 
 # The result field naming the wallet that received the original's main credit (each
 # refundable operation class declares it: ``refund_debtor``).
@@ -42,9 +41,9 @@ class RefundTarget:
         return self.debtor is not None
 
 
-def refund_target(job_id: str, *, db: Database | None = None) -> RefundTarget | None:
+def refund_target(db: Database, job_id: str) -> RefundTarget | None:
     """The original job an admin refund names, or None when there is no such job."""
-    job = database(db).jobs.find_one({"_id": job_id}, {"type": 1, "status": 1, "result": 1})
+    job = db.jobs.find_one({"_id": job_id}, {"type": 1, "status": 1, "result": 1})
     if job is None:
         return None
     kind = job.get("type", "")
@@ -55,11 +54,11 @@ def refund_target(job_id: str, *, db: Database | None = None) -> RefundTarget | 
     return RefundTarget(job_id, kind, debtor)
 
 
-def refunds_by_original(job_ids: list[str], *, db: Database | None = None) -> dict[str, list[dict[str, Any]]]:
+def refunds_by_original(db: Database, job_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
     """The refunds and chargebacks settled against each of ``job_ids`` (``$in`` ranges), oldest first."""
     found: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in job_ids}
     txs = (tx for start in range(0, len(job_ids), IN_CHUNK)
-           for tx in database(db).transactions.find(
+           for tx in db.transactions.find(
                {"refundOf": {"$in": job_ids[start:start + IN_CHUNK]}},
                {"type": 1, "refundOf": 1, "refundLegs": 1, "reason": 1, "createdAt": 1}))
     for tx in txs:
@@ -73,9 +72,9 @@ def refunds_by_original(job_ids: list[str], *, db: Database | None = None) -> di
     return found
 
 
-def refunds_of(job_id: str, *, db: Database | None = None) -> list[dict[str, Any]]:
+def refunds_of(db: Database, job_id: str) -> list[dict[str, Any]]:
     """The refunds and chargebacks settled against ``job_id``, oldest first."""
-    return refunds_by_original([job_id], db=db)[job_id]
+    return refunds_by_original(db, [job_id])[job_id]
 
 
 def lists_refunds(view: dict[str, Any]) -> bool:
@@ -83,8 +82,7 @@ def lists_refunds(view: dict[str, Any]) -> bool:
     return view.get("type") in REVERSIBLE and view.get("status") == JobStatus.SETTLED
 
 
-def with_refunds(view: dict[str, Any], *, refunds: list[dict[str, Any]] | None = None,
-                 db: Database | None = None) -> dict[str, Any]:
+def with_refunds(db: Database, view: dict[str, Any], *, refunds: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """A job's view plus ``refunds`` and their total ``refunded`` for a settled reversible job.
 
     ``refunds``: already read (:func:`refunds_by_original` for many jobs at once); else read here.
@@ -92,5 +90,5 @@ def with_refunds(view: dict[str, Any], *, refunds: list[dict[str, Any]] | None =
     if not lists_refunds(view):
         return view
     if refunds is None:
-        refunds = refunds_of(view["jobId"], db=db)
+        refunds = refunds_of(db, view["jobId"])
     return {**view, "refunds": refunds, "refunded": sum(item["amount"] for item in refunds)}

@@ -15,7 +15,6 @@ from pymongo.database import Database
 from ledger.money import EXTERNAL_FUNDING, PAYOUTS_IN_FLIGHT, PLATFORM_PROCESSING, PLATFORM_REVENUE
 from ledger.periods import MS, Month, is_closed
 from services.checkpoints import balance_at, watermark
-from services.store import database
 
 # Which column of a kind's totals moved which system wallet.
 COLUMNS = {PLATFORM_REVENUE: "revenue", PLATFORM_PROCESSING: "processing", PAYOUTS_IN_FLIGHT: "inFlight",
@@ -26,18 +25,16 @@ def _tie(opening: int, net: int, closing: int) -> dict[str, Any]:
     return {"opening": opening, "net": net, "closing": closing, "ok": opening + net == closing}
 
 
-def platform_month(month: Month, now: datetime, *, settle_margin: timedelta,
-                   db: Database | None = None) -> dict[str, Any]:
+def platform_month(db: Database, month: Month, now: datetime, *, settle_margin: timedelta) -> dict[str, Any]:
     """The report of ``month``; provisional until the month is closed and fully folded."""
-    db = database(db)
     folded = watermark(db)
     final = is_closed(month, now, settle_margin) and folded >= month.last_instant
     end = month.last_instant if final else min(month.last_instant, folded)
     kinds = (db.platform_months.find_one({"_id": month.label}) or {}).get("kinds", {})
     platform = {}
     for wallet_id, column in COLUMNS.items():
-        opening = balance_at(wallet_id, month.start - MS, db=db).balance
-        closing = balance_at(wallet_id, end, db=db).balance
+        opening = balance_at(db, wallet_id, month.start - MS).balance
+        closing = balance_at(db, wallet_id, end).balance
         platform[wallet_id] = _tie(opening, sum(k.get(column, 0) for k in kinds.values()), closing)
     # Double entry over the month: what users and system wallets moved sums to zero.
     moved = sum(k.get("users", 0) for k in kinds.values()) + sum(t["net"] for t in platform.values())

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pymongo.database import Database
 
 from ledger.money import is_user_id
-from services.store import database
 from services.users import normalise_email
 
 MAX_QUERY = 256
@@ -54,12 +53,11 @@ def _by_provider_tx(db: Database, text: str) -> list[Hit]:
     return [] if tx is None else [Hit("job", tx["_id"], f"{tx['type']} for provider transaction {text}")]
 
 
-def search(query: str, *, db: Database | None = None) -> list[Hit]:
+def search(db: Database, query: str) -> list[Hit]:
     """What ``query`` names: ids first, then provider transactions, then e-mails starting with it."""
     text = query.strip()[:MAX_QUERY]
     if not text:
         return []
-    db = database(db)
     hits = _by_id(db, text) if is_user_id(text) else []
     hits += _by_provider_tx(db, text)
     if not is_user_id(text):

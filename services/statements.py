@@ -28,7 +28,6 @@ from ledger.states import Role
 from ledger.timeutil import iso, to_ms
 from services import operator_audit
 from services.checkpoints import balance_at
-from services.store import database
 
 log = logging.getLogger("purser.statements")
 
@@ -67,10 +66,8 @@ def _paid(db: Database, user_id: str, start: datetime, end: datetime) -> dict[st
     return paid
 
 
-def compute(user_id: str, month: Month, now: datetime, *, settle_margin: timedelta,
-            db: Database | None = None) -> dict[str, Any]:
+def compute(db: Database, user_id: str, month: Month, now: datetime, *, settle_margin: timedelta) -> dict[str, Any]:
     """The statement of ``month`` for ``user_id`` as the ledger says now (lines included)."""
-    db = database(db)
     now = to_ms(now)
     if month.start > now:
         raise NotYet(month.label)
@@ -80,8 +77,8 @@ def compute(user_id: str, month: Month, now: datetime, *, settle_margin: timedel
     closed = is_closed(month, now, settle_margin)
     end = month.end if closed else now + MS
     lines = list(_lines(db, user_id, month.start, end))
-    opening = balance_at(user_id, month.start - MS, db=db).balance
-    closing = balance_at(user_id, end - MS, db=db).balance
+    opening = balance_at(db, user_id, month.start - MS).balance
+    closing = balance_at(db, user_id, end - MS).balance
     body = summarize(lines, opening, closing, _paid(db, user_id, month.start, end))
     return {"userId": user_id, "walletId": user_id, "period": month.label, "currency": "COIN",
             "from": iso(month.start), "to": iso(end), "provisional": not closed, **body, "lines": lines}
@@ -96,20 +93,19 @@ def _head(statement: dict[str, Any], now: datetime) -> dict[str, Any]:
     return head
 
 
-def store_closed(user_id: str, month: Month, now: datetime, *, settle_margin: timedelta,
-                 db: Database | None = None) -> tuple[dict[str, Any], bool]:
+def store_closed(db: Database, user_id: str, month: Month, now: datetime, *,
+                 settle_margin: timedelta) -> tuple[dict[str, Any], bool]:
     """Store the closed ``month``'s statement once; ``(head, created)``.
 
     Lines go first, in chunks with ids derived from the statement (a rerun rewrites the
     same content: a closed month's ledger no longer changes); the head and its audit
     entry then commit together. The head is what is never rewritten.
     """
-    db = database(db)
     sid = statement_id(user_id, month)
     existing = db.statements.find_one({"_id": sid})
     if existing is not None:
         return existing, False
-    statement = compute(user_id, month, now, settle_margin=settle_margin, db=db)
+    statement = compute(db, user_id, month, now, settle_margin=settle_margin)
     if statement["provisional"]:
         raise NotYet(month.label)
     head = _head(statement, now)
@@ -135,9 +131,9 @@ def store_closed(user_id: str, month: Month, now: datetime, *, settle_margin: ti
     return head, True
 
 
-def stored_lines(statement_id_: str, *, db: Database | None = None) -> list[dict[str, Any]]:
+def stored_lines(db: Database, statement_id_: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    for chunk in database(db).statement_lines.find({"statementId": statement_id_}).sort("n", 1):
+    for chunk in db.statement_lines.find({"statementId": statement_id_}).sort("n", 1):
         out.extend(chunk["lines"])
     return out
 
@@ -149,19 +145,16 @@ def view(head: dict[str, Any], lines: list[dict[str, Any]]) -> dict[str, Any]:
     return body
 
 
-def get(user_id: str, month: Month, now: datetime, *, settle_margin: timedelta,
-        db: Database | None = None) -> dict[str, Any]:
+def get(db: Database, user_id: str, month: Month, now: datetime, *, settle_margin: timedelta) -> dict[str, Any]:
     """The statement: stored when the month is closed (stored now if beat has not yet), else provisional."""
-    db = database(db)
     if is_closed(month, now, settle_margin):
-        head, _ = store_closed(user_id, month, now, settle_margin=settle_margin, db=db)
-        return view(head, stored_lines(head["_id"], db=db))
-    return compute(user_id, month, now, settle_margin=settle_margin, db=db)
+        head, _ = store_closed(db, user_id, month, now, settle_margin=settle_margin)
+        return view(head, stored_lines(db, head["_id"]))
+    return compute(db, user_id, month, now, settle_margin=settle_margin)
 
 
-def periods(user_id: str, now: datetime, *, limit: int = 24, db: Database | None = None) -> list[dict[str, Any]]:
+def periods(db: Database, user_id: str, now: datetime, *, limit: int = 24) -> list[dict[str, Any]]:
     """The wallet's months, newest first (the current one provisional), from its creation on."""
-    db = database(db)
     wallet = db.wallets.find_one({"_id": user_id}, {"createdAt": 1})
     if wallet is None:
         return []
@@ -195,15 +188,14 @@ def csv_text(statement: dict[str, Any]) -> str:
 # --- beat: close last month for creators -----------------------------------------------
 
 
-def close_month(month: Month, now: datetime, *, settle_margin: timedelta, chunk: int = 200,
-                db: Database | None = None) -> dict[str, int]:
+def close_month(db: Database, month: Month, now: datetime, *, settle_margin: timedelta,
+                chunk: int = 200) -> dict[str, int]:
     """Store ``month``'s statement for every creator that had a wallet by its end.
 
     Walks creators by ``_id`` (the users' primary index) with a cursor kept per month in
     ``rollup_state``, so a restarted beat resumes where it stopped; creators already
     stored are a point read each.
     """
-    db = database(db)
     if not is_closed(month, now, settle_margin):
         return {"stored": 0, "existing": 0}
     state_id = f"statements:{month.label}"
@@ -215,7 +207,7 @@ def close_month(month: Month, now: datetime, *, settle_margin: timedelta, chunk:
         for user in users:
             if user.get("createdAt") and user["createdAt"] >= month.end:
                 continue  # no wallet in that month
-            _, created = store_closed(user["_id"], month, now, settle_margin=settle_margin, db=db)
+            _, created = store_closed(db, user["_id"], month, now, settle_margin=settle_margin)
             counts["stored" if created else "existing"] += 1
         if not users:
             break

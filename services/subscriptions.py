@@ -25,7 +25,6 @@ from ledger.states import SubscriptionStatus
 from ledger.timeutil import iso, to_ms, utcnow
 from services import operator_audit
 from services.jobs import Intake, accept_jobs
-from services.store import database
 
 log = logging.getLogger("purser.subscriptions")
 
@@ -75,13 +74,11 @@ def expire_lapsed(db: Database, now: datetime) -> int:
 
 
 def tick(
-    db: Database,
-    *,
+    db: Database, *,
     now: datetime | None = None,
     chunk: int = 500,
     partitions: int,
-    ring: Ringer,
-) -> TickResult:
+    ring: Ringer) -> TickResult:
     """Expire lapsed periods and submit renewals for due auto-renewing ones."""
     now = to_ms(now or utcnow())
     result = TickResult(expired=expire_lapsed(db, now))
@@ -147,10 +144,9 @@ def _renew_chunk(db: Database, subs: list[dict[str, Any]], now: datetime, partit
 # --- what fans and creators do through the API ------------------------------------------
 
 
-def set_plan(creator_id: str, price: int, period_days: int, actor: dict[str, str], request_id: str | None, *,
-             db: Database | None = None) -> dict[str, Any]:
+def set_plan(db: Database, creator_id: str, price: int, period_days: int, actor: dict[str, str],
+             request_id: str | None) -> dict[str, Any]:
     """Set ``creator_id``'s plan (price per period), audited in the operator chain; the plan's fields."""
-    db = database(db)
     fields = {"price": price, "periodDays": period_days, "isActive": True}
 
     def apply(session: ClientSession) -> operator_audit.Change:
@@ -166,16 +162,15 @@ def set_plan(creator_id: str, price: int, period_days: int, actor: dict[str, str
     return fields
 
 
-def offers_plan(creator_id: str, *, db: Database | None = None) -> bool:
+def offers_plan(db: Database, creator_id: str) -> bool:
     """True when ``creator_id`` has an active plan one can subscribe to."""
-    return database(db).plans.find_one({"_id": creator_id, "isActive": True}, {"_id": 1}) is not None
+    return db.plans.find_one({"_id": creator_id, "isActive": True}, {"_id": 1}) is not None
 
 
-def cancel(subscription_id: str, subscriber_id: str, actor: dict[str, str], request_id: str | None, *,
-           db: Database | None = None) -> dict[str, Any] | None:
+def cancel(db: Database, subscription_id: str, subscriber_id: str, actor: dict[str, str],
+           request_id: str | None) -> dict[str, Any] | None:
     """Stop auto-renewal of the subscriber's active subscription (access lasts until
     ``expiresAt``), audited; the subscription, or None when it is not theirs or not active."""
-    db = database(db)
     mine = {"_id": subscription_id, "subscriberId": subscriber_id, "status": SubscriptionStatus.ACTIVE}
 
     def apply(session: ClientSession) -> operator_audit.Change | None:
@@ -194,6 +189,6 @@ def cancel(subscription_id: str, subscriber_id: str, actor: dict[str, str], requ
     return db.subscriptions.find_one({"_id": subscription_id})
 
 
-def subscriptions_of(subscriber_id: str, limit: int = 200, *, db: Database | None = None) -> list[dict[str, Any]]:
+def subscriptions_of(db: Database, subscriber_id: str, limit: int = 200) -> list[dict[str, Any]]:
     """The subscriber's subscriptions, newest first."""
-    return list(database(db).subscriptions.find({"subscriberId": subscriber_id}).sort("createdAt", -1).limit(limit))
+    return list(db.subscriptions.find({"subscriberId": subscriber_id}).sort("createdAt", -1).limit(limit))

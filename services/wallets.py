@@ -11,7 +11,6 @@ from ledger.money import SYSTEM_WALLETS
 from ledger.routing import bucket_id
 from ledger.states import WalletStatus
 from services.queries import incoming_credits
-from services.store import database
 
 # Credits are applied once per settlement batch (tens of ms apart at most), so a few
 # tries find a quiet moment; each try is three point/range reads.
@@ -30,21 +29,21 @@ class Balance:
     status: WalletStatus
 
 
-def user_wallet_status(user_id: str, *, db: Database | None = None) -> WalletStatus | None:
+def user_wallet_status(db: Database, user_id: str) -> WalletStatus | None:
     """The status of ``user_id``'s own wallet, or None when there is no such user (system wallets included)."""
-    wallet = database(db).wallets.find_one({"_id": user_id, "userId": user_id}, {"status": 1})
+    wallet = db.wallets.find_one({"_id": user_id, "userId": user_id}, {"status": 1})
     return None if wallet is None else WalletStatus(wallet.get("status", WalletStatus.ACTIVE))
 
 
-def wallet_created(user_id: str, *, db: Database | None = None) -> tuple[datetime | None, WalletStatus | None]:
+def wallet_created(db: Database, user_id: str) -> tuple[datetime | None, WalletStatus | None]:
     """When ``user_id``'s wallet was created and its status; ``(None, None)`` without one."""
-    wallet = database(db).wallets.find_one({"_id": user_id, "userId": user_id}, {"status": 1, "createdAt": 1})
+    wallet = db.wallets.find_one({"_id": user_id, "userId": user_id}, {"status": 1, "createdAt": 1})
     if wallet is None:
         return None, None
     return wallet.get("createdAt"), WalletStatus(wallet.get("status", WalletStatus.ACTIVE))
 
 
-def balance(user_id: str, partitions: int, *, db: Database | None = None) -> Balance | None:
+def balance(db: Database, user_id: str, partitions: int) -> Balance | None:
     """``user_id``'s balance and credits still in flight to it, or None without a wallet.
 
     The two live in different documents and the owner partition moves a credit from one
@@ -53,7 +52,6 @@ def balance(user_id: str, partitions: int, *, db: Database | None = None) -> Bal
     pair from one instant: an applied credit never shows in both (a client summing them
     would see money twice; the Try-it CI run did) nor in neither.
     """
-    db = database(db)
     wallet = db.wallets.find_one({"_id": user_id})
     for _ in range(_CONSISTENT_READ_TRIES):
         if wallet is None:
@@ -71,7 +69,7 @@ def balance(user_id: str, partitions: int, *, db: Database | None = None) -> Bal
                    WalletStatus(wallet.get("status", WalletStatus.ACTIVE)))
 
 
-def platform_balances(partitions: int, *, db: Database | None = None) -> dict[str, int]:
+def platform_balances(db: Database, partitions: int) -> dict[str, int]:
     """Each system wallet's figure: the sum of its per-partition buckets.
 
     Point reads by ``_id`` (partitions x system wallets documents), so the cost does
@@ -79,6 +77,6 @@ def platform_balances(partitions: int, *, db: Database | None = None) -> dict[st
     """
     owner = {bucket_id(name, p): name for name in SYSTEM_WALLETS for p in range(partitions)}
     totals = dict.fromkeys(SYSTEM_WALLETS, 0)
-    for doc in database(db).wallets.find({"_id": {"$in": list(owner)}}, {"balance": 1}):
+    for doc in db.wallets.find({"_id": {"$in": list(owner)}}, {"balance": 1}):
         totals[owner[doc["_id"]]] += doc["balance"]
     return totals

@@ -42,8 +42,8 @@ def _locked(name: str, ttl: int, run: Callable[[], dict[str, Any]]) -> dict[str,
 def rollup() -> dict:
     settings = get_settings()
     return _locked("rollup", settings.rollup_interval_seconds * 4, lambda: checkpoints.roll_up(
-        partitions=settings.ledger_partitions, now=utcnow(),
-        margin=timedelta(seconds=settings.history_margin_seconds), db=get_db()).as_dict())
+        get_db(), partitions=settings.ledger_partitions, now=utcnow(),
+        margin=timedelta(seconds=settings.history_margin_seconds)).as_dict())
 
 
 @task(name="history.close_statements", acks_late=True, ignore_result=True)
@@ -53,12 +53,11 @@ def close_statements() -> dict:
     now = utcnow()
     month = month_of(now).previous()
     return _locked("statements", settings.statement_tick_seconds, lambda: statements.close_month(
-        month, now, settle_margin=timedelta(seconds=settings.history_margin_seconds), db=get_db()))
+        get_db(), month, now, settle_margin=timedelta(seconds=settings.history_margin_seconds)))
 
 
 @task(name="history.scheduled_payouts", acks_late=True, ignore_result=True)
 def scheduled_payouts() -> dict:
     settings = get_settings()
     return _locked("payout-schedules", settings.payout_schedule_tick_seconds, lambda: payout_schedules.tick(
-        floor=settings.payout_min_amount, partitions=settings.ledger_partitions, ring=ring,
-        db=get_db()).as_dict())
+        get_db(), floor=settings.payout_min_amount, partitions=settings.ledger_partitions, ring=ring).as_dict())

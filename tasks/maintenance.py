@@ -87,7 +87,7 @@ def reconcile() -> dict:
     db = get_db()
     report = run_reconcile(db)
     try:
-        record_run(RECONCILE, report.as_dict(), db=db)  # the console's overview shows the last run
+        record_run(db, RECONCILE, report.as_dict())  # the console's overview shows the last run
     except Exception:  # noqa: BLE001 - the check itself ran; its log line and metric still say how
         log.warning("could not record the reconcile run", exc_info=True)
     metrics.RECONCILE_DRIFT.set(report.drift_total + abs(report.total_balance))

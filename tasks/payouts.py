@@ -28,8 +28,7 @@ def _provider() -> payout_provider.HttpPayoutProvider | None:
 def submit(self, payout_id: str) -> str:  # type: ignore[no-untyped-def]
     """Send one held payout to the provider; a lost answer is retried, never voided."""
     settings = get_settings()
-    outcome = payouts.submit_payout(payout_id, _provider(), partitions=settings.ledger_partitions, ring=ring,
-                                    db=get_db())
+    outcome = payouts.submit_payout(get_db(), payout_id, _provider(), partitions=settings.ledger_partitions, ring=ring)
     if outcome == payouts.LOST and self.request.retries < SUBMIT_RETRIES:
         raise self.retry(countdown=min(2 ** self.request.retries, 60))
     if outcome == payouts.LOST:
@@ -52,9 +51,9 @@ def tick() -> dict:
         log.info("payout tick skipped: another tick holds the lock")
         return {"skipped": True}
     try:
-        result = payouts.tick(_provider(), partitions=settings.ledger_partitions, ring=ring,
+        result = payouts.tick(get_db(), _provider(), partitions=settings.ledger_partitions, ring=ring,
                               resolve_after=timedelta(seconds=settings.payout_resolve_after_seconds),
-                              hold_ttl=timedelta(hours=settings.payout_hold_ttl_hours), db=get_db())
+                              hold_ttl=timedelta(hours=settings.payout_hold_ttl_hours))
     finally:
         redis.eval(_RELEASE, 1, LOCK_KEY, token)
     log.info("payout tick done", extra=result.as_dict())

@@ -6,6 +6,7 @@ import functools
 import logging
 
 from celery.exceptions import SoftTimeLimitExceeded
+from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from infra import context, metrics
@@ -17,8 +18,9 @@ from infra.queues import partition_queue
 from infra.redis_client import get_redis
 from ledger.decide import Settled
 from services import backlog as backlog_store
+from services.batch_runner import BatchResult
 from services.jobs import ring_safely
-from services.settlement import BatchResult, settle_partition
+from services.settlement import settle_partition
 from tasks.webhooks import notify as notify_webhooks
 from workers.celery_app import get_celery, task
 
@@ -67,9 +69,9 @@ def _doorbell_copies() -> int:
     return 2 if settings.duplicate_doorbells and not settings.is_production else 1
 
 
-def _record(partition: int, batch: BatchResult) -> None:
+def _record(db: Database, partition: int, batch: BatchResult) -> None:
     announce_batch(batch)  # first, after the commit: wakes waiting clients; never raises
-    _publish_backlog(partition, batch)
+    _publish_backlog(db, partition, batch)
     # Credits this batch deferred to other partitions: ring their owners now, so a
     # receiver's money is spendable well under a second later (the sweeper backs it up).
     for target in sorted(batch.credit_targets):
@@ -86,10 +88,10 @@ def _record(partition: int, batch: BatchResult) -> None:
                 log.info("job failed", extra={"jobType": job["type"], "code": outcome.code})
 
 
-def _publish_backlog(partition: int, batch: BatchResult) -> None:
+def _publish_backlog(db: Database, partition: int, batch: BatchResult) -> None:
     """What is left in the partition, for the web's backlog limit and the gauges. Never raises."""
     try:
-        load = backlog_store.publish_after_batch(get_db(), get_redis(), partition, batch.size, batch.duration)
+        load = backlog_store.publish_after_batch(db, get_redis(), partition, batch.size, batch.duration)
         metrics.record_loads([load], backlog_limits(get_settings()))
     except Exception:  # noqa: BLE001 - the batch is committed; the sweeper publishes too
         log.warning("could not publish the partition's backlog", exc_info=True)
@@ -118,10 +120,11 @@ def settle(self, partition: int) -> dict[str, int]:  # type: ignore[no-untyped-d
         return {"settled": 0, "failed": 0}
     with context.bound(partition=partition):
         _clear_flag(partition)
+        db = get_db()
         try:
-            drained = settle_partition(get_db(), partition, partitions=settings.ledger_partitions,
+            drained = settle_partition(db, partition, partitions=settings.ledger_partitions,
                                        batch_max=settings.settle_batch_max,
-                                       on_batch=functools.partial(_record, partition),
+                                       on_batch=functools.partial(_record, db, partition),
                                        time_budget=settings.settle_slice_seconds,
                                        transient=(SoftTimeLimitExceeded,))
         except SoftTimeLimitExceeded:

@@ -3,8 +3,8 @@
 The dispatcher and the tick run on the housekeeping queue (``purser.default``);
 deliveries on their own (``purser.webhooks``, the Procfile's ``webhooks`` role, a
 thread pool): a slow receiver must hold neither a settler nor beat's housekeeping. Every message is a hint; the state
-lives in MongoDB (``services/webhooks.py``), so a lost message, a doubled one or a
-worker SIGKILLed mid-delivery changes nothing but latency: beat's tick dispatches
+lives in MongoDB (``services/webhook_dispatch.py``, ``services/webhook_delivery.py``), so a lost message, a doubled
+one or a worker SIGKILLed mid-delivery changes nothing but latency: beat's tick dispatches
 every partition and hands out every due delivery again.
 """
 
@@ -17,7 +17,9 @@ from infra import metrics
 from infra.config import get_settings
 from infra.mongo import get_db
 from infra.redis_client import get_redis
-from services.webhooks import any_active_endpoint, deliver_one, dispatch_partition, due_deliveries
+from services.webhook_delivery import deliver_one, due_deliveries
+from services.webhook_dispatch import dispatch_partition
+from services.webhook_endpoints import any_active_endpoint
 from workers.celery_app import task
 
 log = logging.getLogger("purser.webhooks")
@@ -63,8 +65,9 @@ def enqueue(delivery_id: str, countdown: float | None = None) -> None:
 def dispatch_all_pages(partition: int) -> int:
     """Dispatch ``partition`` until its cursor reaches the chain head (bounded); deliveries enqueued."""
     created = 0
+    db = get_db()
     for _ in range(MAX_PAGES):
-        result = dispatch_partition(partition, db=get_db())
+        result = dispatch_partition(db, partition)
         for delivery_id in result.deliveries:
             enqueue(delivery_id)
         created += len(result.deliveries)
@@ -88,9 +91,9 @@ def dispatch(partition: int) -> int:
 @task(name="webhooks.deliver", acks_late=True, ignore_result=True)
 def deliver(delivery_id: str) -> str | None:
     settings = get_settings()
-    outcome = deliver_one(delivery_id, timeout=settings.webhook_timeout_seconds,
+    outcome = deliver_one(get_db(), delivery_id, timeout=settings.webhook_timeout_seconds,
                           schedule=settings.webhook_backoff_seconds,
-                          allow_private=settings.webhook_allow_private, db=get_db())
+                          allow_private=settings.webhook_allow_private)
     if outcome.retry_in is not None and outcome.retry_in <= COUNTDOWN_MAX:
         enqueue(delivery_id, countdown=outcome.retry_in)
     if outcome.claimed and outcome.status is not None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 import uuid
 
-from flask import current_app, request
+from flask import request
 
+from api.app_settings import settings
 from api.errors import ApiError
 from services.operator_audit import Submission
 
@@ -46,7 +47,7 @@ def reason() -> str:
 
 def submission() -> Submission:
     """The reason and one-time key of an operator action form (audited with the action)."""
-    return Submission(reason(), form_key(), current_app.config["PURSER"].idempotency_ttl_hours)
+    return Submission(reason(), form_key(), settings().idempotency_ttl_hours)
 
 
 def optional_amount(field: str = "amount") -> int | None:

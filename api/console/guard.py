@@ -18,12 +18,12 @@ import hmac
 import secrets
 from urllib.parse import urlsplit
 
-from flask import Response, current_app, g, redirect, request, url_for
+from flask import Response, g, redirect, request, url_for
 
+from api.app_settings import settings
 from api.auth import Principal, stored_role
 from api.errors import ApiError
 from infra import context
-from infra.config import Settings
 from infra.redis_client import get_redis
 from ledger.states import Role
 from services import console_sessions
@@ -35,10 +35,6 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin",
                     "Cross-Origin-Opener-Policy": "same-origin", "Cache-Control": "no-store"}
-
-
-def settings() -> Settings:
-    return current_app.config["PURSER"]
 
 
 def cookie_name() -> str:

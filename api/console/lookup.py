@@ -8,9 +8,9 @@ from typing import Any
 from flask import g, request
 from pydantic import ValidationError
 
+from api.app_settings import settings
 from api.console import forms
 from api.console.blueprint import actor, bp, done, page
-from api.console.guard import settings
 from api.errors import ApiError
 from api.money import admit
 from api.request_schemas import RefundIn
@@ -19,9 +19,10 @@ from api.routes.common import bad_cursor
 from ledger.money import is_user_id
 from ledger.money_out import REFUNDABLE
 from ledger.states import JobStatus, WalletStatus
-from services import accounts, desk, operator_audit, refunds, search, webhooks
+from services import accounts, desk, operator_audit, refunds, search, webhook_log
 from services.jobs import Outcome, get_job, job_view
 from services.queries import BadCursor, user_jobs, wallet_history
+from services.store import process_db
 
 PAGE = 20
 REFUND_REASONS = ("requested_by_customer", "duplicate", "fraudulent")
@@ -37,27 +38,27 @@ def checked_id(value: str) -> str:
 @bp.route("/search", methods=["GET"])
 def find() -> Any:
     query = request.args.get("q", "")
-    return page("search.html", query=query, hits=search.search(query) if query.strip() else None)
+    return page("search.html", query=query, hits=search.search(process_db(), query) if query.strip() else None)
 
 
 @bp.route("/wallets/<user_id>", methods=["GET"])
 def wallet(user_id: str) -> Any:
-    card = desk.wallet_card(checked_id(user_id), settings().ledger_partitions)
+    card = desk.wallet_card(process_db(), checked_id(user_id), settings().ledger_partitions)
     if card is None:
         raise ApiError(404, "USER_NOT_FOUND", "No such user.")
     try:
-        entries, next_cursor = wallet_history(user_id, PAGE, request.args.get("cursor") or None)
-        jobs, _ = user_jobs(user_id, None, PAGE, None)
+        entries, next_cursor = wallet_history(process_db(), user_id, PAGE, request.args.get("cursor") or None)
+        jobs, _ = user_jobs(process_db(), user_id, None, PAGE, None)
     except BadCursor as exc:
         raise bad_cursor(exc) from None
     return page("wallet.html", card=card, entries=entries, next_cursor=next_cursor, jobs=jobs,
-                trail=desk.audit_trail([e["jobId"] for e in entries], user_id),
-                operator_trail=desk.operator_trail(user_id))
+                trail=desk.audit_trail(process_db(), [e["jobId"] for e in entries], user_id),
+                operator_trail=desk.operator_trail(process_db(), user_id))
 
 
 def _set_status(user_id: str, status: WalletStatus, notice: str) -> Any:
     try:
-        changed = accounts.set_wallet_status(checked_id(user_id), status, actor(), g.request_id,
+        changed = accounts.set_wallet_status(process_db(), checked_id(user_id), status, actor(), g.request_id,
                                              submission=forms.submission())
     except operator_audit.AlreadyDone:
         return done("console.wallet", "already", user_id=user_id)
@@ -78,14 +79,14 @@ def unfreeze(user_id: str) -> Any:
 
 @bp.route("/jobs/<job_id>", methods=["GET"])
 def job(job_id: str) -> Any:
-    doc = get_job(checked_id(job_id))
+    doc = get_job(process_db(), checked_id(job_id))
     if doc is None:
         raise ApiError(404, "JOB_NOT_FOUND", "No such job.")
-    view = refunds.with_refunds(job_view(doc))
+    view = refunds.with_refunds(process_db(), job_view(doc))
     refundable = doc["type"] in REFUNDABLE and doc["status"] == JobStatus.SETTLED
     return page("job.html", job=doc, view=view, params=doc.get("params") or {},
-                split=(doc.get("result") or {}).get("split"), audit=desk.audit_record(job_id),
-                deliveries=webhooks.deliveries_of_job(job_id), refundable=refundable,
+                split=(doc.get("result") or {}).get("split"), audit=desk.audit_record(process_db(), job_id),
+                deliveries=webhook_log.deliveries_of_job(process_db(), job_id), refundable=refundable,
                 reasons=REFUND_REASONS)
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from flask import Flask
 
+from infra.config import Settings
 
-def register_blueprints(app: Flask) -> None:
+
+def register_blueprints(app: Flask, settings: Settings) -> None:
+    """Part of the app factory: ``settings`` are the ones it is storing on ``app``."""
     from api.routes import (
         admin,
         auth,
@@ -31,6 +34,6 @@ def register_blueprints(app: Flask) -> None:
 
     app.register_blueprint(console)
 
-    if not app.config["PURSER"].is_production:
+    if not settings.is_production:
         from api.routes import debug
         app.register_blueprint(debug.bp)

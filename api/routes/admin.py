@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, g, jsonify
+from flask import Blueprint, g, jsonify
 
 from api import user_changes
+from api.app_settings import settings
 from api.auth import current
 from api.errors import ApiError
 from api.jsonbody import parse_body
@@ -19,6 +20,7 @@ from ledger.money import is_user_id
 from ledger.operations import Credit, Refund
 from ledger.states import Role, WalletStatus
 from services import accounts, operator_audit, refunds, users, wallets
+from services.store import process_db
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
 ADMIN = (Role.ADMIN,)
@@ -39,7 +41,7 @@ def _user_id(user_id: str) -> str:
           roles=ADMIN, errors={404: "USER_NOT_FOUND"})
 def set_role(userId: str) -> Any:  # noqa: N803
     body = parse_body(RoleIn)
-    user = accounts.change_role(_user_id(userId), body.role, _actor(), g.request_id)
+    user = accounts.change_role(process_db(), _user_id(userId), body.role, _actor(), g.request_id)
     if user is None:
         raise ApiError(404, "USER_NOT_FOUND", "No such user.")
     user_changes.announce(userId)  # every web process forgets the cached role now
@@ -67,7 +69,7 @@ def refund(idempotency_key: str | None) -> Any:
 
 def refund_operation(body: RefundIn) -> Refund:
     """The refund ``body`` asks for, routed by the original's debtor (the API's and the console's)."""
-    target = refunds.refund_target(body.jobId)
+    target = refunds.refund_target(process_db(), body.jobId)
     if target is None:
         raise ApiError(404, "ORIGINAL_NOT_FOUND", "No such job.")
     if target.debtor is None:
@@ -77,7 +79,7 @@ def refund_operation(body: RefundIn) -> Refund:
 
 
 def _set_status(user_id: str, status: WalletStatus) -> Any:
-    wallet = accounts.set_wallet_status(_user_id(user_id), status, _actor(), g.request_id)
+    wallet = accounts.set_wallet_status(process_db(), _user_id(user_id), status, _actor(), g.request_id)
     if wallet is None:
         raise ApiError(404, "USER_NOT_FOUND", "No such user.")
     # Settlement reads the wallet's status itself; the announcement makes every web
@@ -101,6 +103,6 @@ def unfreeze(userId: str) -> Any:  # noqa: N803
 @endpoint(bp, "GET", "/system-wallets", summary="The platform's own wallets (revenue, processing, funding, payouts "
           "in flight), each the sum of its per-partition buckets", response=SystemWalletsOut, roles=ADMIN)
 def system_wallets() -> Any:
-    totals = wallets.platform_balances(current_app.config["PURSER"].ledger_partitions)
+    totals = wallets.platform_balances(process_db(), settings().ledger_partitions)
     return jsonify(items=[{"walletId": name, "balance": amount} for name, amount in totals.items()],
                    currency="COIN")

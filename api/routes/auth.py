@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 
 from api import auth as tokens
+from api.app_settings import settings
 from api.errors import ApiError
 from api.jsonbody import parse_body
 from api.limits import client_address
@@ -14,14 +15,10 @@ from api.login_throttle import LoginThrottle
 from api.request_schemas import LoginIn, RegisterIn
 from api.response_schemas import MeOut, TokenOut, UserOut
 from api.spec import Link, endpoint
-from infra.config import Settings
 from services import accounts, users
+from services.store import process_db
 
 bp = Blueprint("auth", __name__, url_prefix="/api")
-
-
-def _settings() -> Settings:
-    return current_app.config["PURSER"]
 
 
 def _throttle() -> LoginThrottle:
@@ -41,7 +38,7 @@ def throttled_login(email: str, password: str) -> dict[str, Any]:
     """
     attempt = _throttle().reserve(users.normalise_email(email), client_address())
     try:
-        user = accounts.login(email, password, settings=_settings())
+        user = accounts.login(process_db(), email, password, settings=settings())
     except users.HashingBusy:
         attempt.release()
         raise _busy() from None
@@ -68,7 +65,7 @@ def throttled_login(email: str, password: str) -> dict[str, Any]:
 def register() -> Any:
     body = parse_body(RegisterIn)
     try:
-        user = accounts.register(body.email, body.password, body.displayName, settings=_settings())
+        user = accounts.register(process_db(), body.email, body.password, body.displayName, settings=settings())
     except users.EmailTaken:
         raise ApiError(409, "EMAIL_TAKEN", "An account with this email already exists.") from None
     except users.HashingBusy:
@@ -82,13 +79,13 @@ def register() -> Any:
 def login() -> Any:
     body = parse_body(LoginIn)
     user = throttled_login(body.email, body.password)
-    token, ttl = tokens.issue_token(_settings(), user["_id"], user["role"])
+    token, ttl = tokens.issue_token(settings(), user["_id"], user["role"])
     return jsonify(accessToken=token, tokenType="Bearer", expiresIn=ttl)
 
 
 @endpoint(bp, "GET", "/me", summary="The caller's profile", response=MeOut)
 def me() -> Any:
-    user = accounts.profile(tokens.current().user_id)
+    user = accounts.profile(process_db(), tokens.current().user_id)
     if user is None:
         raise ApiError(401, "UNAUTHORIZED", "The account no longer exists.")
     return jsonify(**users.user_view(user), walletId=user["_id"], displayName=user.get("displayName"))

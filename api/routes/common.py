@@ -6,11 +6,12 @@ from api.errors import ApiError
 from ledger.states import WalletStatus
 from services import wallets
 from services.queries import BadCursor
+from services.store import process_db
 
 
 def require_user_wallet(user_id: str, code: str = "RECEIVER_NOT_FOUND") -> WalletStatus:
     """The status of ``user_id``'s wallet; 422 ``code`` when there is no such user."""
-    status = wallets.user_wallet_status(user_id)
+    status = wallets.user_wallet_status(process_db(), user_id)
     if status is None:
         raise ApiError(422, code, "No such user.")
     return status

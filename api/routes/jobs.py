@@ -24,6 +24,7 @@ from services.job_views import job_detail
 from services.jobs import get_job as load_job
 from services.jobs import job_view
 from services.queries import BadCursor, user_jobs
+from services.store import process_db
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/jobs")
 
@@ -33,7 +34,7 @@ _PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait=(\d{1,3})(?:$|[;,\s])")
 
 def _visible_job(job_id: str) -> dict[str, Any]:
     principal = current()
-    job = load_job(job_id) if is_user_id(job_id) else None
+    job = load_job(process_db(), job_id) if is_user_id(job_id) else None
     # 404, not 403, for other people's jobs: existence is not disclosed.
     if job is None or (job.get("ownerId") != principal.user_id and not still_admin(principal)):
         raise ApiError(404, "JOB_NOT_FOUND", "No such job.")
@@ -45,18 +46,18 @@ def _visible_job(job_id: str) -> dict[str, Any]:
 def get_job(jobId: str) -> Any:  # noqa: N803
     match = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
     if not match:
-        return jsonify(job_detail(_visible_job(jobId))), 200, {}
+        return jsonify(job_detail(process_db(), _visible_job(jobId))), 200, {}
     wait = min(int(match.group(1)), MAX_WAIT_SECONDS)
     headers = {"Preference-Applied": f"wait={wait}"}
     if wait == 0 or not is_user_id(jobId):
-        return jsonify(job_detail(_visible_job(jobId))), 200, headers
+        return jsonify(job_detail(process_db(), _visible_job(jobId))), 200, headers
     # No thread and no polling while waiting: the settler announces terminal jobs
     # (api/waits.py); MongoDB is read once now and once when woken or at the deadline.
     result = waits.wait_for_job(jobId, current().user_id, wait, lambda: _visible_job(jobId),
-                                lambda: load_job(jobId))
+                                lambda: load_job(process_db(), jobId))
     if not result.applied:
         headers = {}  # over the per-user cap: answered at once, the preference not honoured
-    return jsonify(job_detail(result.job)), 200, headers
+    return jsonify(job_detail(process_db(), result.job)), 200, headers
 
 
 @endpoint(bp, "GET", "", summary="The caller's jobs, newest first", query=JobsQuery, response=JobPage,
@@ -65,7 +66,7 @@ def get_job(jobId: str) -> Any:  # noqa: N803
 def list_jobs() -> Any:
     q = parse_query(JobsQuery)
     try:
-        jobs, next_cursor = user_jobs(current().user_id, q.status, q.limit, q.cursor)
+        jobs, next_cursor = user_jobs(process_db(), current().user_id, q.status, q.limit, q.cursor)
     except BadCursor as exc:
         raise bad_cursor(exc) from None
     return jsonify(items=[job_view(j) for j in jobs], nextCursor=next_cursor)

@@ -8,9 +8,10 @@ import re
 import time
 from typing import Any
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, request
 from pydantic import ValidationError
 
+from api.app_settings import settings
 from api.errors import ApiError
 from api.jsonbody import parse_body, validation_problem
 from api.money import accept
@@ -20,6 +21,7 @@ from api.routes.common import require_user_wallet
 from api.spec import endpoint
 from ledger.operations import Chargeback, PayoutEvent, TopUp
 from services.payouts import get_payout
+from services.store import process_db
 
 bp = Blueprint("payments", __name__, url_prefix="/api/payments")
 
@@ -54,7 +56,7 @@ def _verify_signature(secret: str) -> None:
                   422: ("RECEIVER_NOT_FOUND", "IDEMPOTENCY_KEY_REUSED"), 503: "BACKLOG_FULL"},
           extra_headers={SIGNATURE_HEADER: "t=<unix>,v1=<hex hmac>"}, limited=False)
 def webhook() -> Any:
-    _verify_signature(current_app.config["PURSER"].provider_webhook_secret)
+    _verify_signature(settings().provider_webhook_secret)
     body = parse_body(WebhookIn)
     require_user_wallet(body.userId)
     return accept(TopUp(body.userId, body.amount, body.providerTxId), body, owner_id=body.userId,
@@ -76,7 +78,7 @@ def _data(model: type[PayoutEventData] | type[DisputeData], data: dict[str, Any]
                   422: ("RECEIVER_NOT_FOUND", "IDEMPOTENCY_KEY_REUSED"), 503: "BACKLOG_FULL"},
           extra_headers={SIGNATURE_HEADER: "t=<unix>,v1=<hex hmac>"}, limited=False)
 def events() -> Any:
-    _verify_signature(current_app.config["PURSER"].provider_webhook_secret)
+    _verify_signature(settings().provider_webhook_secret)
     body = parse_body(ProviderEventIn)
     key = f"event:{body.id}"
     if body.type == "topup.disputed":
@@ -85,7 +87,7 @@ def events() -> Any:
         return accept(Chargeback(dispute.userId, dispute.amount, dispute.providerTxId, body.id), body,
                       owner_id=dispute.userId, key=key, key_owner=PROVIDER_OWNER)
     event = _data(PayoutEventData, body.data)
-    payout = get_payout(event.payoutId)
+    payout = get_payout(process_db(), event.payoutId)
     if payout is None:
         raise ApiError(404, "PAYOUT_NOT_FOUND", "No such payout.")
     user = payout["userId"]

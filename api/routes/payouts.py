@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 
+from api.app_settings import settings
 from api.auth import current, still_admin
 from api.errors import ApiError
 from api.jsonbody import parse_body, parse_query
@@ -28,6 +29,7 @@ from services.jobs import new_job_id
 from services.payouts import get_payout as load_payout
 from services.payouts import payout_view, user_payouts
 from services.queries import BadCursor
+from services.store import process_db
 
 bp = Blueprint("payouts", __name__, url_prefix="/api/payouts")
 
@@ -37,13 +39,13 @@ bp = Blueprint("payouts", __name__, url_prefix="/api/payouts")
           errors={403: "PAYOUT_NOT_ALLOWED", 422: "PAYOUT_BELOW_MINIMUM"})
 def request_payout(idempotency_key: str | None) -> Any:
     principal = current()
-    settings = current_app.config["PURSER"]
-    if principal.role not in settings.payout_roles:
+    s = settings()
+    if principal.role not in s.payout_roles:
         raise ApiError(403, "PAYOUT_NOT_ALLOWED", "Your role cannot request payouts.")
     body = parse_body(PayoutIn)
-    if body.amount < settings.payout_min_amount:
+    if body.amount < s.payout_min_amount:
         raise ApiError(422, "PAYOUT_BELOW_MINIMUM",
-                       f"A payout must be at least {settings.payout_min_amount} coins.")
+                       f"A payout must be at least {s.payout_min_amount} coins.")
     job_id = new_job_id()  # the payout's id: the provider's idempotency key for it
     return accept(Payout(principal.user_id, body.amount, job_id), body, owner_id=principal.user_id,
                   key=idempotency_key, job_id=job_id)
@@ -55,14 +57,14 @@ def request_payout(idempotency_key: str | None) -> Any:
 def list_payouts() -> Any:
     q = parse_query(PageQuery)
     try:
-        docs, next_cursor = user_payouts(current().user_id, q.limit, q.cursor)
+        docs, next_cursor = user_payouts(process_db(), current().user_id, q.limit, q.cursor)
     except BadCursor as exc:
         raise bad_cursor(exc) from None
     return jsonify(items=[payout_view(d) for d in docs], nextCursor=next_cursor)
 
 
 def _schedule_roles() -> None:
-    if current().role not in current_app.config["PURSER"].payout_roles:
+    if current().role not in settings().payout_roles:
         raise ApiError(403, "PAYOUT_NOT_ALLOWED", "Your role cannot request payouts.")
 
 
@@ -72,11 +74,12 @@ def _schedule_roles() -> None:
 def put_schedule() -> Any:
     _schedule_roles()
     body = parse_body(ScheduleIn)
-    floor = current_app.config["PURSER"].payout_min_amount
+    floor = settings().payout_min_amount
     if body.minimum < floor:
         raise ApiError(422, "PAYOUT_BELOW_MINIMUM", f"The minimum must be at least {floor} coins.")
     try:
-        doc = payout_schedules.put_schedule(current().user_id, body.interval, body.anchor, body.minimum, utcnow())
+        doc = payout_schedules.put_schedule(process_db(), current().user_id, body.interval, body.anchor, body.minimum,
+                                            utcnow())
     except BadSchedule as exc:
         raise ApiError(422, "SCHEDULE_ANCHOR_INVALID", str(exc)) from None
     return jsonify(payout_schedules.schedule_view(doc))
@@ -86,16 +89,16 @@ def put_schedule() -> Any:
           response=ScheduleOut, errors={404: "SCHEDULE_NOT_FOUND"})
 def get_schedule() -> Any:
     me = current().user_id
-    doc = payout_schedules.get_schedule(me)
+    doc = payout_schedules.get_schedule(process_db(), me)
     if doc is None:
         raise ApiError(404, "SCHEDULE_NOT_FOUND", "No active payout schedule.")
-    return jsonify({**payout_schedules.schedule_view(doc), "runs": payout_schedules.runs(me)})
+    return jsonify({**payout_schedules.schedule_view(doc), "runs": payout_schedules.runs(process_db(), me)})
 
 
 @endpoint(bp, "DELETE", "/schedule", summary="Stop the caller's payout schedule (a slot already placed still pays)",
           status=204, errors={404: "SCHEDULE_NOT_FOUND"})
 def delete_schedule() -> Any:
-    if not payout_schedules.delete_schedule(current().user_id, utcnow()):
+    if not payout_schedules.delete_schedule(process_db(), current().user_id, utcnow()):
         raise ApiError(404, "SCHEDULE_NOT_FOUND", "No active payout schedule.")
     return "", 204
 
@@ -104,7 +107,7 @@ def delete_schedule() -> Any:
           errors={404: "PAYOUT_NOT_FOUND"})
 def get_payout(payoutId: str) -> Any:  # noqa: N803
     principal = current()
-    doc = load_payout(payoutId) if is_user_id(payoutId) else None
+    doc = load_payout(process_db(), payoutId) if is_user_id(payoutId) else None
     # 404, not 403, for other people's payouts: existence is not disclosed.
     if doc is None or (doc["userId"] != principal.user_id and not still_admin(principal)):
         raise ApiError(404, "PAYOUT_NOT_FOUND", "No such payout.")

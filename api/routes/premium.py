@@ -16,6 +16,7 @@ from api.spec import Link, endpoint
 from ledger.operations import Unlock
 from ledger.states import Role
 from services import contents
+from services.store import process_db
 
 bp = Blueprint("premium", __name__, url_prefix="/api/premium")
 
@@ -28,17 +29,18 @@ bp = Blueprint("premium", __name__, url_prefix="/api/premium")
                                 body={"contentId": "$response.body#/contentId"})})
 def create_content() -> Any:
     body = parse_body(ContentIn)
-    doc = contents.publish(current().user_id, body.title, body.price)
+    doc = contents.publish(process_db(), current().user_id, body.title, body.price)
     return jsonify(contents.content_view(doc)), 201
 
 
 @endpoint(bp, "GET", "/content/<contentId>", summary="Content details and whether the caller has access",
           response=ContentOut, errors={404: "CONTENT_NOT_FOUND"})
 def get_content(contentId: str) -> Any:  # noqa: N803 - the path parameter name is the contract
-    content = contents.active_content(contentId)
+    content = contents.active_content(process_db(), contentId)
     if content is None:
         raise ApiError(404, "CONTENT_NOT_FOUND", "No such content.")
-    return jsonify(**contents.content_view(content), unlocked=contents.has_access(current().user_id, content))
+    return jsonify(**contents.content_view(content),
+                   unlocked=contents.has_access(process_db(), current().user_id, content))
 
 
 @endpoint(bp, "POST", "/unlock", summary="Buy access to premium content (settled asynchronously)",
@@ -47,7 +49,7 @@ def get_content(contentId: str) -> Any:  # noqa: N803 - the path parameter name 
 def unlock(idempotency_key: str | None) -> Any:
     body = parse_body(UnlockIn)
     me = current().user_id
-    content = contents.active_content(body.contentId)
+    content = contents.active_content(process_db(), body.contentId)
     if content is None:
         raise ApiError(422, "CONTENT_NOT_FOUND", "No such content.")
     if content["creatorId"] == me:

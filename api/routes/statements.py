@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
+from api.app_settings import settings
 from api.auth import current
 from api.errors import ApiError
 from api.jsonbody import parse_query
@@ -18,6 +19,7 @@ from ledger.periods import Month, parse_instant, parse_month
 from ledger.states import Role
 from ledger.timeutil import iso, utcnow
 from services import checkpoints, reports, statements, wallets
+from services.store import process_db
 
 bp = Blueprint("statements", __name__, url_prefix="/api/statements")
 admin_bp = Blueprint("admin_history", __name__, url_prefix="/api/admin")
@@ -26,7 +28,7 @@ CSV = "text/csv"
 
 
 def _margin() -> timedelta:
-    return timedelta(seconds=current_app.config["PURSER"].history_margin_seconds)
+    return timedelta(seconds=settings().history_margin_seconds)
 
 
 def as_of_answer(user_id: str, text: str) -> dict[str, Any]:
@@ -38,12 +40,12 @@ def as_of_answer(user_id: str, text: str) -> dict[str, Any]:
                                                "e.g. 2026-11-30T23:59:59.999Z.") from None
     if at > utcnow():
         raise ApiError(422, "INSTANT_IN_FUTURE", "asOf is later than now: no balance is known yet.")
-    created, status = wallets.wallet_created(user_id)
+    created, status = wallets.wallet_created(process_db(), user_id)
     if status is None:
         raise ApiError(404, "NOT_FOUND", "No wallet for this account.")
     if created is not None and at < created:
         raise ApiError(422, "INSTANT_BEFORE_WALLET", "The wallet did not exist at that instant.")
-    found = checkpoints.balance_at(user_id, at)
+    found = checkpoints.balance_at(process_db(), user_id, at)
     return {"walletId": user_id, "userId": user_id, "asOf": iso(found.at), "balance": found.balance,
             "incoming": 0, "held": found.held, "debt": found.debt, "currency": "COIN", "status": status}
 
@@ -62,7 +64,7 @@ def statement_answer(user_id: str, period: str) -> Any:
     """The statement as JSON, or CSV when the client asks for ``text/csv``."""
     month = month_arg(period)
     try:
-        body = statements.get(user_id, month, utcnow(), settle_margin=_margin())
+        body = statements.get(process_db(), user_id, month, utcnow(), settle_margin=_margin())
     except statements.BeforeWallet:
         raise ApiError(422, "PERIOD_BEFORE_WALLET", "The wallet did not exist in that month.") from None
     if request.accept_mimetypes.best_match(["application/json", CSV]) == CSV:
@@ -74,7 +76,7 @@ def statement_answer(user_id: str, period: str) -> Any:
 @endpoint(bp, "GET", "", summary="The caller's monthly statements, newest first (the current one provisional)",
           response=StatementList)
 def list_statements() -> Any:
-    return jsonify(items=statements.periods(current().user_id, utcnow()))
+    return jsonify(items=statements.periods(process_db(), current().user_id, utcnow()))
 
 
 @endpoint(bp, "GET", "/<period>", summary="One month's statement (Accept: text/csv for one line per movement)",
@@ -109,4 +111,4 @@ def admin_statement(userId: str, period: str) -> Any:  # noqa: N803
           response=PlatformReportOut, roles=ADMIN, errors={422: ("PERIOD_INVALID", "PERIOD_IN_FUTURE")})
 def platform_report(period: str) -> Any:
     month = month_arg(period)
-    return jsonify(reports.platform_month(month, utcnow(), settle_margin=_margin()))
+    return jsonify(reports.platform_month(process_db(), month, utcnow(), settle_margin=_margin()))

@@ -18,6 +18,7 @@ from ledger.operations import Subscribe
 from ledger.states import Role
 from services import operator_audit, subscriptions
 from services.queries import subscription_view
+from services.store import process_db
 
 bp = Blueprint("subscription", __name__, url_prefix="/api/subscription")
 
@@ -27,7 +28,7 @@ bp = Blueprint("subscription", __name__, url_prefix="/api/subscription")
 def put_plan() -> Any:
     body = parse_body(PlanIn)
     principal = current()
-    fields = subscriptions.set_plan(principal.user_id, body.price, body.periodDays,
+    fields = subscriptions.set_plan(process_db(), principal.user_id, body.price, body.periodDays,
                                     operator_audit.actor_of(principal.user_id, principal.role), g.request_id)
     return jsonify(creatorId=principal.user_id, **fields)
 
@@ -40,7 +41,7 @@ def subscribe(idempotency_key: str | None) -> Any:
     me = current().user_id
     refuse_self(me, body.creatorId)
     require_user_wallet(body.creatorId)
-    if not subscriptions.offers_plan(body.creatorId):
+    if not subscriptions.offers_plan(process_db(), body.creatorId):
         raise ApiError(422, "NO_PLAN", "This creator offers no subscription plan.")
     return accept(Subscribe(me, body.creatorId, body.autoRenew), body, owner_id=me, key=idempotency_key)
 
@@ -50,7 +51,7 @@ def subscribe(idempotency_key: str | None) -> Any:
 def cancel() -> Any:
     body = parse_body(CancelIn)
     principal = current()
-    sub = subscriptions.cancel(body.subscriptionId, principal.user_id,
+    sub = subscriptions.cancel(process_db(), body.subscriptionId, principal.user_id,
                                operator_audit.actor_of(principal.user_id, principal.role), g.request_id)
     if sub is None:
         raise ApiError(404, "SUBSCRIPTION_NOT_FOUND", "No active subscription with this id.")
@@ -61,4 +62,5 @@ def cancel() -> Any:
           links={"Cancel": Link("subscription.cancel", "Stop the first subscription's auto-renewal",
                                 body={"subscriptionId": "$response.body#/items/0/subscriptionId"})})
 def list_subscriptions() -> Any:
-    return jsonify(items=[subscription_view(s) for s in subscriptions.subscriptions_of(current().user_id)])
+    found = subscriptions.subscriptions_of(process_db(), current().user_id)
+    return jsonify(items=[subscription_view(s) for s in found])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 
+from api.app_settings import settings
 from api.auth import current
 from api.errors import ApiError
 from api.jsonbody import parse_body, parse_query
@@ -19,6 +20,7 @@ from ledger.operations import Transfer
 from services import wallets
 from services.payouts import held_amount
 from services.queries import BadCursor, wallet_history
+from services.store import process_db
 
 bp = Blueprint("wallet", __name__, url_prefix="/api/wallet")
 
@@ -33,7 +35,7 @@ def balance() -> Any:
     if as_of is not None:
         return jsonify(as_of_answer(me, as_of))
     try:
-        found = wallets.balance(me, current_app.config["PURSER"].ledger_partitions)
+        found = wallets.balance(process_db(), me, settings().ledger_partitions)
     except wallets.ConsistentReadError:
         raise ApiError(503, "SERVICE_UNAVAILABLE", "The wallet is changing; retry shortly.",
                        headers={"Retry-After": "1"}) from None
@@ -42,7 +44,7 @@ def balance() -> Any:
     # ``balance`` is spendable now; ``incoming`` was settled for this wallet by another
     # partition's batch and becomes spendable when the owner applies it (sub-second).
     return jsonify(walletId=found.wallet_id, userId=me, balance=found.balance, incoming=found.incoming,
-                   held=held_amount(me), currency="COIN", status=found.status)
+                   held=held_amount(process_db(), me), currency="COIN", status=found.status)
 
 
 @endpoint(bp, "GET", "/transactions", summary="The caller's ledger history, newest first",
@@ -50,7 +52,7 @@ def balance() -> Any:
 def transactions() -> Any:
     q = parse_query(PageQuery)
     try:
-        items, next_cursor = wallet_history(current().user_id, q.limit, q.cursor)
+        items, next_cursor = wallet_history(process_db(), current().user_id, q.limit, q.cursor)
     except BadCursor as exc:
         raise bad_cursor(exc) from None
     return jsonify(items=items, nextCursor=next_cursor)

@@ -134,7 +134,7 @@ def test_with_idempotency_disabled_every_request_is_a_new_job(http_api: Callable
     outcomes = sorted((job["status"], (job["error"] or {}).get("code"))
                       for job in (api.settle(carol, r) for r in (first, resent)))
     # The second insert of the providerTxId is refused by the unique index every time:
-    # services/settlement.py isolates that job and fails it (PersistentDuplicate).
+    # services/batch_isolation.py isolates that job and fails it (PersistentDuplicate).
     assert outcomes == [("failed", "INTERNAL_ERROR"), ("settled", None)], outcomes
     assert api.balance(carol) == 25
 

@@ -283,7 +283,7 @@ def counted_app(fresh_db: Any, session_worker: Any, monkeypatch: pytest.MonkeyPa
                         lambda *a, **kw: original(*a, event_listeners=[listener], **kw))
     infra.mongo.reset_client()
     app = create_app(get_settings())
-    hub = waits.get_hub().start()
+    hub = waits.get_hub(get_settings()).start()
     assert hub.subscribed.wait(10), "the announcement hub did not subscribe"
     try:
         yield app, listener

@@ -117,8 +117,9 @@ def event(api: Api, event_id: str, kind: str, data: dict[str, Any]) -> Any:
 
 
 def run_tick(api: Api, sim_url: str, *, later: timedelta = timedelta(minutes=5)) -> payouts.TickResult:
-    return payouts.tick(HttpPayoutProvider(sim_url), partitions=4, ring=ring, resolve_after=timedelta(minutes=2),
-                        hold_ttl=timedelta(hours=24), now=utcnow() + later, db=api.db)
+    return payouts.tick(api.db, HttpPayoutProvider(sim_url), partitions=4, ring=ring,
+                        resolve_after=timedelta(minutes=2),
+                        hold_ttl=timedelta(hours=24), now=utcnow() + later)
 
 
 # --- admission -----------------------------------------------------------------------------

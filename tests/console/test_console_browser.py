@@ -176,7 +176,7 @@ def test_operator_finds_a_fan_and_refunds_an_unlock_through_the_form(stack: Stac
     s, b = stack, browser
     fan, creator = seed_users(s.db, 1, prefix="refundfan")[0], seed_users(s.db, 1, role="creator")[0]
     fund(s, fan, 1000)
-    content = contents.publish(creator.id, "A premium post", 250, db=s.db)
+    content = contents.publish(s.db, creator.id, "A premium post", 250)
     unlock = settled(s, fan, "/api/premium/unlock", {"contentId": content["_id"]})
     fan_before, creator_before = balance(s, fan.id), balance(s, creator.id)
     assert (fan_before, creator_before) == (750, 200)
@@ -218,7 +218,7 @@ def test_a_form_submitted_twice_refunds_once(stack: Stack, browser: Browser) -> 
     s, b = stack, browser
     fan, creator = seed_users(s.db, 1, prefix="twicefan")[0], seed_users(s.db, 1, role="creator")[0]
     fund(s, fan, 500)
-    content = contents.publish(creator.id, "Twice", 300, db=s.db)
+    content = contents.publish(s.db, creator.id, "Twice", 300)
     unlock = settled(s, fan, "/api/premium/unlock", {"contentId": content["_id"]})
     login(b, s, s.admin.email)
     http = with_session(b)
@@ -357,7 +357,7 @@ def test_the_overview_figures_equal_the_store(stack: Stack, browser: Browser) ->
     s, b = stack, browser
     fans = seed_users(s.db, 3, prefix="overviewfan")
     creator = seed_users(s.db, 1, role="creator")[0]
-    content = contents.publish(creator.id, "Overview", 120, db=s.db)
+    content = contents.publish(s.db, creator.id, "Overview", 120)
     for fan in fans:
         fund(s, fan, 200)
         settled(s, fan, "/api/premium/unlock", {"contentId": content["_id"]})

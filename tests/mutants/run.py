@@ -88,7 +88,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "TOLERANCE_SECONDS = 300", "TOLERANCE_SECONDS = 3000",
            ("tests/unit/test_webhook_signature.py",)),
     # --- settlement and deferred credits ---------------------------------------------
-    Mutant("settlement: inbound credits not spendable before deciding", "services/settlement.py",
+    Mutant("settlement: inbound credits not spendable before deciding", "services/batch_runner.py",
            "snapshot.wallets.setdefault(wallet_id, WalletState(0)).balance += amount", "pass",
            (S + "test_guards_and_claims.py::test_a_credit_received_is_spendable_in_the_batch_that_applies_it",)),
     Mutant("settlement: inbound credit never marked applied (applied twice)", "ledger/write_plan.py",

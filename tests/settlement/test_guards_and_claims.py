@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import services.batch_runner as batch_runner
 import services.settlement as settlement
 from ledger.money import PAYOUTS_IN_FLIGHT
 from ledger.operations import Payout, PayoutEvent, Transfer
@@ -39,7 +40,7 @@ def test_debit_guard_refuses_a_decision_made_on_a_stale_balance(db, monkeypatch)
     sender, receiver = add_user(db, partition=0), add_user(db, partition=0)
     fund_here(db, [sender], 100)
     job = queue_jobs(db, [Transfer(sender, receiver, 500)])[0]
-    real = settlement.load_snapshot
+    real = batch_runner.load_snapshot
     calls = {"n": 0}
 
     def stale_once(*args: Any, **kwargs: Any) -> Any:
@@ -49,7 +50,7 @@ def test_debit_guard_refuses_a_decision_made_on_a_stale_balance(db, monkeypatch)
             snap.wallets[sender].balance = 1000
         return snap
 
-    monkeypatch.setattr(settlement, "load_snapshot", stale_once)
+    monkeypatch.setattr(batch_runner, "load_snapshot", stale_once)
     settlement.settle_partition(db, 0, partitions=partitions(), batch_max=200)
     assert calls["n"] >= 2, "the stale decision was not retried"
     done = db.jobs.find_one({"_id": job["_id"]})
@@ -74,14 +75,14 @@ def test_the_in_flight_bucket_guard_refuses_to_post_more_than_it_holds(db, monke
     bucket = bucket_id(PAYOUTS_IN_FLIGHT, 2)
     assert db.wallets.find_one({"_id": bucket})["balance"] == 1200
     db.wallets.update_one({"_id": bucket}, {"$inc": {"balance": -1000}})
-    real = settlement.load_snapshot
+    real = batch_runner.load_snapshot
 
     def stale(*args: Any, **kwargs: Any) -> Any:
         snap = real(*args, **kwargs)
         snap.wallets[PAYOUTS_IN_FLIGHT].balance = 1200
         return snap
 
-    monkeypatch.setattr(settlement, "load_snapshot", stale)
+    monkeypatch.setattr(batch_runner, "load_snapshot", stale)
     event = queue_jobs(db, [PayoutEvent(creator, payout, "paid", "evt-short")])[0]["_id"]
     drained = settlement.settle_partition(db, 2, partitions=partitions(), batch_max=200, time_budget=1.0)
     assert drained.held == [event] and not drained.more and drained.settled == 0
@@ -156,7 +157,7 @@ def test_a_payout_retried_over_a_stale_claim_keeps_one_id_for_job_and_payout(db)
     t0 = utcnow()
     idempotency.claim(db, user, "key-p", "fp", "job-first", 24, _response("job-first"),
                       now=t0 - idempotency.STALE_AFTER)
-    got = accept_job(Payout(user, 1500, "job-retry"), user, partitions=partitions(), ring=lambda *a: None,
-                     key="key-p", claim=KeyClaim(user, "fp", 24), job_id="job-retry", db=db)
+    got = accept_job(db, Payout(user, 1500, "job-retry"), user, partitions=partitions(), ring=lambda *a: None,
+                     key="key-p", claim=KeyClaim(user, "fp", 24), job_id="job-retry")
     assert got.job is not None and got.job["_id"] == "job-first"
     assert got.job["params"]["payout_id"] == "job-first"

@@ -73,25 +73,25 @@ def test_balance_as_of_statements_and_report_tie_out_over_two_months(fresh_db: A
     h = _history(db)
     creator, fan = h["creator"], h["fan"]
     now = datetime(2025, 3, 10, tzinfo=UTC)
-    folded = checkpoints.roll_up(partitions=partitions(), now=now, margin=MARGIN, db=db)
+    folded = checkpoints.roll_up(db, partitions=partitions(), now=now, margin=MARGIN)
     assert folded.blocks == db.auditlogs.count_documents({"partition": {"$gte": 0}})
-    assert checkpoints.roll_up(partitions=partitions(), now=now, margin=MARGIN, db=db).blocks == 0
+    assert checkpoints.roll_up(db, partitions=partitions(), now=now, margin=MARGIN).blocks == 0
     # Checkpoints sit at the month ends of wallets that moved.
     assert db.balance_checkpoints.find_one({"walletId": creator, "at": JAN.last_instant}) is not None
 
     for moment in [h["day"](d, hh) for d in (1, 5, 7, 20, 21, 33, 40, 41, 59, 60) for hh in (0, 12, 13)]:
         for wallet in (creator, fan, h["other"]):
-            got = checkpoints.balance_at(wallet, moment, db=db)
+            got = checkpoints.balance_at(db, wallet, moment)
             assert got.balance == _replay(db, wallet, moment), (wallet, moment)
     # Held: between the hold (day 20) and its failure (day 21), then the paid one (days 40-41).
-    assert checkpoints.balance_at(creator, h["day"](20, 13), db=db).held == 1_000
-    assert checkpoints.balance_at(creator, h["day"](21, 13), db=db).held == 0
-    assert checkpoints.balance_at(creator, h["day"](40, 13), db=db).held == 600
+    assert checkpoints.balance_at(db, creator, h["day"](20, 13)).held == 1_000
+    assert checkpoints.balance_at(db, creator, h["day"](21, 13)).held == 0
+    assert checkpoints.balance_at(db, creator, h["day"](40, 13)).held == 600
     # The chargeback left the fan in debt? 10000 - 1000 - 2000 + 400 refunded = 7400: no debt.
-    assert checkpoints.balance_at(fan, h["day"](35), db=db).debt == 0
+    assert checkpoints.balance_at(db, fan, h["day"](35)).debt == 0
 
-    jan = statements.compute(creator, JAN, now, settle_margin=MARGIN, db=db)
-    feb = statements.compute(creator, FEB, now, settle_margin=MARGIN, db=db)
+    jan = statements.compute(db, creator, JAN, now, settle_margin=MARGIN)
+    feb = statements.compute(db, creator, FEB, now, settle_margin=MARGIN)
     assert jan["tieOut"]["ok"] and feb["tieOut"]["ok"] and not jan["provisional"]
     assert jan["closingBalance"] == feb["openingBalance"] == 800 + 300
     assert jan["income"]["gift"] == {"count": 1, "amount": 800, "gross": 1000, "platformRevenue": 150,
@@ -101,24 +101,23 @@ def test_balance_as_of_statements_and_report_tie_out_over_two_months(fresh_db: A
     assert refund["originalJobId"] == h["gift"] and refund["amount"] == -320
     assert feb["payouts"]["paid"] == {"count": 1, "amount": 600}
     assert feb["closingBalance"] == 1100 - 320 - 600 + 2000
-    fan_feb = statements.compute(fan, FEB, now, settle_margin=MARGIN, db=db)
+    fan_feb = statements.compute(db, fan, FEB, now, settle_margin=MARGIN)
     assert fan_feb["tieOut"]["ok"] and fan_feb["chargebacks"]["amount"] == -2000
     assert next(x for x in fan_feb["lines"] if x["kind"] == "chargeback")["originalJobId"]
 
     # Stored once, whoever asks first; the hash is in the statements' audit chain.
-    head, created = statements.store_closed(creator, JAN, now, settle_margin=MARGIN, db=db)
-    again, created_again = statements.store_closed(creator, JAN, now + timedelta(days=5), settle_margin=MARGIN,
-                                                   db=db)
+    head, created = statements.store_closed(db, creator, JAN, now, settle_margin=MARGIN)
+    again, created_again = statements.store_closed(db, creator, JAN, now + timedelta(days=5), settle_margin=MARGIN)
     assert created and not created_again and again["hash"] == head["hash"]
     chain = list(db.auditlogs.find({"partition": -2}))
     assert [e["after"]["hash"] for e in chain] == [head["hash"]]
     assert verify_audit(db).ok
-    served = statements.get(creator, JAN, now, settle_margin=MARGIN, db=db)
+    served = statements.get(db, creator, JAN, now, settle_margin=MARGIN)
     assert served["lines"] == jan["lines"] and served["hash"] == head["hash"]
     parsed = list(csv.DictReader(io.StringIO(statements.csv_text(served))))
     assert [(r["jobId"], int(r["amount"])) for r in parsed] == [(x["jobId"], x["amount"]) for x in jan["lines"]]
 
-    report = reports.platform_month(FEB, now, settle_margin=MARGIN, db=db)
+    report = reports.platform_month(db, FEB, now, settle_margin=MARGIN)
     assert not report["provisional"] and report["tieOut"]["ok"]
     assert all(t["ok"] for t in report["platform"].values()), report["platform"]
     assert report["kinds"]["gift"]["gross"] == 2500 and report["kinds"]["refund"]["count"] == 1
@@ -135,10 +134,10 @@ def test_a_month_before_the_wallet_or_in_the_future_is_refused_and_an_empty_mont
     db.wallets.update_one({"_id": user}, {"$set": {"createdAt": T0 + timedelta(days=40)}})
     now = datetime(2025, 4, 10, tzinfo=UTC)
     with pytest.raises(statements.BeforeWallet):
-        statements.compute(user, JAN, now, settle_margin=MARGIN, db=db)
+        statements.compute(db, user, JAN, now, settle_margin=MARGIN)
     with pytest.raises(statements.NotYet):
-        statements.compute(user, Month(2025, 5), now, settle_margin=MARGIN, db=db)
-    empty = statements.compute(user, Month(2025, 3), now, settle_margin=MARGIN, db=db)
+        statements.compute(db, user, Month(2025, 5), now, settle_margin=MARGIN)
+    empty = statements.compute(db, user, Month(2025, 3), now, settle_margin=MARGIN)
     assert empty["movements"] == 0 and empty["lines"] == [] and empty["tieOut"]["ok"]
 
 
@@ -149,13 +148,13 @@ def test_weekly_schedule_pays_once_per_slot_skips_with_reasons_and_includes_rele
     creator = add_user(db, role="creator")
     db.wallets.update_one({"_id": creator}, {"$set": {"createdAt": T0}})
     _settle_at(db, Credit(creator, 5_013, "earnings"), T0 + timedelta(hours=1))
-    payout_schedules.put_schedule(creator, "weekly", "monday", 1_000, T0, db=db)  # 2025-01-01 is a Wednesday
+    payout_schedules.put_schedule(db, creator, "weekly", "monday", 1_000, T0)  # 2025-01-01 is a Wednesday
     slot = datetime(2025, 1, 6, tzinfo=UTC)
     rung: list[int] = []
 
     def tick(at: datetime) -> Any:
-        return payout_schedules.tick(floor=1_000, partitions=partitions(), ring=lambda p, r=None: rung.append(p),
-                                     now=at, db=db)
+        return payout_schedules.tick(db, floor=1_000, partitions=partitions(), ring=lambda p, r=None: rung.append(p),
+                                     now=at)
 
     assert tick(slot - MS).placed == 0
     first, second = tick(slot + timedelta(minutes=5)), tick(slot + timedelta(minutes=6))
@@ -180,7 +179,7 @@ def test_weekly_schedule_pays_once_per_slot_skips_with_reasons_and_includes_rele
     # Frozen: the slot is skipped with the reason; DELETE stops the schedule.
     db.wallets.update_one({"_id": creator}, {"$set": {"status": "frozen"}})
     assert tick(slot + timedelta(days=14, minutes=1)).skipped == {"WALLET_FROZEN": 1}
-    runs = payout_schedules.runs(creator, db=db)
+    runs = payout_schedules.runs(db, creator)
     assert runs[0]["outcome"] == "skipped" and runs[0]["reason"] == "WALLET_FROZEN"
-    assert payout_schedules.delete_schedule(creator, slot, db=db)
-    assert tick(slot + timedelta(days=30)).placed == 0 and not payout_schedules.delete_schedule(creator, slot, db=db)
+    assert payout_schedules.delete_schedule(db, creator, slot)
+    assert tick(slot + timedelta(days=30)).placed == 0 and not payout_schedules.delete_schedule(db, creator, slot)

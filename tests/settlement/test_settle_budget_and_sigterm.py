@@ -62,7 +62,8 @@ def _doorbells(broker: redis.Redis, partition: int) -> list[list[Any]]:
 
 
 class _Clock:
-    """``time`` for services/settlement.py whose monotonic clock jumps when told (the rest is real)."""
+    """``time`` for services/settlement.py and batch_runner.py: its monotonic clock jumps when told (the rest
+    is real)."""
 
     def __init__(self) -> None:
         self.offset = 0.0
@@ -83,6 +84,7 @@ def budget_task(fresh_db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator
     Batches hold 5 jobs; doorbells go to Redis database ``BUDGET_REDIS_DB``.
     """
     import infra.config
+    import services.batch_runner
     import services.settlement
     import tasks.settle
     import workers.celery_app
@@ -95,10 +97,11 @@ def budget_task(fresh_db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator
         infra.config.get_settings(), settle_batch_max=5, settle_slice_seconds=budget))
     monkeypatch.setattr(workers.celery_app, "_app", app)
     monkeypatch.setattr(services.settlement, "time", clock)
+    monkeypatch.setattr(services.batch_runner, "time", clock)
     record, settle_partition = tasks.settle._record, tasks.settle.settle_partition
 
-    def slow_record(partition: int, batch: Any) -> None:
-        record(partition, batch)
+    def slow_record(db: Database, partition: int, batch: Any) -> None:
+        record(db, partition, batch)
         clock.offset += budget + 1
 
     def observed_settle_partition(*args: Any, **kwargs: Any) -> Any:

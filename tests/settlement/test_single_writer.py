@@ -73,7 +73,7 @@ def test_the_balance_view_never_counts_a_credit_applied_mid_read_twice(db, monke
         return found
 
     monkeypatch.setattr(wallets, "incoming_credits", credits_then_apply)
-    seen = wallets.balance(receiver, partitions(), db=db)
+    seen = wallets.balance(db, receiver, partitions())
     assert applied == [1]
     assert (seen.balance, seen.incoming) == (30, 0)
     assert_money_invariants(db)
@@ -88,7 +88,7 @@ def test_a_balance_read_that_never_finds_the_wallet_still_refuses_a_torn_answer(
 
     monkeypatch.setattr(wallets, "incoming_credits", credits_while_the_wallet_moves)
     with pytest.raises(wallets.ConsistentReadError):
-        wallets.balance(receiver, partitions(), db=db)
+        wallets.balance(db, receiver, partitions())
 
 
 def test_a_credit_is_applied_exactly_once_by_concurrent_and_repeated_settlers(db):
@@ -124,7 +124,7 @@ def test_system_wallets_are_per_partition_buckets_summing_to_the_platform_figure
     assert totals["external:funding"] == -4000
     assert balances(db, [creator])[creator] == 4 * 266
     assert set(totals) == set(SYSTEM_WALLETS)
-    assert wallets.platform_balances(partitions(), db=db) == totals  # the admin route's reader
+    assert wallets.platform_balances(db, partitions()) == totals  # the admin route's reader
     assert_money_invariants(db)
 
 

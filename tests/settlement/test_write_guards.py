@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+import services.batch_read as batch_read
+import services.batch_runner as batch_runner
 import services.settlement as settlement
 from ledger.decide import Entry, Failed, Settled
 from ledger.effects import Effect, EndSubscription, ExtendSubscription, MovePayout
@@ -41,7 +43,7 @@ def db(fresh_db: Any) -> Iterator[Any]:
 
 
 def _head(db: Any, partition: int) -> PartitionHead:
-    settlement.ensure_partition(db, partition)
+    batch_read.ensure_partition(db, partition)
     return PartitionHead.from_doc(db.partitions.find_one({"_id": partition}))
 
 
@@ -175,7 +177,7 @@ def test_a_broken_invariant_holds_its_job_settles_the_rest_and_is_not_retried(db
     offender, good, receiver = (add_user(db, partition=0) for _ in range(3))
     fund_here(db, [offender, good], 100)
     bad_job, good_job = queue_jobs(db, [Transfer(offender, receiver, 500), Transfer(good, receiver, 40)])
-    real, calls = settlement.load_snapshot, {"n": 0}
+    real, calls = batch_runner.load_snapshot, {"n": 0}
 
     def stale(*args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
@@ -185,7 +187,7 @@ def test_a_broken_invariant_holds_its_job_settles_the_rest_and_is_not_retried(db
         return snap
 
     counted = REGISTRY.get_sample_value("purser_settle_broken_invariants_total", {"guard": FLOOR}) or 0.0
-    monkeypatch.setattr(settlement, "load_snapshot", stale)
+    monkeypatch.setattr(batch_runner, "load_snapshot", stale)
     with caplog.at_level(logging.ERROR, logger="purser.settlement"):
         drained = settlement.settle_partition(db, 0, partitions=partitions(), batch_max=200)
     # The batch once, then each job alone once: no conflict retry of a broken invariant.

@@ -5,6 +5,10 @@
   goes through a ``services`` function (``services/store.py`` is the handle).
 * ``api/spec.py`` describes routes; it reads no data and imports no private name.
 * No module imports a private name (``_x``) of another module.
+* One way each (issue 23): every ``services`` function that touches the store takes it as
+  ``db``, its first positional parameter, required (no default, no keyword-only form, no
+  process-global fallback); ``api/`` reads its settings only through
+  ``api.app_settings.settings()``.
 * Named states: statuses and roles are ``ledger.states`` enums, never bare strings in
   comparisons, queries or updates in ``api/`` and ``services/``, and the request and
   response schemas offer exactly the enums' values.
@@ -79,6 +83,101 @@ def test_the_route_registry_reads_no_data_and_decides_no_role() -> None:
     assert not [m for m in modules if m.startswith("services.")], modules
     # Roles are enforced by api.auth.require_roles, called for the declared roles.
     assert "auth.require_roles(" in source
+
+
+# --- one way each: the store handle and the web tier's settings ---------------------------
+
+STORE_ACCESSOR = "services/store.py"  # process_db() and ping(): the one place that reaches infra.mongo
+
+
+def misplaced_db_params(source: str) -> list[tuple[int, str]]:
+    """(line, function) of every function whose ``db`` parameter is not its first positional
+    parameter, has a default, or is keyword-only."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            continue
+        args = node.args
+        positional = args.posonlyargs + args.args
+        names = [a.arg for a in positional]
+        name = getattr(node, "name", "<lambda>")
+        if "db" in [a.arg for a in args.kwonlyargs]:
+            found.append((node.lineno, name))
+        elif "db" in names:
+            index = names.index("db")
+            has_default = index >= len(positional) - len(args.defaults)
+            if index != 0 or has_default:
+                found.append((node.lineno, name))
+    return sorted(found)
+
+
+def test_the_db_parameter_check_finds_what_it_should() -> None:
+    source = ("def a(db): pass\n"
+              "def b(x, db): pass\n"
+              "def c(db=None): pass\n"
+              "def d(x, *, db): pass\n"
+              "def e(x, *, db=None): pass\n"
+              "def f(db: Database, x: int = 1, *, y: int = 2): pass\n"
+              "def g(x, db: Database | None = None): pass\n")
+    assert [line for line, _ in misplaced_db_params(source)] == [2, 3, 4, 5, 7]
+
+
+@pytest.mark.parametrize("path", SERVICE_FILES, ids=_rel)
+def test_services_take_the_store_handle_first_and_explicitly(path: Path) -> None:
+    found = misplaced_db_params(path.read_text())
+    assert found == [], (f"{_rel(path)}: {found}: take the store as `db: Database`, the first positional "
+                         "parameter, required (no default, not keyword-only)")
+
+
+@pytest.mark.parametrize("path", [p for p in SERVICE_FILES if _rel(p) != STORE_ACCESSOR], ids=_rel)
+def test_services_have_no_process_global_store_fallback(path: Path) -> None:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    reached = sorted({module for module, _ in _imports(tree) if _touches(module, [], "infra.mongo")}
+                     | {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call)
+                        and isinstance(node.func, ast.Name) and node.func.id in FORBIDDEN_CALLS | {"process_db"}})
+    assert reached == [], f"{_rel(path)} reaches the process's store ({reached}): take `db` from the caller"
+
+
+SETTINGS_READERS = {"api/app_settings.py", "api/__init__.py"}  # the accessor; the factory that stores them
+
+
+def settings_reads(source: str) -> list[tuple[int, str]]:
+    """(line, what) of ``<x>.config["PURSER"]`` / ``<x>.config.get("PURSER")`` and ``get_settings()`` calls."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "config" and _literal(node.slice) == "PURSER"):
+            found.append((node.lineno, 'config["PURSER"]'))
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+            if name in ("get_settings", "get_settings_for_app"):
+                found.append((node.lineno, f"{name}()"))
+            elif (name == "get" and isinstance(func, ast.Attribute) and isinstance(func.value, ast.Attribute)
+                  and func.value.attr == "config" and node.args and _literal(node.args[0]) == "PURSER"):
+                found.append((node.lineno, 'config.get("PURSER")'))
+    return sorted(found)
+
+
+def test_the_settings_check_finds_what_it_should() -> None:
+    source = ('a = current_app.config["PURSER"].x\n'
+              'b = app.config.get("PURSER")\n'
+              'c = get_settings().y\n'
+              'd = infra.config.get_settings()\n'
+              'e = settings().z\n'
+              'f = app.config["OTHER"]\n')
+    assert [line for line, _ in settings_reads(source)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("path", [p for p in API_FILES if _rel(p) not in SETTINGS_READERS], ids=_rel)
+def test_the_web_tier_reads_its_settings_one_way(path: Path) -> None:
+    found = settings_reads(path.read_text())
+    assert found == [], (f"{_rel(path)}: {found}: call api.app_settings.settings() (or take the settings "
+                         "from the caller where no app context runs)")
+
+
+def test_the_factory_reads_no_settings_but_the_ones_it_stores() -> None:
+    assert settings_reads((ROOT / "api" / "__init__.py").read_text()) == []
 
 
 # --- named states -------------------------------------------------------------------------

@@ -45,7 +45,7 @@ FACTS = ("kind", "actor", "refund_debtor", "events", "wallet_field")
 
 def test_every_kind_is_one_class_that_declares_every_fact_and_has_a_decider():
     from ledger.states import Actor, Kind
-    from services.webhooks import EVENT_TYPES
+    from services.webhook_events import EVENT_TYPES
 
     assert set(OPERATION_TYPES) == {kind.value for kind in Kind}, "a Kind without its class, or a class without a Kind"
     for kind in Kind:

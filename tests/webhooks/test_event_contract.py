@@ -23,7 +23,7 @@ from purser_client import verify_webhook
 from api.routes.payments import sign
 from ledger.operations import OPERATION_TYPES
 from services import subscriptions
-from services.webhooks import EVENT_TYPES
+from services.webhook_events import EVENT_TYPES
 from tests.support.env import TEST_WEBHOOK_SECRET
 from tests.support.invariants import assert_money_invariants
 from tests.support.seeding import User, partitions, seed_users

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import pytest
 from purser_client import verify_webhook
 
-from services import webhook_http, webhook_signing, webhooks
+from services import webhook_events, webhook_http, webhook_signing
 from services.webhook_http import UrlRefused, address_refusal, check_url, next_delay, parse_retry_after
 
 # The example of the Standard Webhooks specification (standard-webhooks repository, spec/).
@@ -166,17 +166,17 @@ def _prod() -> dict[str, str]:
     ({"type": "chargeback", "outcome": "settled"}, {}, ["job.settled", "chargeback.settled"]),
 ])
 def test_event_types_of_an_audit_record(record: dict, result: dict | None, types: list[str]) -> None:
-    assert webhooks.event_types_of(record, {"result": result}) == types
-    assert set(types) <= set(webhooks.EVENT_TYPES)
+    assert webhook_events.event_types_of(record, {"result": result}) == types
+    assert set(types) <= set(webhook_events.EVENT_TYPES)
 
 
 def test_ids_are_derived_so_a_second_dispatch_inserts_nothing() -> None:
     job = "65a1b2c3d4e5f60718293a4b"
-    assert webhooks.event_id(job, "job.settled") == webhooks.event_id(job, "job.failed") == f"evt_{job}"
-    assert webhooks.event_id(job, "payout.paid") == f"evt_{job}_payout"
-    one = webhooks.delivery_id(f"evt_{job}", "65a1b2c3d4e5f60718293a4c")
-    assert one == webhooks.delivery_id(f"evt_{job}", "65a1b2c3d4e5f60718293a4c")
-    assert one != webhooks.delivery_id(f"evt_{job}", "65a1b2c3d4e5f60718293a4d")
+    assert webhook_events.event_id(job, "job.settled") == webhook_events.event_id(job, "job.failed") == f"evt_{job}"
+    assert webhook_events.event_id(job, "payout.paid") == f"evt_{job}_payout"
+    one = webhook_events.delivery_id(f"evt_{job}", "65a1b2c3d4e5f60718293a4c")
+    assert one == webhook_events.delivery_id(f"evt_{job}", "65a1b2c3d4e5f60718293a4c")
+    assert one != webhook_events.delivery_id(f"evt_{job}", "65a1b2c3d4e5f60718293a4d")
     assert len(one) == 24 and int(one, 16) >= 0  # the API's id shape (path parameters, cursors)
 
 
