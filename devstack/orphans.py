@@ -18,10 +18,16 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from devstack.supervisor import ManagedProcess
+
+class ManagedProcess(Protocol):
+    """What this module needs of :class:`devstack.supervisor.ManagedProcess`: the
+    supervisor imports this module, so naming the class would make a circle."""
+
+    name: str
+
+    def stop(self, timeout: float | None = None) -> int | None: ...
 
 log = logging.getLogger("devstack")
 

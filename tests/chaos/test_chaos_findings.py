@@ -14,6 +14,7 @@ from tests.chaos.chaoskit import probe_for, queued, sweeper_env
 from tests.support.invariants import assert_money_invariants
 from tests.support.load import Tally, fund
 from tests.support.seeding import seed_users
+from tests.support.waiting import wait_drained
 
 # Regression guards for real defects, seconds each: `make test` runs them (marker smoke).
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.smoke]
@@ -106,6 +107,7 @@ def test_a_consumer_that_stops_reading_the_broker_is_restarted_by_its_watchdog(c
 
     watched = stack.start_worker({**deaf, "CONSUMER_STALL_SECONDS": "3"})
     assert probe_for(lambda: queued(db) == 0, timeout=60), "the watchdog did not revive the consumer"
+    wait_drained(db, timeout=60)  # and the payee's deferred credit applied on its own partition
     log = stack.log_text(watched)
     assert "fault injection: the consumer no longer reads the broker" in log
     restarts = [line for line in log.splitlines() if "restarting it" in line]
