@@ -206,6 +206,29 @@ def run_migrations(root: Path, env: Mapping[str, str]) -> int:
     return subprocess.run([sys.executable, "-m", "migrations", "up"], env=dict(env), cwd=root).returncode
 
 
+def embedded_services(env: dict[str, str], var_dir: Path) -> tuple[MongoServer | None, RedisServer | None,
+                                                                  ProviderSimProcess | None]:
+    """The stores and the provider simulator this stack starts itself (none is started
+    yet): one for each of ``MONGODB_URI``, ``REDIS_URL``, ``PAYOUT_PROVIDER_URL`` left
+    unset, whose address goes into ``env``; Flower's password is made here too."""
+    mongo = None if env.get("MONGODB_URI") else MongoServer(var_dir / "mongo")
+    redis = None if env.get("REDIS_URL") else RedisServer(var_dir / "redis")
+    if mongo is not None:
+        env["MONGODB_URI"] = mongo.uri
+    if redis is not None:
+        env["REDIS_URL"] = redis.url
+    if not env.get("FLOWER_BASIC_AUTH"):
+        env["FLOWER_BASIC_AUTH"] = flower_basic_auth(var_dir)
+    sim = None
+    if not env.get("PAYOUT_PROVIDER_URL"):
+        # The bundled payout provider simulator; its webhooks go to this stack's API.
+        sim = ProviderSimProcess(env, var_dir / "provider-sim.log", _api_base(env),
+                                 port=int(env["PROVIDER_SIM_PORT"]))
+        env["PAYOUT_PROVIDER_URL"] = sim.url
+        env["PURSER_PROVIDER_SIM"] = "1"
+    return mongo, redis, sim
+
+
 def run(root: Path = ROOT, environ: Mapping[str, str] | None = None, demo: bool = False) -> int:
     """Run the dev stack until Ctrl-C/SIGTERM or until honcho exits; returns the exit status.
 
@@ -225,22 +248,7 @@ def run(root: Path = ROOT, environ: Mapping[str, str] | None = None, demo: bool 
         print(f"devstack: {exc}", file=sys.stderr)
         return 2
 
-    mongo = None if env.get("MONGODB_URI") else MongoServer(var_dir / "mongo")
-    redis = None if env.get("REDIS_URL") else RedisServer(var_dir / "redis")
-    if mongo is not None:
-        env["MONGODB_URI"] = mongo.uri
-    if redis is not None:
-        env["REDIS_URL"] = redis.url
-    if not env.get("FLOWER_BASIC_AUTH"):
-        env["FLOWER_BASIC_AUTH"] = flower_basic_auth(var_dir)
-    sim = None
-    if not env.get("PAYOUT_PROVIDER_URL"):
-        # The bundled payout provider simulator; its webhooks go to this stack's API.
-        sim = ProviderSimProcess(env, var_dir / "provider-sim.log", _api_base(env),
-                                 port=int(env["PROVIDER_SIM_PORT"]))
-        env["PAYOUT_PROVIDER_URL"] = sim.url
-        env["PURSER_PROVIDER_SIM"] = "1"
-
+    mongo, redis, sim = embedded_services(env, var_dir)
     problem = validate(env, var_dir)
     if problem is not None:
         print(problem, file=sys.stderr)
