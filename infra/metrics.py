@@ -52,6 +52,8 @@ JOBS_ACCEPTED = Counter("purser_jobs_accepted", "Money requests accepted as new 
                         ["type"])
 JOBS_SHED = Counter("purser_jobs_shed", "Money requests refused with 503 BACKLOG_FULL (no job created), "
                     "by the partition that was full", ["partition"])
+CACHE_LOOKUPS = Counter("purser_cache_lookups", "Lookups in the web process's caches of facts that do not "
+                        "change, by cache and result (hit: no store read)", ["cache", "result"])
 RATE_LIMITED = Counter("purser_rate_limit_refusals", "Requests refused with 429, by limit and caller tier",
                        ["limit", "tier"])
 
@@ -194,6 +196,14 @@ def record_broken_invariant(guard: str) -> None:
         BROKEN_INVARIANTS.labels(guard).inc()
     except Exception:  # noqa: BLE001
         log.warning("could not count a broken invariant", exc_info=True)
+
+
+def record_cache_lookup(cache: str, *, hit: bool) -> None:
+    """Count one lookup in a cache of the accept path (``services/wallets.py``). Never raises."""
+    try:
+        CACHE_LOOKUPS.labels(cache, "hit" if hit else "miss").inc()
+    except Exception:  # noqa: BLE001 - metrics never break the caller
+        log.debug("could not count a cache lookup", exc_info=True)
 
 
 def record_consumer_restart() -> None:

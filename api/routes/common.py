@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from api.errors import ApiError
-from ledger.states import WalletStatus
 from services import wallets
 from services.queries import BadCursor
 from services.store import process_db
 
 
-def require_user_wallet(user_id: str, code: str = "RECEIVER_NOT_FOUND") -> WalletStatus:
-    """The status of ``user_id``'s wallet; 422 ``code`` when there is no such user."""
-    status = wallets.user_wallet_status(process_db(), user_id)
-    if status is None:
+def require_user_wallet(user_id: str, code: str = "RECEIVER_NOT_FOUND") -> None:
+    """422 ``code`` when there is no such user (a frozen wallet is settlement's to refuse)."""
+    if not wallets.user_exists(process_db(), user_id):
         raise ApiError(422, code, "No such user.")
-    return status
 
 
 def refuse_self(caller: str, other: str) -> None:

@@ -125,3 +125,27 @@ def test_a_transfer_cannot_name_another_sender(api):
     assert_problem(api.client.request("POST", "/api/wallet/transfer", json_body={"receiverId": carol.id,
                                                                                   "amount": 5}, key="k-1"),
                    401, "UNAUTHORIZED")
+
+
+def test_a_known_receiver_costs_no_store_read_and_a_new_user_is_found_at_once(api, monkeypatch):
+    """Issue 24: users are never deleted, so the accept path remembers the receivers it has
+    seen (positive only: an unknown id is read every time, a new user found at once)."""
+    from services import wallets
+
+    alice, bob = api.user(), api.user()
+    api.fund(alice, 1000)
+    reads: list[str] = []
+    real = wallets.user_wallet_status
+    monkeypatch.setattr(wallets, "user_wallet_status", lambda db, uid: reads.append(uid) or real(db, uid))
+
+    for _ in range(3):
+        assert api.money("/api/wallet/transfer", alice, {"receiverId": bob.id, "amount": 1}).status == 202
+    assert reads == [bob.id]  # the first transfer read bob once; the next two read nothing
+
+    for _ in range(2):
+        assert_problem(api.money("/api/wallet/transfer", alice, {"receiverId": UNKNOWN_ID, "amount": 1}),
+                       422, "RECEIVER_NOT_FOUND")
+    assert reads == [bob.id, UNKNOWN_ID, UNKNOWN_ID]  # never remembered as missing
+
+    carol = api.user()  # registered after the cache had its misses
+    assert api.money("/api/wallet/transfer", alice, {"receiverId": carol.id, "amount": 1}).status == 202
