@@ -210,3 +210,18 @@ def test_a_payout_keeps_one_id_for_job_and_payout_and_a_retry_replays_it(db):
     assert got.outcome == Outcome.REPLAYED and got.job["_id"] == "job-first"
     assert got.job["params"]["payout_id"] == "job-first"
     assert db.jobs.count_documents({"_id": "job-retry"}) == 0
+
+
+def test_beat_runs_the_key_expiry_task_and_it_keeps_the_jobs(db):
+    from infra.config import get_settings
+    from tasks.maintenance import expire_keys
+    from workers.celery_app import create_celery
+
+    entry = create_celery(get_settings()).conf.beat_schedule["idempotency-expiry"]
+    assert entry["task"] == expire_keys.name == "idempotency.expire"
+    assert entry["schedule"] == timedelta(seconds=get_settings().idempotency_expiry_seconds)
+    user = add_user(db, partition=0)
+    job = _accept(db, user, "key-beat").job["_id"]
+    db.jobs.update_one({"_id": job}, {"$set": {"idem.expiresAt": utcnow() - timedelta(seconds=1)}})
+    assert expire_keys.run() == 1
+    assert "idem" not in db.jobs.find_one({"_id": job})
