@@ -62,7 +62,6 @@ PROBLEM_CODES: dict[str, str] = {
     "IDEMPOTENCY_KEY_REQUIRED": "A money request needs an Idempotency-Key header.",
     "IDEMPOTENCY_KEY_INVALID": "The Idempotency-Key must be 1-255 printable ASCII characters without spaces.",
     "IDEMPOTENCY_KEY_REUSED": "This Idempotency-Key was already used with a different body.",
-    "IDEMPOTENCY_KEY_IN_USE": "A request with this Idempotency-Key is still being accepted; retry shortly.",
     # accounts
     "EMAIL_TAKEN": "An account with this email already exists.",
     "INVALID_CREDENTIALS": "Email or password is wrong.",
@@ -167,7 +166,7 @@ def register_error_handlers(app: Flask) -> None:
         if not outcome_unknown(exc):
             return _unexpected(exc)
         # Unreachable, timed out or a write whose outcome is unknown: the client must
-        # retry with the same key (the idempotency claim was kept for exactly that).
+        # retry with the same key (the job holds it if it was stored, nothing does if not).
         log.warning("store unreachable or outcome unknown: %s", type(exc).__name__)
         return problem(503, "SERVICE_UNAVAILABLE", "A dependency is unavailable; retry with the same "
                        "Idempotency-Key.", headers={"Retry-After": "2"})

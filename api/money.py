@@ -1,9 +1,9 @@
 """Accepting a money request: idempotency key, durable job, doorbell, 202.
 
 Every money endpoint goes through :func:`accept`, so the rules of the HTTP
-contract (key required and well-formed, replay byte for byte, 409 while in
-flight, 422 on reuse with another body) live in one place. The data side (claim,
-insert, unknown outcomes) is :func:`services.jobs.accept_job`; this module keeps
+contract (key required and well-formed, replay byte for byte, 422 on reuse with
+another body) live in one place. The data side (the one insert that stores the job
+and claims its key) is :func:`services.jobs.accept_job`; this module keeps
 only headers, problem answers and the doorbell it injects.
 """
 
@@ -71,7 +71,7 @@ def _respond(stored: StoredResponse, replayed: bool = False) -> Response:
 def refuse_if_backlogged(op: Operation, partitions: int) -> None:
     """503 BACKLOG_FULL when the partition that would settle ``op`` is over its backlog limit.
 
-    Before the key is claimed: a refused request leaves no job and no claim, so the
+    Before the job is stored: a refused request leaves no job and no key, so the
     client's retry with the same key is a first attempt. Admins are exempt (an operator
     must be able to refund or credit during an overload). No store read: the gate reads
     what the settlers publish (``infra/backlog.py``).
@@ -108,7 +108,7 @@ def accept(op: Operation, body: BaseModel | dict[str, Any], *, owner_id: str,
 def admit(op: Operation, body: BaseModel | dict[str, Any], *, owner_id: str,
           key: str | None = None, key_owner: str | None = None, job_id: str | None = None) -> Acceptance:
     """:func:`accept` without the HTTP answer (the console redirects to the job instead):
-    the acceptance, accepted or replayed; a reused or busy key is the API's 422 / 409."""
+    the acceptance, accepted or replayed; a key reused with another body is the API's 422."""
     s = settings()
     refuse_if_backlogged(op, s.ledger_partitions)
     claim = None
@@ -119,10 +119,6 @@ def admit(op: Operation, body: BaseModel | dict[str, Any], *, owner_id: str,
     if result.outcome == Outcome.MISMATCH:
         raise ApiError(422, "IDEMPOTENCY_KEY_REUSED",
                        "This Idempotency-Key was used with a different request body.")
-    if result.outcome == Outcome.IN_USE:
-        raise ApiError(409, "IDEMPOTENCY_KEY_IN_USE",
-                       "A request with this Idempotency-Key is still being processed; retry shortly.",
-                       headers={"Retry-After": "1"})
     if result.outcome == Outcome.ACCEPTED:
         g.accepted_job = result.job
     return result

@@ -60,8 +60,8 @@ IMPLIED_CODES: dict[str, dict[int, Codes]] = {
     "body": {400: ("MALFORMED_JSON",), 413: ("PAYLOAD_TOO_LARGE",), 415: ("UNSUPPORTED_MEDIA_TYPE",),
              422: ("VALIDATION_FAILED",), 503: ("SERVICE_UNAVAILABLE",)},
     "query": {422: ("VALIDATION_FAILED",)},
-    "idempotent": {400: ("IDEMPOTENCY_KEY_REQUIRED", "IDEMPOTENCY_KEY_INVALID"), 409: ("IDEMPOTENCY_KEY_IN_USE",),
-                   422: ("IDEMPOTENCY_KEY_REUSED",), 503: ("SERVICE_UNAVAILABLE", "BACKLOG_FULL")},
+    "idempotent": {400: ("IDEMPOTENCY_KEY_REQUIRED", "IDEMPOTENCY_KEY_INVALID"), 422: ("IDEMPOTENCY_KEY_REUSED",),
+                   503: ("SERVICE_UNAVAILABLE", "BACKLOG_FULL")},
     "path": {404: ("NOT_FOUND",)},
     "limited": {429: ("RATE_LIMITED",)},
 }

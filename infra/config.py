@@ -76,6 +76,7 @@ class Settings:
     password_hash_concurrency: int
     idempotency_enabled: bool
     idempotency_ttl_hours: int
+    idempotency_expiry_seconds: int
     job_wait_max_per_user: int
     ledger_partitions: int
     settle_batch_max: int

@@ -107,6 +107,9 @@ VARIABLES: tuple[Var, ...] = (
     Var("password_hash_concurrency", "PASSWORD_HASH_CONCURRENCY", integer(1, 256), 2),
     Var("idempotency_enabled", "IDEMPOTENCY_ENABLED", boolean, True),
     Var("idempotency_ttl_hours", "IDEMPOTENCY_TTL_HOURS", integer(1, 24 * 30), 24),
+    # How often beat removes expired keys from their jobs (a key found expired by a request
+    # before that is released on the spot, so this bounds storage, not correctness).
+    Var("idempotency_expiry_seconds", "IDEMPOTENCY_EXPIRY_SECONDS", integer(1, 86400), 60),
     Var("job_wait_max_per_user", "JOB_WAIT_MAX_PER_USER", integer(0, 1000), 5),
     # settlement and beat
     Var("ledger_partitions", "LEDGER_PARTITIONS", integer(1, 1024), 8),

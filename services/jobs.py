@@ -1,8 +1,8 @@
 """Accepting money jobs (the transactional outbox), reading and presenting them.
 
 :func:`accept_job` is the one way a money request becomes a job, for the API, the
-tests and the benchmark alike: claim the idempotency key, insert the queued job,
-ring its partition, and say what happened as an :class:`Acceptance`. Jobs the system
+tests and the benchmark alike: insert the queued job (which claims its idempotency
+key in the same write), ring its partition, and say what happened as an :class:`Acceptance`. Jobs the system
 makes in bulk (renewals, seeds) go through its batch form, :func:`accept_jobs`.
 """
 
@@ -71,26 +71,18 @@ def build_job(
 class Outcome(StrEnum):
     """What :func:`accept_job` did with a request."""
 
-    ACCEPTED = "accepted"  # the job is stored (now, or by a crashed first attempt) and rung
-    REPLAYED = "replayed"  # the key's first request already stored its job: its answer again
-    IN_USE = "in_use"  # the key's first request is still between its two inserts
+    ACCEPTED = "accepted"  # the job is stored (holding its key) and rung
+    REPLAYED = "replayed"  # a job already holds the key: its 202 answer again
     MISMATCH = "mismatch"  # the key was used with another request body
 
 
 @dataclass(frozen=True)
 class StoredResponse:
-    """The answer kept with an idempotency key and replayed byte for byte."""
+    """The 202 answer of an accepted job, derived from the job and replayed byte for byte."""
 
     status: int
     body: str
     headers: dict[str, str]
-
-    def to_record(self) -> dict[str, Any]:
-        return {"status": self.status, "body": self.body, "headers": dict(self.headers)}
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> StoredResponse:
-        return cls(record["status"], record["body"], dict(record["headers"]))
 
 
 @dataclass(frozen=True)
@@ -106,7 +98,7 @@ class KeyClaim:
 class Acceptance:
     outcome: Outcome
     response: StoredResponse | None = None  # ACCEPTED: the 202; REPLAYED: the first answer
-    job: dict[str, Any] | None = None  # ACCEPTED: the stored job
+    job: dict[str, Any] | None = None  # ACCEPTED: the stored job; REPLAYED: the job holding the key
 
     @property
     def replayed(self) -> bool:
@@ -114,9 +106,18 @@ class Acceptance:
 
 
 def accepted_response(job: dict[str, Any]) -> StoredResponse:
-    """The 202 answer for ``job`` (known before the job is stored: its id and time are chosen first)."""
-    body = json.dumps(job_view(job), separators=(",", ":"))
+    """The 202 answer for ``job`` as it was when accepted (queued, no outcome yet).
+
+    Derived, not stored: a replay of a job that has settled since answers exactly the
+    bytes of the first answer, because everything in it but the status and outcome is
+    fixed at acceptance (id, type, createdAt, stored at millisecond precision).
+    """
+    as_accepted = {**job, "status": QUEUED, "settledAt": None, "result": None, "error": None}
+    body = json.dumps(job_view(as_accepted), separators=(",", ":"))
     return StoredResponse(202, body, {"Location": f"/api/jobs/{job['_id']}"})
+
+
+KEY_ATTEMPTS = 3  # an expired holder released, then a racing first request: still bounded
 
 
 def accept_job(
@@ -133,52 +134,38 @@ def accept_job(
 ) -> Acceptance:
     """Store ``op`` as a queued job exactly once per idempotency key, then ring its partition.
 
-    With ``key`` and ``claim`` the key is claimed first (one insert that already holds
-    the answer, ``services/idempotency.py``); a replay, a mismatch or a key still in
-    use stores nothing. Without ``claim`` the key is only recorded on the job.
+    With ``key`` and ``claim`` the job itself claims the key (``services/idempotency.py``):
+    ONE insert, refused by the unique key index when another job holds the key, which
+    is then replayed (same fingerprint) or refused (MISMATCH); nothing is written then.
+    Without ``claim`` the key is only recorded on the job.
 
     The job insert is the point of no return: once it succeeds the job will settle,
     because the sweeper re-rings partitions with old queued jobs, so a failed doorbell
-    is logged and swallowed. When the insert fails with an outcome that is unknown
-    (network error, timeout, write concern error) the claim is KEPT and the error
-    raised: the server may have stored the job, and releasing the key would let a
-    retry create a second one. A known refusal releases the key and is raised too.
+    is logged and swallowed. Any other store error is raised; when its outcome is
+    unknown the client retries with the same key, and the key index makes that retry
+    replay the first job if it was stored (or makes a late first insert fail).
     """
     job = build_job(op, owner_id, partitions, request_id, key, job_id)
-    response = accepted_response(job)
-    record = None
     if key is not None and claim is not None:
-        got = idempotency.claim(db, claim.owner_id, key, claim.fingerprint, job["_id"], claim.ttl_hours,
-                                response.to_record())
-        if got.state == idempotency.REPLAY:
-            return Acceptance(Outcome.REPLAYED, StoredResponse.from_record(got.record["response"]))
-        if got.state == idempotency.MISMATCH:
-            return Acceptance(Outcome.MISMATCH)
-        if got.state == idempotency.IN_USE:
-            return Acceptance(Outcome.IN_USE)
-        record = got.record
-        if record["jobId"] != job["_id"]:  # took over a crashed claim: keep its job id
-            job = build_job(op, owner_id, partitions, request_id, key, job_id=record["jobId"])
-            response = accepted_response(job)
-            idempotency.set_response(db, record, response.to_record())
-
-    try:
+        job[idempotency.FIELD] = idempotency.key_fields(claim.owner_id, key, claim.fingerprint, claim.ttl_hours,
+                                                        job["createdAt"])
+        for attempt in range(1, KEY_ATTEMPTS + 1):
+            try:
+                db.jobs.insert_one(job)
+                break
+            except DuplicateKeyError as exc:
+                if not idempotency.is_key_conflict(exc) or attempt == KEY_ATTEMPTS:
+                    raise
+                held = idempotency.holder(db, claim.owner_id, key)
+                if held is None or idempotency.release_if_expired(db, held):
+                    continue  # the key expired meanwhile: this request is a first one
+                if held[idempotency.FIELD]["fp"] != claim.fingerprint:
+                    return Acceptance(Outcome.MISMATCH)
+                return Acceptance(Outcome.REPLAYED, accepted_response(held), held)
+    else:
         db.jobs.insert_one(job)
-    except DuplicateKeyError:
-        if record is None:
-            raise
-        # The crashed first attempt stored its job after all: answer with that one.
-        job = db.jobs.find_one({"_id": job["_id"]}) or job
-        response = accepted_response(job)
-        idempotency.set_response(db, record, response.to_record())
-    except Exception as exc:
-        # Outcome unknown: keep the claim, so a retry with this key replays that job or,
-        # once the claim is stale, re-inserts the SAME job id. Known failures free the key.
-        if record is not None and not idempotency.outcome_unknown(exc):
-            idempotency.release(db, record)
-        raise
     ring_safely(ring, job["partition"], request_id, job["_id"])
-    return Acceptance(Outcome.ACCEPTED, response, job)
+    return Acceptance(Outcome.ACCEPTED, accepted_response(job), job)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ partition's chain with actor type ``admin``.
 
 An action taken from the operator console also carries a :class:`Submission`: the
 operator's reason (stored in the entry) and the form's one-time key, claimed in
-``idempotency_keys`` inside the same transaction, so a form submitted twice applies
-once and the second submission raises :class:`AlreadyDone`.
+``form_keys`` inside the same transaction, so a form submitted twice applies once and
+the second submission raises :class:`AlreadyDone`. (A console action that makes a job,
+a refund, claims its key on the job instead, like any API request.)
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from ledger.timeutil import utcnow
 
 OPERATOR_KIND = "operator"
 MAX_ATTEMPTS = 8
-FORM_KEY_PREFIX = "console:"  # one-time form keys share idempotency_keys with the API's keys
+FORM_KEY_PREFIX = "console:"  # kept apart from API keys where a console form makes a job (refunds)
 
 
 @dataclass(frozen=True)
@@ -113,11 +114,13 @@ def _append(db: Database, session: ClientSession, body: dict[str, Any], chain: i
 def _claim_form_key(db: Database, session: ClientSession, owner_id: str, action: str, target_id: str,
                     submission: Submission) -> None:
     key = FORM_KEY_PREFIX + submission.key
-    found = db.idempotency_keys.find_one({"ownerId": owner_id, "key": key}, session=session)
+    # Not a job: these keys live in their own small collection (unique owner+key, TTL on
+    # expiresAt), which an operator's rare actions can afford; jobs hold the API's keys.
+    found = db.form_keys.find_one({"ownerId": owner_id, "key": key}, session=session)
     if found is not None:
         raise AlreadyDone(found)
     now = utcnow()
-    db.idempotency_keys.insert_one({
+    db.form_keys.insert_one({
         "ownerId": owner_id, "key": key, "fingerprint": f"{action}:{target_id}", "jobId": None,
         "action": action, "targetId": target_id, "createdAt": now,
         "expiresAt": now + timedelta(hours=submission.ttl_hours)}, session=session)

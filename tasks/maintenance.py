@@ -1,4 +1,4 @@
-"""Beat tasks that keep the system live and honest: sweep and reconcile."""
+"""Beat tasks that keep the system live and honest: sweep, reconcile, key expiry."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from infra.mongo import get_db
 from infra.redis_client import get_redis
 from ledger.timeutil import utcnow
 from services import backlog as backlog_store
+from services import idempotency
 from services.check_runs import RECONCILE, record_run
 from services.jobs import ring_safely
 from services.reconcile import reconcile as run_reconcile
@@ -97,3 +98,17 @@ def reconcile() -> dict:
         # ERROR level reaches Sentry through its logging integration.
         log.error("reconciliation found drift", extra={"report": report.as_dict()})
     return report.as_dict()
+
+
+@task(name="idempotency.expire", acks_late=True, ignore_result=True)
+def expire_keys() -> int:
+    """Free the idempotency keys older than ``IDEMPOTENCY_TTL_HOURS``; the jobs stay.
+
+    Jobs are kept for good, so a TTL index cannot do this: the key fields are removed
+    instead, a bounded number per tick (``services.idempotency.expire_keys``); a backlog
+    (beat was down) is worked off over the following ticks.
+    """
+    removed = idempotency.expire_keys(get_db())
+    if removed:
+        log.info("expired idempotency keys", extra={"keys": removed})
+    return removed

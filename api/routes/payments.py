@@ -52,7 +52,7 @@ def _verify_signature(secret: str) -> None:
 
 @endpoint(bp, "POST", "/webhook", summary="Provider top-up (HMAC-signed, idempotent on providerTxId)",
           body=WebhookIn, response=JobOut, status=202, auth_required=False,
-          errors={401: "INVALID_SIGNATURE", 409: "IDEMPOTENCY_KEY_IN_USE",
+          errors={401: "INVALID_SIGNATURE",
                   422: ("RECEIVER_NOT_FOUND", "IDEMPOTENCY_KEY_REUSED"), 503: "BACKLOG_FULL"},
           extra_headers={SIGNATURE_HEADER: "t=<unix>,v1=<hex hmac>"}, limited=False)
 def webhook() -> Any:
@@ -74,7 +74,7 @@ def _data(model: type[PayoutEventData] | type[DisputeData], data: dict[str, Any]
 @endpoint(bp, "POST", "/events", summary="Provider events: payout.paid|failed|returned, topup.disputed "
           "(HMAC-signed like top-ups, each event id applied once)",
           body=ProviderEventIn, response=JobOut, status=202, auth_required=False,
-          errors={401: "INVALID_SIGNATURE", 404: "PAYOUT_NOT_FOUND", 409: "IDEMPOTENCY_KEY_IN_USE",
+          errors={401: "INVALID_SIGNATURE", 404: "PAYOUT_NOT_FOUND",
                   422: ("RECEIVER_NOT_FOUND", "IDEMPOTENCY_KEY_REUSED"), 503: "BACKLOG_FULL"},
           extra_headers={SIGNATURE_HEADER: "t=<unix>,v1=<hex hmac>"}, limited=False)
 def events() -> Any:

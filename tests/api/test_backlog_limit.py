@@ -80,7 +80,7 @@ def test_a_full_partition_refuses_keeps_nothing_and_takes_the_same_key_later(api
     assert r.headers["Retry-After"] == str(backlog.RETRY_AFTER_MAX), r.headers  # 901 over at 10/s
     assert "same Idempotency-Key" in problem["detail"]
     assert fresh_db.jobs.count_documents({}) == jobs_before
-    assert fresh_db.idempotency_keys.count_documents({"key": "backlogged-1"}) == 0
+    assert fresh_db.jobs.count_documents({"idem.key": "backlogged-1"}) == 0
     assert _shed_count(partition) == shed_before + 1
 
     _publish(partition, queued=0)

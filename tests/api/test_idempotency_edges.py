@@ -2,10 +2,10 @@
 
 Both run against gunicorn started from the Procfile's ``web`` line (``web_server``),
 with the session's Celery workers settling. Expiry is driven without waiting hours:
-the claim's dates are moved back past ``IDEMPOTENCY_TTL_HOURS`` in the real store,
-then the store's own TTL pass (``secantusAdmin.pruneTtl``: what SecantusDB's sweeper,
-like mongod's TTL monitor, runs every 60 s over the ``ttl`` index of migration 0001)
-removes it. A missing TTL index, or a claim that outlives its expiry, fails here.
+the key's expiry on its job is moved back past ``IDEMPOTENCY_TTL_HOURS`` in the real
+store, then beat's expiry task (``tasks.maintenance.expire_keys``, run here in this
+process) removes the key from the job, which stays. A key that outlives its expiry,
+or an expiry that deletes the job, fails here.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pymongo.database import Database
 
 from infra.config import get_settings
 from ledger.timeutil import utcnow
+from services import idempotency
 from tests.api.helpers import Api, User, assert_problem, signed_webhook
 from tests.support.client import ApiClient
 from tests.support.invariants import assert_money_invariants
@@ -47,13 +48,15 @@ def _job_id(r: Any) -> str:
     return r.json["jobId"]
 
 
-def _age_claim(db: Database, owner: User, key: str, ttl_hours: int) -> None:
-    """Move the claim of ``key`` back so that it expired a minute ago (as after ``ttl_hours``)."""
-    now = utcnow()
-    res = db.idempotency_keys.update_one(
-        {"ownerId": owner.id, "key": key},
-        {"$set": {"createdAt": now - timedelta(hours=ttl_hours, minutes=1), "expiresAt": now - timedelta(minutes=1)}})
-    assert res.matched_count == 1, f"no claim for key {key!r}"
+def _age_key(db: Database, owner: User, key: str) -> None:
+    """Move the key's expiry on its job back so that it expired a minute ago (as after the TTL)."""
+    res = db.jobs.update_one({"idem.owner": owner.id, "idem.key": key},
+                             {"$set": {"idem.expiresAt": utcnow() - timedelta(minutes=1)}})
+    assert res.matched_count == 1, f"no job holds key {key!r}"
+
+
+def _holder(db: Database, owner: User, key: str) -> dict[str, Any] | None:
+    return db.jobs.find_one({"idem.owner": owner.id, "idem.key": key})
 
 
 def test_an_expired_key_makes_a_new_job_and_moves_money_again(http_api: Callable[..., Api], fresh_db: Database) -> None:
@@ -67,9 +70,9 @@ def test_an_expired_key_makes_a_new_job_and_moves_money_again(http_api: Callable
     first_job = _job_id(first)
     assert "Idempotent-Replayed" not in first.headers, first
     api.expect_settled(alice, first)
-    claim = fresh_db.idempotency_keys.find_one({"ownerId": alice.id, "key": "rent-may"})
-    assert claim["jobId"] == first_job
-    assert claim["expiresAt"] - claim["createdAt"] == timedelta(hours=ttl_hours), claim
+    holder = _holder(fresh_db, alice, "rent-may")
+    assert holder["_id"] == first_job
+    assert holder["idem"]["expiresAt"] - holder["createdAt"] == timedelta(hours=ttl_hours), holder
 
     # Before expiry: a replay of the first answer, no second charge.
     again = api.money(TRANSFER, alice, body, key="rent-may")
@@ -77,10 +80,12 @@ def test_an_expired_key_makes_a_new_job_and_moves_money_again(http_api: Callable
     assert again.body == first.body
     assert (api.balance(alice), api.balance(bob)) == (70, 30)
 
-    # The key expires: its dates move back past the TTL, the store's TTL pass removes it.
-    _age_claim(fresh_db, alice, "rent-may", ttl_hours)
-    fresh_db.client.admin.command("secantusAdmin.pruneTtl")
-    assert fresh_db.idempotency_keys.count_documents({"ownerId": alice.id, "key": "rent-may"}) == 0
+    # The key expires: its expiry moves back past the TTL, beat's expiry task removes it
+    # from the job, and the job itself stays (jobs are kept for good).
+    _age_key(fresh_db, alice, "rent-may")
+    assert idempotency.expire_keys(fresh_db) >= 1
+    assert _holder(fresh_db, alice, "rent-may") is None
+    assert fresh_db.jobs.find_one({"_id": first_job})["status"] == "settled"
 
     # The same key and body after expiry is a new request: a new job, and the money moves again.
     later = api.money(TRANSFER, alice, body, key="rent-may")
@@ -90,8 +95,8 @@ def test_an_expired_key_makes_a_new_job_and_moves_money_again(http_api: Callable
     api.expect_settled(alice, later)
     assert (api.balance(alice), api.balance(bob)) == (40, 60)
     assert api.job_count(ownerId=alice.id, type="transfer") == 2
-    # ...and the key is claimed afresh, for the new job: a retry now replays that one.
-    assert fresh_db.idempotency_keys.find_one({"ownerId": alice.id, "key": "rent-may"})["jobId"] == later_job
+    # ...and the key is held afresh, by the new job: a retry now replays that one.
+    assert _holder(fresh_db, alice, "rent-may")["_id"] == later_job
     replay = api.money(TRANSFER, alice, body, key="rent-may")
     assert replay.headers.get("Idempotent-Replayed") == "true" and replay.json["jobId"] == later_job, replay
     assert (api.balance(alice), api.balance(bob)) == (40, 60)
@@ -139,5 +144,5 @@ def test_with_idempotency_disabled_every_request_is_a_new_job(http_api: Callable
     assert api.balance(carol) == 25
 
     assert (api.balance(alice), api.balance(bob)) == (70, 30)
-    assert fresh_db.idempotency_keys.count_documents({}) == 0
+    assert fresh_db.jobs.count_documents({"idem": {"$exists": True}}) == 0
     assert_money_invariants(fresh_db)

@@ -240,7 +240,7 @@ class Attempted:
 class Load:
     """Client threads sending mixed money requests until stopped.
 
-    A request answered with a transport error, a 5xx or 409 (key in use) is retried
+    A request answered with a transport error, a 5xx or a 409 is retried
     with the same key and body, as the HTTP contract tells clients to; one still
     without a definite answer when the load stops is finished by :meth:`resolve`.
     """
@@ -337,8 +337,9 @@ class Load:
     def resolve(self, timeout: float = 120.0) -> int:
         """Retry every request still without a definite answer until it has one.
 
-        A key left ``pending`` by a request that died half-way answers 409 until the
-        claim goes stale (30 s), then the retry takes it over with the same job id.
+        A request that died half-way either stored its job (the retry replays it) or
+        stored nothing (the retry is a first request): the job is the key's claim, so
+        there is no in-between state to wait out (issue 24; a 409 is still retried).
         """
         pending = self.unresolved()
         give_up_at = time.monotonic() + timeout

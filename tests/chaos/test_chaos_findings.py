@@ -6,6 +6,7 @@ are fixed and the tests stay as guards against their return.
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -39,8 +40,8 @@ def test_job_insert_with_unknown_outcome_then_retry_charges_once(chaos):
 
     key = f"retry-{uuid.uuid4().hex}"
     body = {"receiverId": payee.id, "amount": 100}
-    # skip 1: the key claim (the first insert) goes through; the job insert is held 2.5 s.
-    db.client.admin.command({"configureFailPoint": "failCommand", "mode": {"skip": 1, "times": 1},
+    # The job insert, the request's only write (the job holds its key), is held 2.5 s.
+    db.client.admin.command({"configureFailPoint": "failCommand", "mode": {"times": 1},
                              "data": {"failCommands": ["insert"], "blockConnection": True, "blockTimeMS": 2500}})
     first = http.money("/api/wallet/transfer", payer, body, key)
     db.client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
@@ -58,6 +59,35 @@ def test_job_insert_with_unknown_outcome_then_retry_charges_once(chaos):
     assert len(jobs) == 1, f"one Idempotency-Key, {len(jobs)} jobs: {[j['_id'] for j in jobs]}"
     assert charged == 100
     assert second.json["jobId"] == jobs[0]["_id"]
+
+
+def test_job_insert_outlived_by_its_retry_fails_on_the_key_and_charges_once(chaos):
+    """The other order of the unknown outcome: the retry (same key) is stored FIRST and
+    the first request's held insert reaches the store afterwards. The unique key index
+    refuses that late insert, so one key still makes one job (issue 24: no claim
+    document, the job is the claim)."""
+    stack, db = chaos
+    stack.start_web({"MONGODB_URI": stack.mongo.uri + "&socketTimeoutMS=1000"})
+    http = stack.http
+    payer, payee = seed_users(db, 2, "free", "late")
+    fund(http, Tally(), [payer], 1000)
+
+    key = f"late-{uuid.uuid4().hex}"
+    body = {"receiverId": payee.id, "amount": 100}
+    db.client.admin.command({"configureFailPoint": "failCommand", "mode": {"times": 1},
+                             "data": {"failCommands": ["insert"], "blockConnection": True, "blockTimeMS": 4000}})
+    first = http.money("/api/wallet/transfer", payer, body, key)  # times out after 1 s, insert still held
+    db.client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+    assert first.status >= 500, first
+    second = http.money("/api/wallet/transfer", payer, body, key)  # while the first insert is held
+    assert second.status == 202 and "Idempotent-Replayed" not in second.headers, second
+    time.sleep(4)  # the held insert has run (and failed on the key) by now
+
+    stack.start_worker()
+    assert probe_for(lambda: queued(db) == 0, timeout=120)
+    jobs = list(db.jobs.find({"ownerId": payer.id, "idempotencyKey": key}))
+    assert [j["_id"] for j in jobs] == [second.json["jobId"]]
+    assert 1000 - db.wallets.find_one({"_id": payer.id})["balance"] == 100
 
 
 # Found by this suite: a MongoDB connection failure while accepting escaped as 500

@@ -26,7 +26,7 @@ from tests.support.seeding import User, seed_users
 from tests.support.stack import Web
 from tests.support.store import drop_database_unblocked
 
-COUNTED = ("jobs", "transactions", "idempotency_keys", "users", "wallets", "contents", "plans", "subscriptions",
+COUNTED = ("jobs", "transactions", "form_keys", "users", "wallets", "contents", "plans", "subscriptions",
            "unlocks", "auditlogs")
 
 
@@ -54,6 +54,8 @@ class Target:
     def snapshot(self) -> dict[str, Any]:
         """Everything a refused request must leave untouched."""
         counts = {name: self.db[name].count_documents({}) for name in COUNTED}
+        # Idempotency keys are held by jobs (issue 24): a refused request claims none.
+        counts["keyed_jobs"] = self.db.jobs.count_documents({"idem": {"$exists": True}})
         queues = {f"ledger.{p}": self.redis.llen(f"ledger.{p}") for p in range(self.partitions)}
         queues["purser.default"] = self.redis.llen("purser.default")
         rings = sorted(k.decode() for k in self.redis.scan_iter(match="purser:ring:*", count=1000))

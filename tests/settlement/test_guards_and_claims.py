@@ -5,11 +5,14 @@ Real store, in this process, no worker: the interleaving is chosen by the test.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from pymongo.errors import DuplicateKeyError
 
 import services.batch_runner as batch_runner
 import services.settlement as settlement
@@ -18,7 +21,7 @@ from ledger.operations import Payout, PayoutEvent, Transfer
 from ledger.routing import bucket_id
 from ledger.timeutil import utcnow
 from services import idempotency
-from services.jobs import KeyClaim, accept_job
+from services.jobs import KeyClaim, Outcome, accept_job, build_job
 from tests.support.invariants import assert_money_invariants
 from tests.support.seeding import add_user, partitions
 from tests.support.settle import balances, fund_here, queue_jobs
@@ -92,45 +95,91 @@ def test_the_in_flight_bucket_guard_refuses_to_post_more_than_it_holds(db, monke
     assert balances(db, [creator]) == {creator: 3800}
 
 
-def _response(job_id: str) -> dict[str, Any]:
-    return {"status": 202, "body": f'{{"id":"{job_id}"}}', "headers": {"Location": f"/api/jobs/{job_id}"}}
+def _accept(db: Any, user: str, key: str, fp: str = "fp", amount: int = 5, **kw: Any) -> Any:
+    """Accept a transfer by ``user`` under ``key`` (fingerprint ``fp``), no doorbell."""
+    return accept_job(db, Transfer(user, "someone", amount), user, partitions=partitions(), ring=lambda *a: None,
+                      key=key, claim=KeyClaim(user, fp, 24), **kw)
 
 
-def test_a_claim_without_its_job_is_in_use_until_stale(db):
-    t0 = utcnow()
-    first = idempotency.claim(db, "owner-1", "key-1", "fp", "job-a", 24, _response("job-a"), now=t0)
-    assert first.state == idempotency.NEW
-    assert idempotency.STALE_AFTER == timedelta(seconds=30)
-    almost = t0 + timedelta(seconds=29)
-    again = idempotency.claim(db, "owner-1", "key-1", "fp", "job-b", 24, _response("job-b"), now=almost)
-    assert again.state == idempotency.IN_USE and again.record["jobId"] == "job-a"
+def test_the_job_holds_its_key_and_a_replay_is_derived_from_it(db):
+    user = add_user(db, partition=0)
+    first = _accept(db, user, "key-1")
+    assert first.outcome == Outcome.ACCEPTED and first.job is not None
+    stored = db.jobs.find_one({"_id": first.job["_id"]})
+    assert stored["idem"]["owner"] == user and stored["idem"]["key"] == "key-1" and stored["idem"]["fp"] == "fp"
+    assert stored["idem"]["expiresAt"] - stored["createdAt"] == timedelta(hours=24)
+    # The job moves on (settled, with a result): the replay is still the first 202, byte for byte.
+    db.jobs.update_one({"_id": stored["_id"]}, {"$set": {"status": "settled", "settledAt": utcnow(),
+                                                         "result": {"amount": 5}}})
+    again = _accept(db, user, "key-1")
+    assert again.outcome == Outcome.REPLAYED and again.response == first.response
+    assert db.jobs.count_documents({"idem.key": "key-1"}) == 1
 
 
-def test_stale_claim_is_taken_over_keeping_the_original_job_id(db):
-    t0 = utcnow()
-    idempotency.claim(db, "owner-1", "key-1", "fp", "job-a", 24, _response("job-a"), now=t0)
-    later = t0 + idempotency.STALE_AFTER
-    taken = idempotency.claim(db, "owner-1", "key-1", "fp", "job-b", 24, _response("job-b"), now=later)
-    assert taken.state == idempotency.NEW
-    # The retry must re-insert job-a: a late insert of the first request then collides
-    # with it instead of making a second job (a double charge).
-    assert taken.record["jobId"] == "job-a"
-    stored = db.idempotency_keys.find_one({"ownerId": "owner-1", "key": "key-1"})
-    assert stored["jobId"] == "job-a"
-    # A second concurrent taker of the same stale claim loses (the takeover is atomic).
-    loser = idempotency.claim(db, "owner-1", "key-1", "fp", "job-c", 24, _response("job-c"), now=later)
-    assert loser.state == idempotency.IN_USE
+def test_another_fingerprint_is_a_mismatch_and_keys_are_per_owner(db):
+    user, other = add_user(db, partition=0), add_user(db, partition=0)
+    _accept(db, user, "key-1")
+    assert _accept(db, user, "key-1", fp="other").outcome == Outcome.MISMATCH
+    assert _accept(db, other, "key-1").outcome == Outcome.ACCEPTED
+    assert db.jobs.count_documents({"idem.key": "key-1"}) == 2
 
 
-def test_claim_with_another_fingerprint_is_a_mismatch_and_with_its_job_a_replay(db):
-    t0 = utcnow()
-    idempotency.claim(db, "owner-1", "key-1", "fp", "job-a", 24, _response("job-a"), now=t0)
-    assert idempotency.claim(db, "owner-1", "key-1", "other", "job-b", 24, {}, now=t0).state == idempotency.MISMATCH
-    # Keys are per owner: another owner's same key is a new claim.
-    assert idempotency.claim(db, "owner-2", "key-1", "fp", "job-c", 24, {}, now=t0).state == idempotency.NEW
-    db.jobs.insert_one({"_id": "job-a", "status": "queued"})
-    assert idempotency.claim(db, "owner-1", "key-1", "fp", "job-d", 24, {}, now=t0).state == idempotency.REPLAY
-    db.jobs.delete_one({"_id": "job-a"})
+def test_a_late_first_insert_fails_on_the_key_and_makes_no_second_job(db):
+    """The unknown-outcome case: the first request's insert reaches the store AFTER the
+    retry (same key) stored its job. The index refuses it; the retry's job is the one."""
+    user = add_user(db, partition=0)
+    retry = _accept(db, user, "key-late")
+    late = build_job(Transfer(user, "someone", 5), user, partitions(), None, "key-late")
+    late["idem"] = idempotency.key_fields(user, "key-late", "fp", 24, late["createdAt"])
+    with pytest.raises(DuplicateKeyError) as raised:
+        db.jobs.insert_one(late)
+    assert idempotency.is_key_conflict(raised.value)
+    assert [j["_id"] for j in db.jobs.find({"idem.key": "key-late"})] == [retry.job["_id"]]
+
+
+def test_concurrent_first_requests_with_one_key_make_one_job_and_the_losers_replay_it(db):
+    user = add_user(db, partition=0)
+    n = 8
+    barrier = threading.Barrier(n)
+
+    def one(_: int) -> Any:
+        barrier.wait(timeout=30)
+        return _accept(db, user, "key-race")
+
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(one, range(n)))
+    assert sorted(r.outcome for r in results) == sorted([Outcome.ACCEPTED] + [Outcome.REPLAYED] * (n - 1))
+    assert len({r.response.body for r in results}) == 1
+    assert db.jobs.count_documents({"idem.key": "key-race"}) == 1
+
+
+def test_expired_keys_are_removed_in_chunks_the_jobs_stay_and_the_key_is_new_again(db):
+    user = add_user(db, partition=0)
+    jobs = [_accept(db, user, f"key-{n}").job["_id"] for n in range(5)]
+    keep = _accept(db, user, "key-fresh").job["_id"]
+    past = utcnow() - timedelta(minutes=1)
+    db.jobs.update_many({"_id": {"$in": jobs}}, {"$set": {"idem.expiresAt": past}})
+    assert idempotency.expire_keys(db, chunk=2, max_chunks=2) == 4  # bounded per call
+    assert idempotency.expire_keys(db, chunk=2, max_chunks=2) == 1
+    assert idempotency.expire_keys(db) == 0
+    assert db.jobs.count_documents({"_id": {"$in": jobs}}) == 5  # jobs are kept for good
+    assert db.jobs.count_documents({"_id": {"$in": jobs}, "idem": {"$exists": True}}) == 0
+    assert db.jobs.find_one({"_id": keep})["idem"]["key"] == "key-fresh"
+    again = _accept(db, user, "key-0")
+    assert again.outcome == Outcome.ACCEPTED and again.job["_id"] not in jobs
+    # The expiry query is an index scan of the expired keys, not of the jobs' history.
+    plan = db.jobs.find({"idem.expiresAt": {"$lte": utcnow()}}, {"_id": 1}).sort("idem.expiresAt", 1) \
+        .limit(2).hint(idempotency.EXPIRY_INDEX).explain()["queryPlanner"]["winningPlan"]
+    assert "COLLSCAN" not in str(plan) and idempotency.EXPIRY_INDEX in str(plan)
+
+
+def test_a_key_expired_before_beat_removed_it_is_released_by_the_next_request(db):
+    user = add_user(db, partition=0)
+    first = _accept(db, user, "key-exp").job["_id"]
+    db.jobs.update_one({"_id": first}, {"$set": {"idem.expiresAt": utcnow() - timedelta(seconds=1)}})
+    second = _accept(db, user, "key-exp")
+    assert second.outcome == Outcome.ACCEPTED and second.job["_id"] != first
+    assert "idem" not in db.jobs.find_one({"_id": first})
 
 
 def test_a_credit_received_is_spendable_in_the_batch_that_applies_it(db):
@@ -148,16 +197,31 @@ def test_a_credit_received_is_spendable_in_the_batch_that_applies_it(db):
     assert_money_invariants(db)
 
 
-def test_a_payout_retried_over_a_stale_claim_keeps_one_id_for_job_and_payout(db):
-    """A payout's id is its job's id (the provider's idempotency key). A retry that takes
-    over the stale claim of a crashed first attempt must name that attempt's job in the
-    payout too, or the provider would see a second id for the same payout."""
+def test_a_payout_keeps_one_id_for_job_and_payout_and_a_retry_replays_it(db):
+    """A payout's id is its job's id (the provider's idempotency key). With the job as the
+    key's claim, a retry replays the first job; it never stores a second id for the payout."""
 
     user = add_user(db, partition=0)
-    t0 = utcnow()
-    idempotency.claim(db, user, "key-p", "fp", "job-first", 24, _response("job-first"),
-                      now=t0 - idempotency.STALE_AFTER)
+    first = accept_job(db, Payout(user, 1500, "job-first"), user, partitions=partitions(), ring=lambda *a: None,
+                       key="key-p", claim=KeyClaim(user, "fp", 24), job_id="job-first")
+    assert first.job is not None and first.job["params"]["payout_id"] == "job-first"
     got = accept_job(db, Payout(user, 1500, "job-retry"), user, partitions=partitions(), ring=lambda *a: None,
                      key="key-p", claim=KeyClaim(user, "fp", 24), job_id="job-retry")
-    assert got.job is not None and got.job["_id"] == "job-first"
+    assert got.outcome == Outcome.REPLAYED and got.job["_id"] == "job-first"
     assert got.job["params"]["payout_id"] == "job-first"
+    assert db.jobs.count_documents({"_id": "job-retry"}) == 0
+
+
+def test_beat_runs_the_key_expiry_task_and_it_keeps_the_jobs(db):
+    from infra.config import get_settings
+    from tasks.maintenance import expire_keys
+    from workers.celery_app import create_celery
+
+    entry = create_celery(get_settings()).conf.beat_schedule["idempotency-expiry"]
+    assert entry["task"] == expire_keys.name == "idempotency.expire"
+    assert entry["schedule"] == timedelta(seconds=get_settings().idempotency_expiry_seconds)
+    user = add_user(db, partition=0)
+    job = _accept(db, user, "key-beat").job["_id"]
+    db.jobs.update_one({"_id": job}, {"$set": {"idem.expiresAt": utcnow() - timedelta(seconds=1)}})
+    assert expire_keys.run() == 1
+    assert "idem" not in db.jobs.find_one({"_id": job})

@@ -24,6 +24,7 @@ SINGLE_WRITER = importlib.import_module("migrations.versions.0004_single_writer"
 MONEY_OUT = importlib.import_module("migrations.versions.0005_money_out")
 CONSOLE = importlib.import_module("migrations.versions.0007_console")
 MONEY_OVER_TIME = importlib.import_module("migrations.versions.0008_money_over_time")
+JOB_IS_THE_KEY = importlib.import_module("migrations.versions.0009_job_is_the_key")
 
 
 def _run(stack_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -33,7 +34,8 @@ def _run(stack_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
 
 def _index_names(db) -> dict[str, set[str]]:
     return {name: set(db[name].index_information()) - {"_id_"}
-            for name in [*INITIAL.INDEXES, "credits", "payouts", "check_runs", *MONEY_OVER_TIME.INDEXES]}
+            for name in [*INITIAL.INDEXES, "credits", "payouts", "check_runs", *MONEY_OVER_TIME.INDEXES, "form_keys"]
+            if name in db.list_collection_names()}
 
 
 def _expected_index_names() -> dict[str, set[str]]:
@@ -56,6 +58,9 @@ def _expected_index_names() -> dict[str, set[str]]:
         names[name] = {ix.document["name"] for ix in indexes}
     names["payouts"] |= {MONEY_OVER_TIME.PAYOUT_INDEX.document["name"]}
     names["users"] |= {MONEY_OVER_TIME.ROLE_INDEX.document["name"]}
+    # 0009: the job holds its idempotency key; console form keys move to form_keys.
+    names["jobs"] |= {ix.document["name"] for ix in JOB_IS_THE_KEY.JOB_INDEXES}
+    names["form_keys"] = names.pop("idempotency_keys")
     return names
 
 
@@ -155,7 +160,9 @@ def test_every_hot_query_is_served_by_an_index(db):
         ("inbound credits", "credits", {"to": 0, "applied": False}, [("createdAt", 1), ("_id", 1)], {"inbound"}),
         ("stale credits", "credits", {"to": 0, "applied": False, "createdAt": {"$lt": now}}, None, {"inbound"}),
         ("tx by provider id", "transactions", {"providerTxId": "ptx"}, None, {"providerTxId_unique"}),
-        ("idempotency key", "idempotency_keys", {"ownerId": fan, "key": "k"}, None, {"owner_key_unique"}),
+        ("idempotency key", "jobs", {"idem.owner": fan, "idem.key": "k"}, None, {"idem_owner_key"}),
+        ("expired keys", "jobs", {"idem.expiresAt": {"$lte": now}}, [("idem.expiresAt", 1)], {"idem_expires"}),
+        ("console form key", "form_keys", {"ownerId": fan, "key": "console:k"}, None, {"owner_key_unique"}),
         ("unlock lookup", "unlocks", {"userId": fan, "contentId": "c" * 24}, None, {"user_content_unique"}),
         ("unlock snapshot", "unlocks", {"userId": {"$in": [fan]}}, None, {"user_content_unique"}),
         ("subscriptions due", "subscriptions", {"status": "active", "expiresAt": {"$lte": now}}, None,

@@ -36,7 +36,7 @@ class NotFound(PurserError):
 
 
 class Conflict(PurserError):
-    """409: e.g. IDEMPOTENCY_KEY_IN_USE (the first request with this key is still in flight)."""
+    """409: e.g. EMAIL_TAKEN; IDEMPOTENCY_KEY_IN_USE from servers before issue 24 (retried)."""
 
 
 class RateLimited(PurserError):
