@@ -52,8 +52,13 @@ def close_statements() -> dict:
     settings = get_settings()
     now = utcnow()
     month = month_of(now).previous()
-    return _locked("statements", settings.statement_tick_seconds, lambda: statements.close_month(
+    done = _locked("statements", settings.statement_tick_seconds, lambda: statements.close_month(
         month, now, settle_margin=timedelta(seconds=settings.history_margin_seconds), db=get_db()))
+    if done.get("stored"):
+        from tasks.webhooks import notify_statements  # statement.ready: the chain entries are the outbox
+
+        notify_statements()
+    return done
 
 
 @task(name="history.scheduled_payouts", acks_late=True, ignore_result=True)

@@ -184,3 +184,52 @@ def test_weekly_schedule_pays_once_per_slot_skips_with_reasons_and_includes_rele
     assert runs[0]["outcome"] == "skipped" and runs[0]["reason"] == "WALLET_FROZEN"
     assert payout_schedules.delete_schedule(creator, slot, db=db)
     assert tick(slot + timedelta(days=30)).placed == 0 and not payout_schedules.delete_schedule(creator, slot, db=db)
+
+
+def test_a_stored_statement_gives_one_statement_ready_event_per_endpoint_whoever_dispatches(fresh_db: Any) -> None:
+    """The statements' audit chain is the outbox of ``statement.ready``: one event per stored
+    statement, one delivery per endpoint subscribed before it was stored, none on a re-run."""
+    import json
+
+    from services import statements, webhooks
+
+    db = fresh_db
+    admin = {"type": "admin", "id": "a" * 24}
+    creator = add_user(db, role="creator")
+    db.wallets.update_one({"_id": creator}, {"$set": {"createdAt": T0}})
+    _settle_at(db, Credit(creator, 700, "earnings"), T0 + timedelta(days=3))
+    wanted, _ = webhooks.register("http://127.0.0.1:9/statements", ["statement.ready"], None, admin, None,
+                                  allow_private=True, db=db)
+    jobs_only, _ = webhooks.register("http://127.0.0.1:9/jobs", ["job.settled"], None, admin, None,
+                                     allow_private=True, db=db)
+    now = datetime(2025, 2, 10, tzinfo=UTC)
+    # Nothing stored yet: nothing to dispatch.
+    assert webhooks.dispatch_statements(db).events == 0
+    head, created = statements.store_closed(creator, JAN, now, settle_margin=MARGIN, db=db)
+    assert created
+    first = webhooks.dispatch_statements(db)
+    assert (first.events, len(first.deliveries), first.more) == (1, 1, False)
+    db.webhook_cursors.delete_one({"_id": -2})  # a second dispatcher that read the old cursor
+    again = webhooks.dispatch_statements(db)
+    assert (again.events, again.deliveries) == (0, [])
+    [event] = list(db.webhook_events.find({"type": "statement.ready"}))
+    body = json.loads(event["body"])
+    assert body["id"] == event["_id"] == f"evt_statement_{creator}_2025-01"
+    assert body["data"] == {
+        "statementId": f"{creator}:2025-01", "userId": creator, "period": "2025-01", "hash": head["hash"],
+        "linesDigest": head["linesDigest"], "openingBalance": 0, "closingBalance": 700, "net": 700, "movements": 1,
+        "currency": "COIN", "generatedAt": head["generatedAt"],
+        "links": {"statement": "/api/statements/2025-01",
+                  "admin": f"/api/admin/wallets/{creator}/statements/2025-01"}}
+    [delivery] = list(db.webhook_deliveries.find({"type": "statement.ready"}))
+    assert delivery["endpointId"] == wanted["_id"] != jobs_only["_id"] and delivery["jobId"] is None
+    view = webhooks.delivery_view(delivery)
+    assert view["statementId"] == f"{creator}:2025-01" and view["jobId"] is None
+    # Stored again (a second beat, a request): no new chain entry, so no new event.
+    assert not statements.store_closed(creator, JAN, now, settle_margin=MARGIN, db=db)[1]
+    # An endpoint registered after the statement was stored does not receive it.
+    webhooks.register("http://127.0.0.1:9/late", ["statement.ready"], None, admin, None, allow_private=True, db=db)
+    statements.store_closed(creator, FEB, datetime(2025, 3, 10, tzinfo=UTC), settle_margin=MARGIN, db=db)
+    later = webhooks.dispatch_statements(db)
+    assert (later.events, len(later.deliveries)) == (1, 2)  # February: both statement endpoints
+    assert db.webhook_deliveries.count_documents({"statementId": f"{creator}:2025-01"}) == 1
