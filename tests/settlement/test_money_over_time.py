@@ -233,3 +233,29 @@ def test_a_stored_statement_gives_one_statement_ready_event_per_endpoint_whoever
     later = webhooks.dispatch_statements(db)
     assert (later.events, len(later.deliveries)) == (1, 2)  # February: both statement endpoints
     assert db.webhook_deliveries.count_documents({"statementId": f"{creator}:2025-01"}) == 1
+
+
+def test_the_latest_checkpoint_is_found_at_every_distance_and_examines_only_the_nearest_window(
+        fresh_db: Any) -> None:
+    """Probes widen back from T (1 h, 1 d, 32 d, 366 d, then unbounded): the newest checkpoint at
+    or before T whatever its age, and, with thousands of older ones, only the nearest window's keys."""
+    from services.checkpoints import latest_checkpoint
+
+    db = fresh_db
+    at = datetime(2026, 6, 1, tzinfo=UTC)
+    ages = [timedelta(minutes=30), timedelta(hours=5), timedelta(days=10), timedelta(days=100), timedelta(days=500)]
+    db.balance_checkpoints.insert_many([{"_id": f"w:{n}", "walletId": "w", "at": at - age, "balance": n, "held": 0}
+                                        for n, age in enumerate(ages)])
+    db.balance_checkpoints.insert_one({"_id": "w:later", "walletId": "w", "at": at + MS, "balance": -1, "held": 0})
+    assert latest_checkpoint(db, "w", at + MS)["balance"] == -1  # inclusive of T itself
+    for n in range(len(ages)):
+        assert latest_checkpoint(db, "w", at)["balance"] == n
+        db.balance_checkpoints.delete_one({"_id": f"w:{n}"})
+    assert latest_checkpoint(db, "w", at) is None and latest_checkpoint(db, "other", at) is None
+    # A long history of minute checkpoints: the probe that answers examines the last hour's only.
+    db.balance_checkpoints.insert_many([{"_id": f"v:{m}", "walletId": "v", "at": at - timedelta(minutes=m),
+                                         "balance": m, "held": 0} for m in range(3_000)])
+    assert latest_checkpoint(db, "v", at)["balance"] == 0
+    plan = db.balance_checkpoints.find({"walletId": "v", "at": {"$lt": at + MS, "$gt": at - timedelta(hours=1)}}) \
+        .sort("at", -1).limit(1).explain()
+    assert plan["executionStats"]["totalKeysExamined"] <= 60, plan["executionStats"]
