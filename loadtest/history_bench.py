@@ -18,8 +18,9 @@ entries of one creator's wallet), in one run on one fresh SecantusDB:
    ``GET /api/statements/2025-12`` does for a month not yet stored, lines included).
 
 Documents read are counted on the wire by a command listener on the client (documents
-in every ``find``/``getMore`` answer, plus ``balance_at``'s own ``documents``), commands
-likewise. The verdict: the cost at the longest history ÷ the cost at the shortest.
+in every ``find``/``getMore`` answer), commands likewise; what the store examined to answer
+(index keys and documents) is the sum of ``explain`` (executionStats) over the finds of one
+call, captured by the same listener. The verdict: the cost at the longest history ÷ the cost at the shortest.
 Writes ``loadtest/results/history-<date>.json``; exit status 1 if a measured answer is
 wrong (the as-of balance is checked against a replay, the statement's tie-out).
 """
@@ -54,10 +55,14 @@ class ReadCounter(monitoring.CommandListener):
         self._lock = threading.Lock()
         self.documents = 0
         self.commands = 0
+        self.captured: list[tuple[str, dict[str, Any]]] | None = None  # (database, find command) when capturing
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         with self._lock:
             self.commands += 1
+            if self.captured is not None and event.command_name == "find":
+                command = {k: v for k, v in event.command.items() if not k.startswith("$") and k != "lsid"}
+                self.captured.append((event.database_name, command))
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         cursor = event.reply.get("cursor") if isinstance(event.reply, dict) else None
@@ -127,8 +132,9 @@ def seed(db: Any, history: int, month_entries: int, batch: int, fold: str) -> di
     before = [HISTORY_START + timedelta(hours=1, seconds=i * spacing) for i in range(history)]
     inside = [month.start + timedelta(seconds=i * (27 * 86400 / max(1, month_entries))) for i in range(month_entries)]
     started = time.perf_counter()
-    _settle_batches(db, [Gift(fan, creator, 1 + i % 97) for i in range(total)], before + inside, batch,
-                    fold=fold == "batch")
+    for instants in (before, inside):  # separately: no batch straddles the month's start
+        _settle_batches(db, [Gift(fan, creator, 1 + i % 97) for i in range(len(instants))], instants, batch,
+                        fold=fold == "batch")
     settled = time.perf_counter() - started
     started = time.perf_counter()
     folded = checkpoints.roll_up(partitions=PARTITIONS, now=month.end + timedelta(days=30),
@@ -139,10 +145,22 @@ def seed(db: Any, history: int, month_entries: int, batch: int, fold: str) -> di
             "creator_entries": sum(1 for tx in db.transactions.find({"parties": creator}, {"_id": 1}))}
 
 
-def _measure(counter: ReadCounter, run: Callable[[], Any], repeat: int) -> dict[str, Any]:
+def _examined(client: MongoClient, commands: list[tuple[str, dict[str, Any]]]) -> dict[str, int]:
+    """What the store examined to answer ``commands`` (``explain`` with executionStats of each find)."""
+    keys = docs = 0
+    for database, command in commands:
+        stats = client[database].command("explain", command, verbosity="executionStats").get("executionStats", {})
+        keys += int(stats.get("totalKeysExamined", 0))
+        docs += int(stats.get("totalDocsExamined", 0))
+    return {"keys_examined": keys, "documents_examined": docs}
+
+
+def _measure(counter: ReadCounter, run: Callable[[], Any], repeat: int, client: MongoClient) -> dict[str, Any]:
     times, docs, commands = [], [], []
     result = None
-    run()  # warm the client's connection and the store's caches alike for every size
+    counter.captured = []
+    run()  # warms the client's connection and the store's caches alike for every size; its finds are explained
+    captured, counter.captured = counter.captured, None
     for _ in range(repeat):
         counter.take()
         started = time.perf_counter()
@@ -152,7 +170,7 @@ def _measure(counter: ReadCounter, run: Callable[[], Any], repeat: int) -> dict[
         docs.append(d)
         commands.append(c)
     return {"ms_median": round(statistics.median(times), 2), "ms_max": round(max(times), 2),
-            "documents_read": max(docs), "commands": max(commands), "result": result}
+            "documents_read": max(docs), "commands": max(commands), **_examined(client, captured), "result": result}
 
 
 def measure(db: Any, counter: ReadCounter, creator: str, repeat: int) -> dict[str, Any]:
@@ -163,7 +181,7 @@ def measure(db: Any, counter: ReadCounter, creator: str, repeat: int) -> dict[st
     now = month.end + timedelta(days=30)
     out: dict[str, Any] = {}
     for name, at in (("as_of_month_end", month.last_instant), ("as_of_mid_month", month.start + timedelta(days=14))):
-        m = _measure(counter, lambda at=at: checkpoints.balance_at(creator, at, db=db), repeat)
+        m = _measure(counter, lambda at=at: checkpoints.balance_at(creator, at, db=db), repeat, db.client)
         got = m.pop("result")
         replay = sum(e["amount"] for tx in db.transactions.find({"parties": creator, "createdAt": {"$lt": at + MS}},
                                                                 {"entries": 1})
@@ -171,7 +189,7 @@ def measure(db: Any, counter: ReadCounter, creator: str, repeat: int) -> dict[st
         m.update(balance=got.balance, replay_ok=got.balance == replay, balance_at_documents=got.documents)
         out[name] = m
     m = _measure(counter, lambda: statements.compute(creator, month, now, settle_margin=timedelta(seconds=120),
-                                                     db=db), repeat)
+                                                     db=db), repeat, db.client)
     statement = m.pop("result")
     m.update(movements=statement["movements"], tie_out_ok=statement["tieOut"]["ok"])
     out["statement"] = m
@@ -204,7 +222,8 @@ def run(uri: str, sizes: list[int], *, month_entries: int = 1000, batch: int = 2
         first, last = results["runs"][str(sizes[0])], results["runs"][str(sizes[-1])]
         results["ratio_longest_to_shortest"] = {
             name: {"ms": round(last[name]["ms_median"] / max(first[name]["ms_median"], 1e-9), 2),
-                   "documents_read": round(last[name]["documents_read"] / max(first[name]["documents_read"], 1), 2)}
+                   "documents_read": round(last[name]["documents_read"] / max(first[name]["documents_read"], 1), 2),
+                   "keys_examined": round(last[name]["keys_examined"] / max(first[name]["keys_examined"], 1), 2)}
             for name in ("as_of_month_end", "as_of_mid_month", "statement")}
     finally:
         client.close()
@@ -248,14 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS / f"history-{datetime.now(UTC).strftime('%Y-%m-%dT%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print(f"{'entries':>10} {'as-of end ms':>13} {'docs':>5} {'as-of mid ms':>13} {'docs':>5} "
-          f"{'statement ms':>13} {'docs':>6}")
+    names = ("as_of_month_end", "as_of_mid_month", "statement")
+    print(f"{'entries':>10} " + " ".join(f"{n + ' ms / docs read / keys':>38}" for n in names))
     for size in sizes:
         one = results["runs"][str(size)]
-        print(f"{one['seed']['creator_entries']:>10,} {one['as_of_month_end']['ms_median']:>13} "
-              f"{one['as_of_month_end']['documents_read']:>5} {one['as_of_mid_month']['ms_median']:>13} "
-              f"{one['as_of_mid_month']['documents_read']:>5} {one['statement']['ms_median']:>13} "
-              f"{one['statement']['documents_read']:>6}")
+        cells = [f"{one[n]['ms_median']} / {one[n]['documents_read']} / {one[n]['keys_examined']}" for n in names]
+        print(f"{one['seed']['creator_entries']:>10,} " + " ".join(f"{c:>38}" for c in cells))
     print(f"longest ÷ shortest history: {json.dumps(results['ratio_longest_to_shortest'])}; answers "
           f"{'correct' if ok else 'WRONG'}; written to {out}")
     return 0 if ok else 1
