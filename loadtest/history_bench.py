@@ -4,7 +4,7 @@ Issue 25's benchmark. For each history length (default 1,000 / 10,000 / 100,000 
 entries of one creator's wallet), in one run on one fresh SecantusDB:
 
 1. seed: a fan funded once, then gifts from the fan to the creator (one creator entry
-   each), queued as ordinary jobs (``services.jobs.build_job``, ``insert_many``) and
+   each), queued as ordinary jobs (``services.jobs.accept_jobs``, the system's batch intake) and
    settled by the settler itself (``services.settlement.settle_partition``) in batches of
    ``--batch`` with the clock at the batch's instant, spread evenly over the months
    before the measured month; the measured month (``2025-12``) always gets the same
@@ -92,14 +92,13 @@ def _settle_batches(db: Any, ops: list[Any], instants: list[datetime], batch: in
     """Settle ``ops`` in batches dated at each batch's first instant; with ``fold``, run beat's
     roll-up after every batch, as a beat folding every ROLLUP_INTERVAL_SECONDS would."""
     from services import checkpoints
-    from services.jobs import build_job
+    from services.jobs import Intake, accept_jobs
     from services.settlement import settle_partition
 
     for start in range(0, len(ops), batch):
         chunk = ops[start:start + batch]
         at = instants[start]
-        jobs = [build_job(op, op.wallet, PARTITIONS, None, None) for op in chunk]
-        db.jobs.insert_many(jobs, ordered=True)
+        jobs = accept_jobs(db, [Intake(op, op.wallet) for op in chunk], partitions=PARTITIONS, ring=None).stored
         settle_partition(db, jobs[0]["partition"], partitions=PARTITIONS, batch_max=batch, clock=lambda at=at: at)
         if fold:
             checkpoints.roll_up(partitions=PARTITIONS, now=at + MARGIN + timedelta(seconds=1), margin=MARGIN,
