@@ -13,7 +13,8 @@ entries of one creator's wallet), in one run on one fresh SecantusDB:
    Beat's fold (``services.checkpoints.roll_up``) writes the checkpoints after every batch
    as a beat folding every minute would (``--fold batch``), or once at the end (``--fold
    end``: windows as wide as the fold allows, the worst case for ``balance_at``);
-2. measure, ``--repeat`` times each (median and max ms): ``balance_at`` at the end of
+2. measure, once every size is seeded, in alternating rounds (shortest to longest, then
+   back), ``--repeat`` times each per round (median of the rounds' medians, and max ms): ``balance_at`` at the end of
    the measured month and in its middle, and ``statements.compute`` of the month (what
    ``GET /api/statements/2025-12`` does for a month not yet stored, lines included).
 
@@ -195,38 +196,64 @@ def measure(db: Any, counter: ReadCounter, creator: str, repeat: int) -> dict[st
     return out
 
 
+NAMES = ("as_of_month_end", "as_of_mid_month", "statement")
+
+
+def _combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One size's figures over its measuring rounds: the median of the rounds' medians, the worst max."""
+    out: dict[str, Any] = {}
+    for name in NAMES:
+        figures = [r[name] for r in rounds]
+        merged = dict(figures[-1])
+        merged["ms_median"] = round(statistics.median(f["ms_median"] for f in figures), 2)
+        merged["ms_max"] = max(f["ms_max"] for f in figures)
+        merged["ms_median_by_round"] = [f["ms_median"] for f in figures]
+        for key in ("documents_read", "commands", "keys_examined", "documents_examined"):
+            merged[key] = max(f[key] for f in figures)
+        merged["ok"] = all(f.get("replay_ok", True) and f.get("tie_out_ok", True) for f in figures)
+        out[name] = merged
+    return out
+
+
 def run(uri: str, sizes: list[int], *, month_entries: int = 1000, batch: int = 200, repeat: int = 15,
-        fold: str = "batch") -> dict[str, Any]:
-    """Seed and measure every size in its own database on the store at ``uri`` (dropped after)."""
+        fold: str = "batch", rounds: int = 2) -> dict[str, Any]:
+    """Seed every size in its own database on the store at ``uri``, then measure them in
+    alternating order (shortest to longest, then back: drift and the store's work after a
+    seed weigh on every size alike); the databases are dropped at the end."""
     counter = ReadCounter()
     client: MongoClient = MongoClient(uri, tz_aware=True, event_listeners=[counter])
     results: dict[str, Any] = {"started": datetime.now(UTC).isoformat(), "sizes": sizes,
                                "month_entries": month_entries, "batch": batch, "repeat": repeat, "fold": fold,
-                               "runs": {}}
-    ok = True
+                               "rounds": rounds, "runs": {}}
+    seeded: dict[int, dict[str, Any]] = {}
+    measured: dict[int, list[dict[str, Any]]] = {size: [] for size in sizes}
     try:
         for size in sizes:
             db = client[f"purser_history_bench_{size}"]
             client.drop_database(db.name)
             log(f"seeding {size:,} entries before the month + {month_entries:,} in it")
-            seeded = seed(db, size, month_entries, batch, fold)
-            log(f"  settled in {seeded['settle_seconds']} s, folded in {seeded['rollup_seconds']} s "
-                f"({seeded['checkpoints']} checkpoints); measuring")
+            seeded[size] = seed(db, size, month_entries, batch, fold)
+            log(f"  settled in {seeded[size]['settle_seconds']} s ({seeded[size]['checkpoints']} checkpoints)")
+        order = [size for r in range(rounds) for size in (sizes if r % 2 == 0 else list(reversed(sizes)))]
+        for size in order:
+            log(f"measuring {size:,}")
             counter.take()
-            figures = measure(db, counter, seeded["creator"], repeat)
-            ok &= all(f.get("replay_ok", True) and f.get("tie_out_ok", True) for f in figures.values())
-            results["runs"][str(size)] = {"seed": {k: v for k, v in seeded.items() if k not in ("fan", "creator")},
-                                          **figures}
-            client.drop_database(db.name)
+            measured[size].append(measure(client[f"purser_history_bench_{size}"], counter, seeded[size]["creator"],
+                                          repeat))
+        for size in sizes:
+            seed_figures = {k: v for k, v in seeded[size].items() if k not in ("fan", "creator")}
+            results["runs"][str(size)] = {"seed": seed_figures, **_combine(measured[size])}
         first, last = results["runs"][str(sizes[0])], results["runs"][str(sizes[-1])]
         results["ratio_longest_to_shortest"] = {
             name: {"ms": round(last[name]["ms_median"] / max(first[name]["ms_median"], 1e-9), 2),
                    "documents_read": round(last[name]["documents_read"] / max(first[name]["documents_read"], 1), 2),
                    "keys_examined": round(last[name]["keys_examined"] / max(first[name]["keys_examined"], 1), 2)}
-            for name in ("as_of_month_end", "as_of_mid_month", "statement")}
+            for name in NAMES}
     finally:
+        for size in sizes:
+            client.drop_database(f"purser_history_bench_{size}")
         client.close()
-    results["ok"] = ok
+    results["ok"] = all(run[name]["ok"] for run in results["runs"].values() for name in NAMES)
     return results
 
 
@@ -266,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS / f"history-{datetime.now(UTC).strftime('%Y-%m-%dT%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    names = ("as_of_month_end", "as_of_mid_month", "statement")
+    names = NAMES
     print(f"{'entries':>10} " + " ".join(f"{n + ' ms / docs read / keys':>38}" for n in names))
     for size in sizes:
         one = results["runs"][str(size)]
