@@ -110,6 +110,13 @@ class Endpoint:
 
 
 REGISTRY: list[Endpoint] = []
+# The events Purser POSTs to registered endpoints (OpenAPI 3.1 ``webhooks``): type -> (summary, body model).
+WEBHOOK_EVENTS: dict[str, tuple[str, type[BaseModel]]] = {}
+
+
+def webhook_event(event_type: str, summary: str, body: type[BaseModel]) -> None:
+    """Declare an outgoing webhook event and the body every endpoint receives for it."""
+    WEBHOOK_EVENTS[event_type] = (summary, body)
 
 
 def _implied(*, auth_required: bool, roles: tuple[Role, ...] | None, body: bool, query: bool, idempotent: bool,
@@ -293,6 +300,16 @@ def openapi_document(version: str) -> dict[str, Any]:
         if ep.auth:
             op["security"] = [{"bearerAuth": []}]
         paths.setdefault(path, {})[ep.method.lower()] = op
+    webhooks: dict[str, Any] = {}
+    for event_type, (summary, body) in sorted(WEBHOOK_EVENTS.items()):
+        webhooks[event_type] = {"post": {
+            "summary": summary, "operationId": f"webhook.{event_type}", "tags": ["webhook events"],
+            "description": "Signed per Standard Webhooks (webhook-id, webhook-timestamp, webhook-signature); "
+                           "delivered at least once: deduplicate on webhook-id. See docs/webhooks.md.",
+            "requestBody": {"required": True,
+                            "content": {"application/json": {"schema": _schema_ref(body, components)}}},
+            "responses": {"2XX": {"description": "Received; any other answer is retried (410 disables the "
+                                                 "endpoint)"}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Purser API", "version": version,
@@ -302,6 +319,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                                 "fails carries its code in `error.code` (JobOut). Amounts are integers: `1.0`, "
                                 "`\"1\"` and `true` are refused with 422 VALIDATION_FAILED."},
         "paths": paths,
+        "webhooks": webhooks,
         "components": {"schemas": components,
                        "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
                                                           "bearerFormat": "JWT"}}},

@@ -23,7 +23,9 @@ settlement path, then measures in one run (the stage modules say how):
 8. 200 fans unlocking one new content at once: settled (and creator credited) when;
 9. subscriptions (``subscription_stages``): expiry vs the store's floor for the same
    update, renewals/s vs the bench mix;
-10. peak RSS of web and worker processes; the money invariants at the end.
+10. money over time (``history_bench``): balance-as-of and a statement for a creator with
+    1,000 / 10,000 / 100,000 ledger entries (10,000 with ``--quick``), in databases of their own;
+11. peak RSS of web and worker processes; the money invariants at the end.
 
 It prints a table with issue 18's targets (PASS/MISS) and writes
 ``loadtest/results/<date>.json``. The exit status is 1 when an invariant is broken
@@ -51,7 +53,7 @@ from typing import Any
 
 import psutil
 
-from loadtest import backlog_stages, http_stages, scale_stages, subscription_stages, sync_baseline
+from loadtest import backlog_stages, history_bench, http_stages, scale_stages, subscription_stages, sync_baseline
 from loadtest.common import Http, MoneyMix, dig, kick_all, log, ratio, wait_drained
 from loadtest.plan import BENCH, RESULTS, Plan
 from loadtest.profiling import pyspy_start, summarize_collapsed
@@ -83,11 +85,16 @@ TARGETS: list[tuple[str, str, str, float]] = [
     ("live_stream.overload", "live stream: offered ÷ settled gifts/s", ">=", 2.0),
     ("live_stream.settle_p99_vs_bound", "live stream settle p99 ÷ (BACKLOG_MAX_SECONDS + batch)", "<=", 1.0),
     ("live_stream.unsettled", "live stream: accepted gifts not settled", "<=", 0.0),
+    # issue 25: money over time costs the same whatever the history's length
+    ("history.ratio_longest_to_shortest.as_of_month_end.documents_read",
+     "balance-as-of documents read, longest ÷ shortest history", "<=", 1.0),
+    ("history.ratio_longest_to_shortest.statement.documents_read",
+     "statement documents read, longest ÷ shortest history", "<=", 1.0),
 ]
 
 LEVELS = (1, 2, 4)  # ledger processes (and store client threads) compared
 STAGES = ("store", "queue", "batch1", "concurrency", "profile", "accept", "e2e", "fixed", "burst", "subscriptions",
-          "drain", "live")
+          "drain", "live", "history")
 
 
 def machine_info() -> dict[str, Any]:
@@ -555,6 +562,10 @@ def _backlog_and_subscription_stages(run: Run) -> None:
             mix_rate = dig(conc, f"c{run.options.worker_concurrency}.ops_per_s") or dig(conc, "c1.ops_per_s")
             results["subscriptions"] = subscription_stages.subscription_figures(
                 db, pop, plan.subscriptions, mix_rate, stack)
+    if run.runs("history"):
+        with stage(results, "money over time"):  # databases of its own on the same store
+            results["history"] = history_bench.run(
+                stack.mongo.uri, [1_000, 10_000] if plan.quick else [1_000, 10_000, 100_000], repeat=9)
 
 
 def _measure(run: Run) -> None:

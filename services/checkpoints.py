@@ -98,11 +98,31 @@ def _plan_window(pending: dict[int, list[dict[str, Any]]], horizon: datetime, cu
     return window
 
 
+# How far back from T each probe for the latest checkpoint looks (then: without a bound).
+# SecantusDB examines every index key of a range before it applies the sort's limit (explain:
+# all the wallet's checkpoints before T for ``find_one(sort=at desc)``; real MongoDB reads
+# one key), so an unbounded probe grows with the wallet's history. Widening windows bound
+# the keys examined by the checkpoints of the first window that has one: with beat folding
+# every minute, at most 60 for a wallet that moved in the hour before T.
+PROBES = (timedelta(hours=1), timedelta(days=1), timedelta(days=32), timedelta(days=366))
+
+
+def latest_checkpoint(db: Database, wallet_id: str, at: datetime) -> dict[str, Any] | None:
+    """``wallet_id``'s newest checkpoint at or before ``at`` (milliseconds), or None."""
+    for width in (*PROBES, None):
+        bound: dict[str, Any] = {"$lt": at + MS}
+        if width is not None:
+            bound["$gt"] = at - width
+        doc = db.balance_checkpoints.find_one({"walletId": wallet_id, "at": bound}, sort=[("at", -1)])
+        if doc is not None:
+            return doc
+    return None
+
+
 def _previous(db: Database, wallet_ids: list[str], before: datetime) -> dict[str, Totals]:
     out = {}
     for wallet_id in wallet_ids:
-        doc = db.balance_checkpoints.find_one({"walletId": wallet_id, "at": {"$lt": before + MS}},
-                                              sort=[("at", -1)])
+        doc = latest_checkpoint(db, wallet_id, before)
         out[wallet_id] = Totals(doc["balance"], doc["held"]) if doc else Totals()
     return out
 
@@ -191,7 +211,7 @@ class AsOf:
 def balance_at(db: Database, wallet_id: str, at: datetime) -> AsOf:
     """``wallet_id``'s ledger balance, held coins and debt at ``at`` (inclusive, milliseconds)."""
     at = to_ms(at)
-    doc = db.balance_checkpoints.find_one({"walletId": wallet_id, "at": {"$lt": at + MS}}, sort=[("at", -1)])
+    doc = latest_checkpoint(db, wallet_id, at)
     total = Totals(doc["balance"], doc["held"]) if doc else Totals()
     since = doc["at"] if doc else None
     window: dict[str, Any] = {"$lt": at + MS}

@@ -18,6 +18,7 @@ from typing import Any
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from ledger.audit import STATEMENT_CHAIN
 from ledger.timeutil import utcnow
 from services.job_views import job_details
 from services.webhook_events import (
@@ -120,5 +121,89 @@ def dispatch_partition(db: Database, partition: int, *, page: int = DISPATCH_PAG
     result.blocks = len(blocks)
     last = blocks[-1]["seq"]
     _move_cursor(db, partition, cursor, last, now)
+    result.more = last < head
+    return result
+
+
+# --- statement.ready: the statements' audit chain is the outbox ----------------------------
+
+STATEMENT_ACTION = "statement.closed"  # services/statements.store_closed's chain entry
+
+
+def statement_event_id(statement_id: str) -> str:
+    """``evt_statement_<userId>_<YYYY-MM>``: one event per stored statement, whoever stored it."""
+    return "evt_statement_" + statement_id.replace(":", "_")
+
+
+def statement_event_data(head: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` of ``statement.ready``: the stored head's figures and where to read it."""
+    user_id, period = head["userId"], head["period"]
+    return {"statementId": head["_id"], "userId": user_id, "period": period, "hash": head["hash"],
+            "linesDigest": head.get("linesDigest"), "openingBalance": head["openingBalance"],
+            "closingBalance": head["closingBalance"], "net": head["net"], "movements": head["movements"],
+            "currency": head.get("currency", "COIN"), "generatedAt": head.get("generatedAt"),
+            # JSON by default, CSV with ``Accept: text/csv``; the first for the creator's token,
+            # the second for an admin's.
+            "links": {"statement": f"/api/statements/{period}",
+                      "admin": f"/api/admin/wallets/{user_id}/statements/{period}"}}
+
+
+def dispatch_statements(db: Database, *, page: int = DISPATCH_PAGE,
+                        clock: Callable[[], datetime] = utcnow) -> Dispatch:
+    """Turn the next page of the statements' audit chain into ``statement.ready`` events.
+
+    A statement's head and its chain entry commit in one transaction
+    (``services/statements.store_closed``), so the entry is the outbox record: the event
+    exists exactly when the statement was stored, by beat or by the first request for it.
+    Same shape as :func:`dispatch_partition`: ids derived from the statement and the
+    endpoint (a re-run inserts nothing), the cursor (``webhook_cursors._id = -2``) moved
+    under a guard on its old value, endpoints registered after the entry not served.
+    """
+    now = clock()
+    chain = STATEMENT_CHAIN
+    cursor_doc = db.webhook_cursors.find_one({"_id": chain})
+    cursor = cursor_doc["auditSeq"] if cursor_doc else 0
+    head_doc = db.partitions.find_one({"_id": chain}, {"auditSeq": 1})
+    head = head_doc.get("auditSeq", 0) if head_doc else 0
+    result = Dispatch()
+    if head <= cursor:
+        return result
+    endpoints = list(db.webhook_endpoints.find({"status": EndpointStatus.ACTIVE, "eventTypes": "statement.ready"},
+                                               {"createdAt": 1}))
+    if not endpoints:
+        _move_cursor(db, chain, cursor, head, now)
+        return result
+    entries = list(db.auditlogs.find({"partition": chain, "seq": {"$gt": cursor, "$lte": head}},
+                                     {"seq": 1, "createdAt": 1, "action": 1, "target": 1})
+                   .sort("seq", 1).limit(page))
+    if not entries:
+        return result
+    wanted = [e for e in entries if e.get("action") == STATEMENT_ACTION
+              and any(ep["createdAt"] <= e["createdAt"] for ep in endpoints)]
+    heads = {h["_id"]: h for h in db.statements.find({"_id": {"$in": [e["target"]["id"] for e in wanted]}},
+                                                     {"chunks": 0})}
+    events: list[dict[str, Any]] = []
+    deliveries: list[dict[str, Any]] = []
+    for entry in wanted:
+        stored = heads.get(entry["target"]["id"])
+        if stored is None:
+            continue  # cannot happen: the head committed with its entry
+        evt_id = statement_event_id(stored["_id"])
+        events.append({"_id": evt_id, "type": "statement.ready", "jobId": None, "statementId": stored["_id"],
+                       "partition": chain, "auditSeq": entry["seq"], "occurredAt": entry["createdAt"],
+                       "createdAt": now, "body": event_body(evt_id, "statement.ready", entry["createdAt"],
+                                                            statement_event_data(stored))})
+        for endpoint in endpoints:
+            if endpoint["createdAt"] > entry["createdAt"]:
+                continue
+            deliveries.append({"_id": delivery_id(evt_id, endpoint["_id"]), "eventId": evt_id,
+                               "endpointId": endpoint["_id"], "type": "statement.ready", "jobId": None,
+                               "statementId": stored["_id"], "status": DeliveryStatus.PENDING, "attempts": 0,
+                               "run": 1, "nextAttemptAt": now, "log": [], "createdAt": now, "updatedAt": now})
+    result.events = len(_insert_new(db.webhook_events, events))
+    result.deliveries = _insert_new(db.webhook_deliveries, deliveries)
+    result.blocks = len(entries)
+    last = entries[-1]["seq"]
+    _move_cursor(db, chain, cursor, last, now)
     result.more = last < head
     return result

@@ -37,7 +37,8 @@ class DeliveryStatus(StrEnum):
 JOB_EVENTS = ("job.settled", "job.failed")
 PAYOUT_EVENTS = tuple(f"payout.{s.value}" for s in PayoutStatus if s is not PayoutStatus.SUBMITTED)
 MONEY_BACK_EVENTS = ("refund.settled", "chargeback.settled")
-EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + PAYOUT_EVENTS + MONEY_BACK_EVENTS
+STATEMENT_EVENTS = ("statement.ready",)
+EVENT_TYPES: tuple[str, ...] = JOB_EVENTS + PAYOUT_EVENTS + MONEY_BACK_EVENTS + STATEMENT_EVENTS
 
 
 def event_types_of(record: dict[str, Any], job: dict[str, Any] | None) -> list[str]:

@@ -20,6 +20,7 @@ from ledger.periods import month_of
 from ledger.timeutil import utcnow
 from services import checkpoints, payout_schedules, statements
 from tasks.settle import ring
+from tasks.webhooks import notify_statements
 from workers.celery_app import task
 
 log = logging.getLogger("purser.history")
@@ -52,8 +53,11 @@ def close_statements() -> dict:
     settings = get_settings()
     now = utcnow()
     month = month_of(now).previous()
-    return _locked("statements", settings.statement_tick_seconds, lambda: statements.close_month(
+    done = _locked("statements", settings.statement_tick_seconds, lambda: statements.close_month(
         get_db(), month, now, settle_margin=timedelta(seconds=settings.history_margin_seconds)))
+    if done.get("stored"):
+        notify_statements()  # statement.ready: the chain entries are the outbox
+    return done
 
 
 @task(name="history.scheduled_payouts", acks_late=True, ignore_result=True)

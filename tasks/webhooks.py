@@ -18,7 +18,7 @@ from infra.config import get_settings
 from infra.mongo import get_db
 from infra.redis_client import get_redis
 from services.webhook_delivery import deliver_one, due_deliveries
-from services.webhook_dispatch import dispatch_partition
+from services.webhook_dispatch import dispatch_partition, dispatch_statements
 from services.webhook_endpoints import any_active_endpoint
 from workers.celery_app import task
 
@@ -76,6 +76,33 @@ def dispatch_all_pages(partition: int) -> int:
     return created
 
 
+def dispatch_statement_pages() -> int:
+    """Dispatch the statements' chain (``statement.ready``) to its head (bounded); deliveries enqueued."""
+    created = 0
+    for _ in range(MAX_PAGES):
+        result = dispatch_statements(get_db())
+        for delivery_id in result.deliveries:
+            enqueue(delivery_id)
+        created += len(result.deliveries)
+        if not result.more:
+            break
+    return created
+
+
+def notify_statements() -> None:
+    """After statements were stored: have their events dispatched now rather than at the next tick."""
+    try:
+        if any_active_endpoint(get_db()):
+            dispatch_statements_task.apply_async()
+    except Exception:  # noqa: BLE001 - the statements are stored; the webhook tick dispatches later
+        log.warning("could not enqueue the statement event dispatcher", exc_info=True)
+
+
+@task(name="webhooks.dispatch_statements", acks_late=True, ignore_result=True)
+def dispatch_statements_task() -> int:
+    return dispatch_statement_pages()
+
+
 @task(name="webhooks.dispatch", acks_late=True, ignore_result=True)
 def dispatch(partition: int) -> int:
     if not isinstance(partition, int) or not 0 <= partition < get_settings().ledger_partitions:
@@ -104,8 +131,11 @@ def deliver(delivery_id: str) -> str | None:
 
 @task(name="webhooks.tick", acks_late=True, ignore_result=True)
 def tick() -> dict[str, int]:
-    """Beat: dispatch every partition, then hand out every due delivery (idempotent when doubled)."""
+    """Beat: dispatch every partition and the statements' chain, then hand out every due delivery.
+
+    Idempotent when doubled."""
     created = sum(dispatch_all_pages(p) for p in range(get_settings().ledger_partitions))
+    created += dispatch_statement_pages()
     due = due_deliveries(get_db())
     for delivery_id in due:
         enqueue(delivery_id)

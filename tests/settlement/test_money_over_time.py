@@ -183,3 +183,80 @@ def test_weekly_schedule_pays_once_per_slot_skips_with_reasons_and_includes_rele
     assert runs[0]["outcome"] == "skipped" and runs[0]["reason"] == "WALLET_FROZEN"
     assert payout_schedules.delete_schedule(db, creator, slot)
     assert tick(slot + timedelta(days=30)).placed == 0 and not payout_schedules.delete_schedule(db, creator, slot)
+
+
+def test_a_stored_statement_gives_one_statement_ready_event_per_endpoint_whoever_dispatches(fresh_db: Any) -> None:
+    """The statements' audit chain is the outbox of ``statement.ready``: one event per stored
+    statement, one delivery per endpoint subscribed before it was stored, none on a re-run."""
+    import json
+
+    from services import statements
+    from services.webhook_dispatch import dispatch_statements
+    from services.webhook_endpoints import register
+    from services.webhook_log import delivery_view
+
+    db = fresh_db
+    admin = {"type": "admin", "id": "a" * 24}
+    creator = add_user(db, role="creator")
+    db.wallets.update_one({"_id": creator}, {"$set": {"createdAt": T0}})
+    _settle_at(db, Credit(creator, 700, "earnings"), T0 + timedelta(days=3))
+    wanted, _ = register(db, "http://127.0.0.1:9/statements", ["statement.ready"], None, admin, None,
+                         allow_private=True)
+    jobs_only, _ = register(db, "http://127.0.0.1:9/jobs", ["job.settled"], None, admin, None, allow_private=True)
+    now = datetime(2025, 2, 10, tzinfo=UTC)
+    # Nothing stored yet: nothing to dispatch.
+    assert dispatch_statements(db).events == 0
+    head, created = statements.store_closed(db, creator, JAN, now, settle_margin=MARGIN)
+    assert created
+    first = dispatch_statements(db)
+    assert (first.events, len(first.deliveries), first.more) == (1, 1, False)
+    db.webhook_cursors.delete_one({"_id": -2})  # a second dispatcher that read the old cursor
+    again = dispatch_statements(db)
+    assert (again.events, again.deliveries) == (0, [])
+    [event] = list(db.webhook_events.find({"type": "statement.ready"}))
+    body = json.loads(event["body"])
+    assert body["id"] == event["_id"] == f"evt_statement_{creator}_2025-01"
+    assert body["data"] == {
+        "statementId": f"{creator}:2025-01", "userId": creator, "period": "2025-01", "hash": head["hash"],
+        "linesDigest": head["linesDigest"], "openingBalance": 0, "closingBalance": 700, "net": 700, "movements": 1,
+        "currency": "COIN", "generatedAt": head["generatedAt"],
+        "links": {"statement": "/api/statements/2025-01",
+                  "admin": f"/api/admin/wallets/{creator}/statements/2025-01"}}
+    [delivery] = list(db.webhook_deliveries.find({"type": "statement.ready"}))
+    assert delivery["endpointId"] == wanted["_id"] != jobs_only["_id"] and delivery["jobId"] is None
+    view = delivery_view(delivery)
+    assert view["statementId"] == f"{creator}:2025-01" and view["jobId"] is None
+    # Stored again (a second beat, a request): no new chain entry, so no new event.
+    assert not statements.store_closed(db, creator, JAN, now, settle_margin=MARGIN)[1]
+    # An endpoint registered after the statement was stored does not receive it.
+    register(db, "http://127.0.0.1:9/late", ["statement.ready"], None, admin, None, allow_private=True)
+    statements.store_closed(db, creator, FEB, datetime(2025, 3, 10, tzinfo=UTC), settle_margin=MARGIN)
+    later = dispatch_statements(db)
+    assert (later.events, len(later.deliveries)) == (1, 2)  # February: both statement endpoints
+    assert db.webhook_deliveries.count_documents({"statementId": f"{creator}:2025-01"}) == 1
+
+
+def test_the_latest_checkpoint_is_found_at_every_distance_and_examines_only_the_nearest_window(
+        fresh_db: Any) -> None:
+    """Probes widen back from T (1 h, 1 d, 32 d, 366 d, then unbounded): the newest checkpoint at
+    or before T whatever its age, and, with thousands of older ones, only the nearest window's keys."""
+    from services.checkpoints import latest_checkpoint
+
+    db = fresh_db
+    at = datetime(2026, 6, 1, tzinfo=UTC)
+    ages = [timedelta(minutes=30), timedelta(hours=5), timedelta(days=10), timedelta(days=100), timedelta(days=500)]
+    db.balance_checkpoints.insert_many([{"_id": f"w:{n}", "walletId": "w", "at": at - age, "balance": n, "held": 0}
+                                        for n, age in enumerate(ages)])
+    db.balance_checkpoints.insert_one({"_id": "w:later", "walletId": "w", "at": at + MS, "balance": -1, "held": 0})
+    assert latest_checkpoint(db, "w", at + MS)["balance"] == -1  # inclusive of T itself
+    for n in range(len(ages)):
+        assert latest_checkpoint(db, "w", at)["balance"] == n
+        db.balance_checkpoints.delete_one({"_id": f"w:{n}"})
+    assert latest_checkpoint(db, "w", at) is None and latest_checkpoint(db, "other", at) is None
+    # A long history of minute checkpoints: the probe that answers examines the last hour's only.
+    db.balance_checkpoints.insert_many([{"_id": f"v:{m}", "walletId": "v", "at": at - timedelta(minutes=m),
+                                         "balance": m, "held": 0} for m in range(3_000)])
+    assert latest_checkpoint(db, "v", at)["balance"] == 0
+    plan = db.balance_checkpoints.find({"walletId": "v", "at": {"$lt": at + MS, "$gt": at - timedelta(hours=1)}}) \
+        .sort("at", -1).limit(1).explain()
+    assert plan["executionStats"]["totalKeysExamined"] <= 60, plan["executionStats"]
