@@ -13,7 +13,7 @@ import threading
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from infra.config import get_settings
+from infra.config import Settings, get_settings
 
 _lock = threading.Lock()
 _client: MongoClient | None = None
@@ -27,6 +27,14 @@ def set_app_name(name: str) -> None:
     global _app_name
     _app_name = name
     reset_client()
+
+
+def write_concern(settings: Settings) -> dict[str, object]:
+    """The client's write concern: in production an acknowledged write (an accepted job, a
+    committed settlement batch, a webhook's top-up) is on a majority of the replica set
+    and in its journal, so a 202 survives the primary's crash and a failover; the embedded
+    store of development and tests is one node, where the default (w: 1) is the same thing."""
+    return {"w": "majority", "journal": True} if settings.is_production else {}
 
 
 def get_client() -> MongoClient:
@@ -43,6 +51,7 @@ def get_client() -> MongoClient:
                 serverSelectionTimeoutMS=5000,
                 connectTimeoutMS=3000,
                 appname=_app_name,
+                **write_concern(settings),
             )
             _pid = os.getpid()
     return _client

@@ -313,3 +313,18 @@ def test_every_variable_is_in_the_readme() -> None:
     documented |= {f"RATE_LIMITS{suffix}" for suffix in re.findall(r"`(_[A-Z_]+)`", readme)}
     missing = [var.variable for var in config_table.VARIABLES if var.variable and var.variable not in documented]
     assert not missing, f"add these to README's configuration table: {missing}"
+
+
+def test_production_writes_are_majority_and_journaled_and_development_keeps_the_default() -> None:
+    """Issue 24, lever 5: acknowledged means durable. The options reach a real client unchanged."""
+    from pymongo import MongoClient
+
+    from infra.mongo import write_concern
+
+    production = MongoClient("mongodb://127.0.0.1:1", connect=False, **write_concern(_load(PRODUCTION)))
+    assert production.write_concern.document == {"w": "majority", "j": True}
+    dev = write_concern(_load({"APP_ENV": "development"}))
+    development = MongoClient("mongodb://127.0.0.1:1", connect=False, **dev)
+    assert development.write_concern.document == {}
+    production.close()
+    development.close()
