@@ -82,10 +82,13 @@ class MongoServer(ManagedProcess):
         port: int | None = None,
         test_commands: bool = False,
         log_path: Path | None = None,
+        sync_on_commit: bool = False,
     ) -> None:
         self.storage_path = Path(storage_path).absolute()
         self.port = port if port is not None else free_port()
         self.test_commands = test_commands
+        # fsync the journal at every commit (the bench's durable row; issue 24)
+        self.sync_on_commit = sync_on_commit
         super().__init__(
             log_path=log_path or self.storage_path.with_name(self.storage_path.name + ".log"),
             pid_path=self.storage_path.with_name(self.storage_path.name + ".pid"),
@@ -112,6 +115,8 @@ class MongoServer(ManagedProcess):
         ]
         if self.test_commands:
             command.append("--enable-test-commands")
+        if self.sync_on_commit:
+            command.append("--sync-on-commit")
         return command
 
     def before_start(self) -> None:

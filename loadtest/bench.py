@@ -76,6 +76,8 @@ TARGETS: list[tuple[str, str, str, float]] = [
     ("fixed_load.settle_ms.p99", "settle p99 ms @ fixed load", "<=", 500.0),
     ("fixed_load.errors", "errors @ fixed load (non-business)", "<=", 0.0),
     ("end_to_end.ratio", "Purser ÷ synchronous transfers/s", ">=", 4.0),
+    # issue 24: both designs again with the journal synced at every commit (durable acks)
+    ("end_to_end_synced.ratio", "Purser ÷ synchronous transfers/s, journal synced per commit", ">=", 1.0),
     ("unlock_burst.settled_within_s", "200 unlocks settled after last 202, s", "<=", 1.0),
     ("subscriptions.without_renewal.vs_floor", "expiry tick ÷ store floor", "<=", 1.5),
     ("subscriptions.with_renewal.vs_mix", "renewals/s ÷ bench mix ops/s", ">=", 0.8),
@@ -93,7 +95,8 @@ TARGETS: list[tuple[str, str, str, float]] = [
 ]
 
 LEVELS = (1, 2, 4)  # ledger processes (and store client threads) compared
-STAGES = ("store", "queue", "batch1", "concurrency", "profile", "accept", "e2e", "fixed", "burst", "subscriptions",
+STAGES = ("store", "queue", "batch1", "concurrency", "profile", "accept", "e2e", "synced", "fixed", "burst",
+          "subscriptions",
           "drain", "live", "history")
 
 
@@ -269,6 +272,9 @@ def table(results: dict[str, Any]) -> str:
     add("end to end transfers/s: Purser", "end_to_end.purser_transfers_per_s")
     add("end to end transfers/s: synchronous", "end_to_end.baseline_transfers_per_s")
     target("end_to_end.ratio")
+    add("end to end, synced commits, transfers/s: Purser", "end_to_end_synced.purser_transfers_per_s")
+    add("end to end, synced commits, transfers/s: synchronous", "end_to_end_synced.baseline_transfers_per_s")
+    target("end_to_end_synced.ratio")
     add("fixed load: offered req/s", "fixed_load.offered_per_s")
     add("fixed load: accept p50 / p95 ms", "fixed_load.accept_ms.p50_p95")
     target("fixed_load.accept_ms.p99")
@@ -531,10 +537,16 @@ def _http_stages(run: Run) -> None:
                 warmup=1.0, batch_max=args.batch_max, spy=spy)
     if run.runs("e2e"):
         with stage(results, "end to end vs synchronous"):
-            results["end_to_end"] = sync_baseline.end_to_end(
-                stack, db, http, mix, pop, threads=plan.client_threads, seconds=plan.e2e_seconds,
-                warmup=plan.warmup, rounds=plan.rounds,
-                cap=max(400, args.batch_max * run.settings.ledger_partitions))
+            results["end_to_end"] = _end_to_end(run)
+    if run.runs("synced"):
+        with stage(results, "end to end, journal synced at every commit"):
+            wait_drained(db)
+            stack.restart_mongo(sync_on_commit=True)
+            try:
+                results["end_to_end_synced"] = _end_to_end(run)
+            finally:
+                wait_drained(db)
+                stack.restart_mongo(sync_on_commit=False)
     if run.runs("fixed"):
         with stage(results, "fixed load"):
             wait_drained(db)
@@ -543,6 +555,14 @@ def _http_stages(run: Run) -> None:
         with stage(results, "unlock burst"):
             wait_drained(db)
             results["unlock_burst"] = http_stages.unlock_burst(db, http, pop, mix, plan.burst)
+
+
+def _end_to_end(run: Run) -> dict[str, Any]:
+    """Both designs, transfers over HTTP on the same store (``loadtest/sync_baseline.py``)."""
+    plan = run.plan
+    return sync_baseline.end_to_end(
+        run.stack, run.db, run.http, run.mix, run.pop, threads=plan.client_threads, seconds=plan.e2e_seconds,
+        warmup=plan.warmup, rounds=plan.rounds, cap=max(400, run.args.batch_max * run.settings.ledger_partitions))
 
 
 def _backlog_and_subscription_stages(run: Run) -> None:

@@ -78,6 +78,16 @@ class Stack:
 
         migrations.up(get_db())
 
+    def restart_mongo(self, *, sync_on_commit: bool) -> None:
+        """The same store and data again, its journal synced at every commit or not; web and
+        workers reconnect by themselves (same port)."""
+        self.mongo.stop()
+        self.mongo.sync_on_commit = sync_on_commit
+        self.mongo.start()
+        import infra.mongo
+
+        infra.mongo.reset_client()
+
     def _adopt_env(self) -> None:
         """Make this process see the stack's configuration (before importing Celery)."""
         import infra.config
