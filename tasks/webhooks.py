@@ -11,6 +11,7 @@ every partition and hands out every due delivery again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from infra import metrics
@@ -18,7 +19,7 @@ from infra.config import get_settings
 from infra.mongo import get_db
 from infra.redis_client import get_redis
 from services.webhook_delivery import deliver_one, due_deliveries
-from services.webhook_dispatch import dispatch_partition, dispatch_statements
+from services.webhook_dispatch import Dispatch, dispatch_partition, dispatch_statements
 from services.webhook_endpoints import any_active_endpoint
 from workers.celery_app import task
 
@@ -62,31 +63,30 @@ def enqueue(delivery_id: str, countdown: float | None = None) -> None:
         log.warning("could not enqueue a webhook delivery", extra={"deliveryId": delivery_id}, exc_info=True)
 
 
-def dispatch_all_pages(partition: int) -> int:
-    """Dispatch ``partition`` until its cursor reaches the chain head (bounded); deliveries enqueued."""
+def _dispatch_pages(page: Callable[[], Dispatch]) -> int:
+    """Run ``page`` until its chain's cursor reaches the head (at most MAX_PAGES); the
+    deliveries it made, each enqueued."""
     created = 0
-    db = get_db()
     for _ in range(MAX_PAGES):
-        result = dispatch_partition(db, partition)
+        result = page()
         for delivery_id in result.deliveries:
             enqueue(delivery_id)
         created += len(result.deliveries)
         if not result.more:
             break
     return created
+
+
+def dispatch_all_pages(partition: int) -> int:
+    """Dispatch ``partition`` until its cursor reaches the chain head (bounded); deliveries enqueued."""
+    db = get_db()
+    return _dispatch_pages(lambda: dispatch_partition(db, partition))
 
 
 def dispatch_statement_pages() -> int:
     """Dispatch the statements' chain (``statement.ready``) to its head (bounded); deliveries enqueued."""
-    created = 0
-    for _ in range(MAX_PAGES):
-        result = dispatch_statements(get_db())
-        for delivery_id in result.deliveries:
-            enqueue(delivery_id)
-        created += len(result.deliveries)
-        if not result.more:
-            break
-    return created
+    db = get_db()
+    return _dispatch_pages(lambda: dispatch_statements(db))
 
 
 def notify_statements() -> None:

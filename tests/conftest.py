@@ -21,8 +21,19 @@ import pytest
 from devstack.ports import free_port
 from devstack.stores import ManagedProcess, MongoServer, RedisServer, install_signal_cleanup, stop_all
 from tests.support.env import TEST_ENV_BASE, child_env
+from tests.support.outcome import FAILED
 from tests.support.stack import RoleWorker, Web, Workers
 from tests.support.store import drop_database_unblocked
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Remember whether a test's call failed (``tests/support/outcome.py``): the console's
+    screenshot and the chaos stack's dump are taken at teardown, only then."""
+    report = yield
+    if report.when == "call":
+        item.stash[FAILED] = report.failed
+    return report
 
 
 def pytest_configure(config: pytest.Config) -> None:

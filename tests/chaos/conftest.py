@@ -22,6 +22,7 @@ import pytest
 from devstack.stores import MongoServer, RedisServer
 from tests.chaos.chaoskit import SCALES, ChaosStack, Scale
 from tests.support.env import ROOT, child_env
+from tests.support.outcome import failed
 from tests.support.store import drop_database_unblocked
 
 REPORT_DIR = ROOT / "var" / "chaos"
@@ -75,17 +76,6 @@ def _reset_clients() -> None:
     reset_redis()
 
 
-_FAILED = pytest.StashKey[bool]()
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    report = yield
-    if report.when == "call":
-        item.stash[_FAILED] = report.failed
-    return report
-
-
 @pytest.fixture
 def chaos(stack_env: dict[str, str], chaos_stores: tuple[MongoServer, RedisServer], tmp_path: Path,
           monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[tuple[ChaosStack, Any]]:
@@ -116,7 +106,7 @@ def chaos(stack_env: dict[str, str], chaos_stores: tuple[MongoServer, RedisServe
     try:
         yield stack, db
     finally:
-        if request.node.stash.get(_FAILED, False):
+        if failed(request):
             # Printed at teardown: pytest shows it under the failure, the only place CI keeps.
             print("=== chaos stack at failure ===\n" + stack.diagnose(), flush=True)
         stack.close()

@@ -19,6 +19,7 @@ from devstack.stores import stop_all
 from tests.support.browser import Browser, missing
 from tests.support.client import ApiClient
 from tests.support.env import child_env, migrated_db, redis_db
+from tests.support.outcome import failed
 from tests.support.receiver import Receiver
 from tests.support.seeding import User, seed_users
 from tests.support.stack import Beat, RoleWorker, Web
@@ -92,21 +93,10 @@ def browser() -> Iterator[Browser]:
         chromium.quit()
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    report = yield
-    if report.when == "call":
-        item.stash[_FAILED] = report.failed
-    return report
-
-
-_FAILED = pytest.StashKey[bool]()
-
-
 @pytest.fixture(autouse=True)
 def screenshot_on_failure(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     yield
-    if not request.node.stash.get(_FAILED, False) or "browser" not in request.fixturenames:
+    if not failed(request) or "browser" not in request.fixturenames:
         return
     chromium: Browser = request.getfixturevalue("browser")
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)

@@ -14,27 +14,12 @@ from typing import Any
 
 from ledger.operations import Chargeback, Credit, Gift, Payout, PayoutEvent, Refund, TopUp, Transfer
 from ledger.periods import MS, Month
-from services.jobs import build_job
+from tests.support.history import settle_at
 from tests.support.seeding import add_user, partitions
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 MARGIN = timedelta(seconds=120)
 JAN, FEB = Month(2025, 1), Month(2025, 2)
-
-
-def _settle_at(db: Any, op: Any, at: datetime, job_id: str | None = None) -> dict[str, Any]:
-    """Queue one job and settle it (and the credits it leaves) with the clock at ``at``."""
-    from services.settlement import settle_partition
-
-    job = build_job(op, op.wallet, partitions(), None, None, job_id)
-    db.jobs.insert_one(job)
-    settle_partition(db, job["partition"], partitions=partitions(), batch_max=200, clock=lambda: at)
-    while targets := db.credits.distinct("to", {"applied": False}):
-        for p in targets:
-            settle_partition(db, p, partitions=partitions(), batch_max=200, clock=lambda: at)
-    done = db.jobs.find_one({"_id": job["_id"]})
-    assert done["status"] == "settled", done.get("error")
-    return done
 
 
 def _replay(db: Any, wallet: str, at: datetime) -> int:
@@ -48,20 +33,20 @@ def _history(db: Any) -> dict[str, Any]:
     db.wallets.update_many({}, {"$set": {"createdAt": T0}})
     db.users.update_many({}, {"$set": {"createdAt": T0}})
     day = lambda d, h=12: T0 + timedelta(days=d - 1, hours=h)  # noqa: E731 - January day d
-    _settle_at(db, TopUp(fan, 10_000, "ptx-1"), day(2))
-    gift = _settle_at(db, Gift(fan, creator, 1_000), day(5))
-    _settle_at(db, Credit(other, 500, "welcome"), day(6))
-    _settle_at(db, Transfer(other, creator, 300), day(7))
+    settle_at(db, TopUp(fan, 10_000, "ptx-1"), day(2))
+    gift = settle_at(db, Gift(fan, creator, 1_000), day(5))
+    settle_at(db, Credit(other, 500, "welcome"), day(6))
+    settle_at(db, Transfer(other, creator, 300), day(7))
     payout_id = "a" * 24
-    _settle_at(db, Payout(creator, 1_000, payout_id), day(20), job_id=payout_id)
-    _settle_at(db, PayoutEvent(creator, payout_id, "failed", "ev-1"), day(21))
+    settle_at(db, Payout(creator, 1_000, payout_id), day(20), job_id=payout_id)
+    settle_at(db, PayoutEvent(creator, payout_id, "failed", "ev-1"), day(21))
     # February: a refund of January's gift, a chargeback of January's top-up, a paid payout.
-    _settle_at(db, Refund(creator, gift["_id"], 400, "requested_by_customer"), day(33))
-    _settle_at(db, Chargeback(fan, 2_000, "ptx-1", "cb-1"), day(34))
+    settle_at(db, Refund(creator, gift["_id"], 400, "requested_by_customer"), day(33))
+    settle_at(db, Chargeback(fan, 2_000, "ptx-1", "cb-1"), day(34))
     paid_id = "b" * 24
-    _settle_at(db, Payout(creator, 600, paid_id), day(40), job_id=paid_id)
-    _settle_at(db, PayoutEvent(creator, paid_id, "paid", "ev-2"), day(41))
-    _settle_at(db, Gift(fan, creator, 2_500), day(59, 23))  # the last hours of February
+    settle_at(db, Payout(creator, 600, paid_id), day(40), job_id=paid_id)
+    settle_at(db, PayoutEvent(creator, paid_id, "paid", "ev-2"), day(41))
+    settle_at(db, Gift(fan, creator, 2_500), day(59, 23))  # the last hours of February
     return {"fan": fan, "creator": creator, "other": other, "gift": gift["_id"], "day": day}
 
 
@@ -147,7 +132,7 @@ def test_weekly_schedule_pays_once_per_slot_skips_with_reasons_and_includes_rele
     db = fresh_db
     creator = add_user(db, role="creator")
     db.wallets.update_one({"_id": creator}, {"$set": {"createdAt": T0}})
-    _settle_at(db, Credit(creator, 5_013, "earnings"), T0 + timedelta(hours=1))
+    settle_at(db, Credit(creator, 5_013, "earnings"), T0 + timedelta(hours=1))
     payout_schedules.put_schedule(db, creator, "weekly", "monday", 1_000, T0)  # 2025-01-01 is a Wednesday
     slot = datetime(2025, 1, 6, tzinfo=UTC)
     rung: list[int] = []
@@ -170,7 +155,7 @@ def test_weekly_schedule_pays_once_per_slot_skips_with_reasons_and_includes_rele
     from services.settlement import settle_partition
     settle_partition(db, job["partition"], partitions=partitions(), batch_max=10,
                      clock=lambda: slot + timedelta(minutes=8))
-    _settle_at(db, PayoutEvent(creator, job_id, "failed", "sim-fail"), slot + timedelta(hours=1))
+    settle_at(db, PayoutEvent(creator, job_id, "failed", "sim-fail"), slot + timedelta(hours=1))
     nxt = tick(slot + timedelta(days=7, minutes=1))
     assert nxt.placed == 1
     week2 = db.jobs.find_one({"_id": payout_schedules.slot_job_id(payout_schedules.slot_key(
@@ -199,7 +184,7 @@ def test_a_stored_statement_gives_one_statement_ready_event_per_endpoint_whoever
     admin = {"type": "admin", "id": "a" * 24}
     creator = add_user(db, role="creator")
     db.wallets.update_one({"_id": creator}, {"$set": {"createdAt": T0}})
-    _settle_at(db, Credit(creator, 700, "earnings"), T0 + timedelta(days=3))
+    settle_at(db, Credit(creator, 700, "earnings"), T0 + timedelta(days=3))
     wanted, _ = register(db, "http://127.0.0.1:9/statements", ["statement.ready"], None, admin, None,
                          allow_private=True)
     jobs_only, _ = register(db, "http://127.0.0.1:9/jobs", ["job.settled"], None, admin, None, allow_private=True)
