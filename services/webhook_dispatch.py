@@ -67,19 +67,28 @@ def _move_cursor(db: Database, partition: int, old: int, new: int, now: datetime
     return res.matched_count == 1 or res.upserted_id is not None
 
 
+def _unread(db: Database, chain: int) -> tuple[int, int] | None:
+    """``(cursor, head)`` of an audit chain's blocks not yet dispatched, or None when none are.
+
+    The head is read BEFORE the endpoints (by the callers): a block at or below it
+    committed before an endpoint they miss was registered, so skipping it loses nobody's event.
+    """
+    cursor_doc = db.webhook_cursors.find_one({"_id": chain})
+    cursor = cursor_doc["auditSeq"] if cursor_doc else 0
+    head_doc = db.partitions.find_one({"_id": chain}, {"auditSeq": 1})
+    head = head_doc.get("auditSeq", 0) if head_doc else 0
+    return (cursor, head) if head > cursor else None
+
+
 def dispatch_partition(db: Database, partition: int, *, page: int = DISPATCH_PAGE,
                        clock: Callable[[], datetime] = utcnow) -> Dispatch:
     """Turn the next page of ``partition``'s audit blocks into events and deliveries."""
     now = clock()
-    cursor_doc = db.webhook_cursors.find_one({"_id": partition})
-    cursor = cursor_doc["auditSeq"] if cursor_doc else 0
-    # The head is read BEFORE the endpoints: a block at or below it committed before an
-    # endpoint this read misses was registered, so skipping it loses nobody's event.
-    head_doc = db.partitions.find_one({"_id": partition}, {"auditSeq": 1})
-    head = head_doc.get("auditSeq", 0) if head_doc else 0
     result = Dispatch()
-    if head <= cursor:
+    unread = _unread(db, partition)
+    if unread is None:
         return result
+    cursor, head = unread
     endpoints = list(db.webhook_endpoints.find({"status": EndpointStatus.ACTIVE},
                                                {"eventTypes": 1, "createdAt": 1}))
     if not endpoints:
@@ -161,13 +170,11 @@ def dispatch_statements(db: Database, *, page: int = DISPATCH_PAGE,
     """
     now = clock()
     chain = STATEMENT_CHAIN
-    cursor_doc = db.webhook_cursors.find_one({"_id": chain})
-    cursor = cursor_doc["auditSeq"] if cursor_doc else 0
-    head_doc = db.partitions.find_one({"_id": chain}, {"auditSeq": 1})
-    head = head_doc.get("auditSeq", 0) if head_doc else 0
     result = Dispatch()
-    if head <= cursor:
+    unread = _unread(db, chain)
+    if unread is None:
         return result
+    cursor, head = unread
     endpoints = list(db.webhook_endpoints.find({"status": EndpointStatus.ACTIVE, "eventTypes": "statement.ready"},
                                                {"createdAt": 1}))
     if not endpoints:

@@ -371,6 +371,17 @@ def queued(db: Any) -> int:
     return db.jobs.count_documents({"status": "queued"})
 
 
+def payouts_done(db: Any) -> bool:
+    """Every payout terminal, the simulator's own event for it arrived, nothing queued."""
+    docs = list(db.payouts.find({}, {"status": 1}))
+    if any(d["status"] not in ("paid", "failed") for d in docs):
+        return False
+    keys = {f"event:evt_{d['_id']}_{d['status']}" for d in docs}
+    got = {j["idempotencyKey"] for j in db.jobs.find({"type": "payout_event", "idempotencyKey": {"$in": sorted(keys)}},
+                                                      {"idempotencyKey": 1})}
+    return got == keys and queued(db) == 0
+
+
 # The stores may still be coming back: a failed probe counts as "not yet".
 drain = partial(wait_drained, timeout=240.0, poll=0.2, ignore=(Exception,))
 probe_for = partial(wait_for, fail=False, ignore=(Exception,))

@@ -54,8 +54,8 @@ from tests.chaos.chaoskit import (
     drain,
     kill_pool_children_mid_task,
     outcome,
+    payouts_done,
     probe_for,
-    queued,
     sweeper_env,
 )
 from tests.support.client import ApiClient, Response
@@ -274,17 +274,6 @@ def start_money_out(chaos: Any, scale: Scale, *, workers: int = 1) -> MoneyOut:
                     facts={"setup_s": setup_s})
 
 
-def _payouts_done(db: Any) -> bool:
-    """Every payout terminal, the simulator's own event for it arrived, nothing queued."""
-    docs = list(db.payouts.find({}, {"status": 1}))
-    if any(d["status"] not in ("paid", "failed") for d in docs):
-        return False
-    keys = {f"event:evt_{d['_id']}_{d['status']}" for d in docs}
-    got = {j["idempotencyKey"] for j in db.jobs.find({"type": "payout_event", "idempotencyKey": {"$in": sorted(keys)}},
-                                                      {"idempotencyKey": 1})}
-    return got == keys and queued(db) == 0
-
-
 def tick_totals(stack: ChaosStack) -> dict[str, int]:
     """What the payout ticks did, from the housekeeping workers' JSON logs."""
     totals: Counter = Counter()
@@ -316,7 +305,7 @@ def finish_money_out(run: MoneyOut, *, scenario: str, recovered_at: float, strik
     # Payouts end outside the queue: the simulator pays after its delay and calls back (retrying
     # while Purser is down); the payout tick resubmits holds whose submission was lost.
     payouts_started = time.monotonic()
-    assert probe_for(lambda: _payouts_done(db), timeout=150, poll=0.5), (
+    assert probe_for(lambda: payouts_done(db), timeout=150, poll=0.5), (
         f"{scenario}: payouts not all terminal: "
         f"{Counter(d['status'] for d in db.payouts.find({}, {'status': 1}))}")
     payouts_s = round(time.monotonic() - payouts_started, 1)

@@ -47,12 +47,13 @@ from tests.chaos.chaoskit import (
     Scale,
     drain,
     kill_pool_children_mid_task,
+    payouts_done,
     probe_for,
-    queued,
     sweeper_env,
     worker_lost_count,
 )
 from tests.support.client import ApiClient
+from tests.support.history import broker_ring
 from tests.support.invariants import assert_money_invariants
 from tests.support.load import Sent, Tally, doubled, fire, fund
 from tests.support.seeding import User, add_users, partitions, seed_users
@@ -294,30 +295,6 @@ class Trickle:
         assert not self.thread.is_alive(), "the trickle did not stop"
 
 
-def _ring(redis_url: str) -> Any:
-    """A doorbell into the stack's broker, for the schedule tick run in this process (the
-    process-wide Celery app may have been built for another suite's Redis)."""
-    from infra.config import get_settings
-    from workers.celery_app import create_celery
-
-    app = create_celery(dataclasses.replace(get_settings(), redis_url=redis_url))
-
-    def ring(partition: int, request_id: str | None = None) -> None:
-        app.send_task("ledger.settle", args=[partition], queue=f"ledger.{partition}")
-
-    return ring
-
-
-def _payouts_done(db: Any) -> bool:
-    """Every payout terminal, the simulator's event for it settled, nothing queued."""
-    docs = list(db.payouts.find({}, {"status": 1}))
-    if any(d["status"] not in ("paid", "failed") for d in docs):
-        return False
-    keys = {f"event:evt_{d['_id']}_{d['status']}" for d in docs}
-    got = {j["idempotencyKey"] for j in db.jobs.find({"type": "payout_event", "idempotencyKey": {"$in": sorted(keys)}},
-                                                      {"idempotencyKey": 1})}
-    return got == keys and queued(db) == 0
-
 
 def test_payout_schedule_under_worker_sigkill(chaos, chaos_scale, report):
     """Tick one weekly slot twice at once, SIGKILL the ledger worker's pool children mid-batch
@@ -352,7 +329,7 @@ def test_payout_schedule_under_worker_sigkill(chaos, chaos_scale, report):
     [slot] = slots
     at = slot + timedelta(minutes=1)  # the slot is due: a beat ticking a minute after it
     settings = get_settings()
-    ring = _ring(stack.redis.url)
+    ring = broker_ring(stack.redis.url)
 
     def tick() -> payout_schedules.ScheduleTick:
         return payout_schedules.tick(db, floor=settings.payout_min_amount, partitions=partitions(), ring=ring, now=at)
@@ -374,7 +351,7 @@ def test_payout_schedule_under_worker_sigkill(chaos, chaos_scale, report):
     trickle.stop()
 
     drain(db)
-    assert probe_for(lambda: _payouts_done(db), timeout=150, poll=0.5), \
+    assert probe_for(lambda: payouts_done(db), timeout=150, poll=0.5), \
         f"payouts not all terminal: {Counter(d['status'] for d in db.payouts.find({}, {'status': 1}))}"
     drained_s = round(time.monotonic() - recovered_at, 1)
 

@@ -43,7 +43,7 @@ from ledger.statements import LINE_FIELDS
 from ledger.timeutil import utcnow
 from tests.support.client import ApiClient
 from tests.support.env import child_env, migrated_db, redis_db
-from tests.support.history import replay_balance, settle_at
+from tests.support.history import broker_ring, replay_balance, settle_at
 from tests.support.invariants import assert_money_invariants
 from tests.support.receiver import Receiver
 from tests.support.seeding import User, new_id, partitions, seed_users
@@ -147,18 +147,6 @@ def stack(stack_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
         client.close()
 
 
-def _ring(redis_url: str) -> Any:
-    """A doorbell into the stack's broker, for the schedule tick run in this process."""
-    from infra.config import get_settings
-    from workers.celery_app import create_celery
-
-    app = create_celery(dataclasses.replace(get_settings(), redis_url=redis_url))
-
-    def ring(partition: int, request_id: str | None = None) -> None:
-        app.send_task("ledger.settle", args=[partition], queue=f"ledger.{partition}")
-
-    return ring
-
 
 def test_a_month_closed_once_by_two_beats_and_a_weekly_schedule_over_four_weeks(stack: Stack) -> None:
     from services import payout_schedules
@@ -226,7 +214,7 @@ def test_a_month_closed_once_by_two_beats_and_a_weekly_schedule_over_four_weeks(
 
     # --- a weekly schedule over four weeks ----------------------------------------------
     earner = seed_users(db, 1, role="creator", prefix="e2eweekly")[0]
-    ring = _ring(s.env["REDIS_URL"])
+    ring = broker_ring(s.env["REDIS_URL"])
 
     def top_up(amount: int) -> None:
         r = s.http.webhook(earner.id, amount)

@@ -9,6 +9,8 @@ checkpoints, statements and reports must equal.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -56,3 +58,18 @@ def replay_held(db: Database, wallet: str, at: datetime) -> int:
         released = any(e.get("status") in RELEASING and e["at"] <= at for e in payout.get("events", ()))
         held += 0 if released else payout["amount"]
     return held
+
+
+def broker_ring(redis_url: str) -> Callable[..., None]:
+    """A doorbell into a stack's broker, for the schedule tick run in this process (the
+    process-wide Celery app may have been built for another suite's Redis)."""
+    from infra.config import get_settings
+    from infra.queues import partition_queue
+    from workers.celery_app import create_celery
+
+    app = create_celery(dataclasses.replace(get_settings(), redis_url=redis_url))
+
+    def ring(partition: int, request_id: str | None = None) -> None:
+        app.send_task("ledger.settle", args=[partition], queue=partition_queue(partition))
+
+    return ring
