@@ -20,10 +20,12 @@ import time
 from dataclasses import dataclass
 
 import jwt
+from cachetools import LRUCache
 from flask import g, request
 
 from api.app_settings import settings
 from api.errors import ApiError
+from infra import metrics
 from infra.config import Settings
 from ledger.money import is_user_id
 from ledger.states import Role
@@ -57,10 +59,39 @@ def _unauthorized(detail: str) -> ApiError:
     return ApiError(401, "UNAUTHORIZED", detail, headers={"WWW-Authenticate": 'Bearer realm="purser"'})
 
 
+# Verified tokens, per process: a returning caller's token is checked once (HMAC, JSON,
+# claims: about a twentieth of an accepted request's web CPU, loadtest/web_profile.py),
+# then its expiry alone on every request. There is no revocation of bearer tokens to
+# miss (the stored role is what authorizes); the key holds the secret and issuer, so a
+# rotated secret finds nothing. Bounded (LRU) and positive only: a bad token is
+# verified, and refused, every time.
+VERIFIED_TOKENS_MAX = 10_000
+LEEWAY_SECONDS = 5
+_verified: LRUCache[tuple[str, str, str], tuple[Principal, int]] = LRUCache(maxsize=VERIFIED_TOKENS_MAX)
+_verified_lock = threading.Lock()
+
+
 def decode_token(settings: Settings, token: str) -> Principal:
+    """The principal of a valid, unexpired ``token``; 401 otherwise."""
+    key = (settings.jwt_secret, settings.jwt_issuer, token)
+    with _verified_lock:
+        cached = _verified.get(key)
+    if cached is not None:
+        metrics.record_cache_lookup("verified_tokens", hit=True)
+        if time.time() > cached[1] + LEEWAY_SECONDS:  # what jwt.decode would say now
+            raise _unauthorized("The token has expired.")
+        return cached[0]
+    metrics.record_cache_lookup("verified_tokens", hit=False)
+    principal, expires = _verify(settings, token)
+    with _verified_lock:
+        _verified[key] = (principal, expires)
+    return principal
+
+
+def _verify(settings: Settings, token: str) -> tuple[Principal, int]:
     try:
         claims = jwt.decode(token, settings.jwt_secret, algorithms=[ALGORITHM], issuer=settings.jwt_issuer,
-                            options={"require": ["sub", "role", "iat", "exp", "iss"]}, leeway=5)
+                            options={"require": ["sub", "role", "iat", "exp", "iss"]}, leeway=LEEWAY_SECONDS)
     except jwt.ExpiredSignatureError:
         raise _unauthorized("The token has expired.") from None
     except jwt.PyJWTError:
@@ -72,7 +103,7 @@ def decode_token(settings: Settings, token: str) -> Principal:
         raise _unauthorized("The token is invalid.") from None
     if not is_user_id(sub):
         raise _unauthorized("The token is invalid.")
-    return Principal(sub, role)
+    return Principal(sub, role), int(claims["exp"])
 
 
 def bearer_principal(settings: Settings) -> Principal | None:

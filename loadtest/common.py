@@ -212,11 +212,13 @@ def open_loop(send: Callable[[float], Any], rate: float, count: int, start_in: f
     return t0
 
 
-def closed_loop(send: Callable[[], bool], threads: int, seconds: float, warmup: float = 0.0) -> dict[str, Any]:
+def closed_loop(send: Callable[[], bool], threads: int, seconds: float, warmup: float = 0.0,
+                on_window: Callable[[], None] | None = None) -> dict[str, Any]:
     """``threads`` clients call ``send`` back to back; count successes inside the measured window.
 
     Returns the window's start and end (``time.time()``), successes and failures in
-    it and per second. ``send`` returns True on success.
+    it and per second. ``send`` returns True on success; ``on_window`` is called as the
+    measured window opens (a meter or a profiler that must not see the warm-up).
     """
     stop = threading.Event()
     window: dict[str, float] = {}
@@ -235,6 +237,8 @@ def closed_loop(send: Callable[[], bool], threads: int, seconds: float, warmup: 
     for w in workers:
         w.start()
     time.sleep(warmup)
+    if on_window is not None:
+        on_window()
     window["start"] = time.time()
     time.sleep(seconds)
     window["end"] = time.time()

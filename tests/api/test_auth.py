@@ -161,6 +161,31 @@ def test_forged_and_broken_tokens_get_401(api):
     assert api.db.wallets.find_one({"_id": admin.id})["status"] == "active"
 
 
+def test_a_verified_token_is_remembered_but_its_expiry_is_checked_every_time(api, monkeypatch):
+    """Issue 24 lever 6: a returning token skips the HMAC, never the expiry or the secret."""
+    import dataclasses
+
+    from api import auth
+
+    user = api.user()
+    now = int(time.time())
+    short = jwt.encode(_claims(user.id, iat=now, exp=now + 30), TEST_JWT_SECRET)
+    auth._verified.clear()
+    for _ in range(3):
+        assert api.client.request("GET", "/api/me", token=short).status == 200
+    assert len([k for k in auth._verified if k[2] == short]) == 1
+    # The clock moves past exp + leeway: the remembered token is refused like a fresh one.
+    real_time = time.time
+    monkeypatch.setattr(auth.time, "time", lambda: real_time() + 30 + auth.LEEWAY_SECONDS + 1)
+    assert_problem(api.client.request("GET", "/api/me", token=short), 401, "UNAUTHORIZED")
+    monkeypatch.undo()
+    # Another secret (a rotation) finds nothing remembered: the token is verified against it.
+    from infra.config import get_settings
+    rotated = dataclasses.replace(get_settings(), jwt_secret="y" * 48)
+    with pytest.raises(auth.ApiError):
+        auth.decode_token(rotated, short)
+
+
 def test_signed_admin_claim_does_not_outrank_the_stored_role(api):
     """Even a validly signed token claiming admin is checked against the stored role on admin routes."""
     user = api.user()
