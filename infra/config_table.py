@@ -114,7 +114,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("job_wait_max_per_user", "JOB_WAIT_MAX_PER_USER", integer(0, 1000), 5),
     # Group commit at the door (services/group_commit.py): a web process gathers the jobs
     # accepted within this many ms into one insert (0 = off: one insert per request).
-    Var("accept_linger_ms", "ACCEPT_LINGER_MS", milliseconds(0, 100), 0.0),
+    Var("accept_linger_ms", "ACCEPT_LINGER_MS", milliseconds(0, 100), 2.0),
     Var("accept_batch_max", "ACCEPT_BATCH_MAX", integer(1, 1000), 64),
     # settlement and beat
     Var("ledger_partitions", "LEDGER_PARTITIONS", integer(1, 1024), 8),
