@@ -20,6 +20,7 @@ from api.app_settings import settings
 from api.errors import ApiError
 from infra import metrics
 from ledger.operations import Operation, partition_of
+from services import group_commit
 from services.jobs import Acceptance, KeyClaim, Outcome, Ringer, StoredResponse, accept_job
 from services.store import process_db
 
@@ -114,8 +115,11 @@ def admit(op: Operation, body: BaseModel | dict[str, Any], *, owner_id: str,
     claim = None
     if key is not None and s.idempotency_enabled:
         claim = KeyClaim(key_owner or owner_id, fingerprint(body), s.idempotency_ttl_hours)
-    result = accept_job(process_db(), op, owner_id, partitions=s.ledger_partitions, ring=ringer(),
-                        request_id=g.request_id, key=key, claim=claim, job_id=job_id)
+    db = process_db()
+    group = (group_commit.for_process(db, linger_ms=s.accept_linger_ms, max_batch=s.accept_batch_max)
+             if s.accept_linger_ms > 0 else None)
+    result = accept_job(db, op, owner_id, partitions=s.ledger_partitions, ring=ringer(),
+                        request_id=g.request_id, key=key, claim=claim, job_id=job_id, group=group)
     if result.outcome == Outcome.MISMATCH:
         raise ApiError(422, "IDEMPOTENCY_KEY_REUSED",
                        "This Idempotency-Key was used with a different request body.")

@@ -78,6 +78,8 @@ class Settings:
     idempotency_ttl_hours: int
     idempotency_expiry_seconds: int
     job_wait_max_per_user: int
+    accept_linger_ms: float
+    accept_batch_max: int
     ledger_partitions: int
     settle_batch_max: int
     settle_slice_seconds: float

@@ -98,6 +98,18 @@ def seconds(lo: float, hi: float) -> Parser:
     return parse
 
 
+def milliseconds(lo: float, hi: float) -> Parser:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a number of milliseconds, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo:g} and {hi:g} ms, got {value:g}")
+        return value
+    return parse
+
+
 def delays(raw: str) -> tuple[float, ...]:
     """A comma-separated list of delays in seconds (a retry schedule), at least one."""
     try:

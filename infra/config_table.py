@@ -20,6 +20,7 @@ from infra.config_parsers import (
     delays,
     dev_secret,
     integer,
+    milliseconds,
     path,
     rate,
     refused,
@@ -111,6 +112,10 @@ VARIABLES: tuple[Var, ...] = (
     # before that is released on the spot, so this bounds storage, not correctness).
     Var("idempotency_expiry_seconds", "IDEMPOTENCY_EXPIRY_SECONDS", integer(1, 86400), 60),
     Var("job_wait_max_per_user", "JOB_WAIT_MAX_PER_USER", integer(0, 1000), 5),
+    # Group commit at the door (services/group_commit.py): a web process gathers the jobs
+    # accepted within this many ms into one insert (0 = off: one insert per request).
+    Var("accept_linger_ms", "ACCEPT_LINGER_MS", milliseconds(0, 100), 2.0),
+    Var("accept_batch_max", "ACCEPT_BATCH_MAX", integer(1, 1000), 64),
     # settlement and beat
     Var("ledger_partitions", "LEDGER_PARTITIONS", integer(1, 1024), 8),
     Var("settle_batch_max", "SETTLE_BATCH_MAX", integer(1, 5000), 200),

@@ -103,6 +103,15 @@ _LAZY: dict[str, Callable[[], Any]] = {
         "purser_reconcile_drift",
         "Coins by which balances differ from the ledger, plus |sum of balances| (0 = healthy)",
         multiprocess_mode="mostrecent"),
+    # group commit at the door (services/group_commit.py), web processes with ACCEPT_LINGER_MS > 0
+    "ACCEPT_BATCH_SIZE": lambda: Histogram("purser_accept_batch_size", "Jobs written per group-commit insert",
+                                           buckets=BATCH_BUCKETS),
+    "ACCEPT_LINGER": lambda: Histogram(
+        "purser_accept_linger_seconds", "From a group-commit batch's first request to its write (the linger "
+        "actually waited: shorter when the batch filled)", buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05)),
+    "ACCEPT_OVERFLOW": lambda: Counter(
+        "purser_accept_batch_overflow", "Requests that inserted their job alone because ACCEPT_BATCH_MAX x 8 "
+        "requests were already waiting in batches"),
 }
 _lazy_lock = threading.Lock()
 
@@ -225,6 +234,22 @@ def record_loads(loads: Iterable[Any], limits: Any) -> None:
             BACKLOG_LIMIT.labels(label).set(limits.jobs(load) if limits.enabled else 0)
     except Exception:  # noqa: BLE001 - metrics never break the caller
         log.warning("could not record backlog metrics", exc_info=True)
+
+
+def record_accept_batch(size: int, lingered: float) -> None:
+    """Count one group-commit write of ``size`` jobs after ``lingered`` seconds. Never raises."""
+    try:
+        _lazy("ACCEPT_BATCH_SIZE").observe(size)
+        _lazy("ACCEPT_LINGER").observe(max(0.0, lingered))
+    except Exception:  # noqa: BLE001 - metrics never break the caller
+        log.debug("could not record an accept batch", exc_info=True)
+
+
+def record_accept_overflow() -> None:
+    try:
+        _lazy("ACCEPT_OVERFLOW").inc()
+    except Exception:  # noqa: BLE001 - metrics never break the caller
+        log.debug("could not count an accept overflow", exc_info=True)
 
 
 def record_shed(partition: int) -> None:

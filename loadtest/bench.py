@@ -269,6 +269,9 @@ def table(results: dict[str, Any]) -> str:
     target("accept.reads_per_request")
     add("  returning users: req/s; writes, reads per req", "accept.returning_users.summary")
     add("  backlog then settled alone, ops/s", "accept.settle_only_ops_per_s")
+    add("  accept p50 / p99 ms, linger 0", "accept.accept_ms.p50_p99")
+    add("  group commit: linger ms; req/s; p50 / p99 ms", "accept.linger.summary")
+    add("  group commit ÷ linger 0: req/s; p99", "accept.linger_vs_off.summary")
     add("end to end transfers/s: Purser", "end_to_end.purser_transfers_per_s")
     add("end to end transfers/s: synchronous", "end_to_end.baseline_transfers_per_s")
     target("end_to_end.ratio")
@@ -328,6 +331,18 @@ def _summaries(results: dict[str, Any]) -> None:
     if isinstance(hot, dict):
         hot["summary"] = f"{_fmt(hot.get('accepted_per_s'))}; {_fmt(hot.get('writes_per_request'))}, " \
                          f"{_fmt(hot.get('reads_per_request'))}"
+    for path in ("accept.accept_ms", "accept.linger.accept_ms"):
+        p = dig(results, path)
+        if isinstance(p, dict):
+            p["p50_p99"] = f"{_fmt(p.get('p50'))} / {_fmt(p.get('p99'))}"
+    lingered = dig(results, "accept.linger")
+    if isinstance(lingered, dict):
+        lingered["summary"] = f"{_fmt(lingered.get('linger_ms'))}; {_fmt(lingered.get('accepted_per_s'))}; " \
+                              f"{_fmt(dig(lingered, 'accept_ms.p50_p99'))} (mean batch " \
+                              f"{_fmt(dig(lingered, 'batches.mean_size'))})"
+    versus = dig(results, "accept.linger_vs_off")
+    if isinstance(versus, dict):
+        versus["summary"] = f"{_fmt(versus.get('accepted_per_s'))}; {_fmt(versus.get('accept_p99'))}"
     prof = results.get("settle_profile")
     if isinstance(prof, dict):
         prof["summary"] = f"{_fmt(dig(prof, 't1.ops_per_s'))} / {_fmt(dig(prof, 't4.ops_per_s'))}"
@@ -396,6 +411,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=None,
                         help="saturation seconds per number of ledger processes (40; 10 with --quick)")
     parser.add_argument("--quick", action="store_true", help="~10 s stages and a smaller population")
+    parser.add_argument("--accept-linger-ms", type=float, default=2.0,
+                        help="the accept stage runs again with this ACCEPT_LINGER_MS (group commit; 0 = not)")
     parser.add_argument("--rate", type=float, default=50.0, help="fixed offered load, requests/s (50)")
     parser.add_argument("--log-level", default="INFO", help="LOG_LEVEL of web and workers (INFO)")
     parser.add_argument("--batch-max", type=int, default=DEFAULT_BATCH,
@@ -534,7 +551,7 @@ def _http_stages(run: Run) -> None:
                 if args.profile else None
             results["accept"] = http_stages.accept_capacity(
                 stack, db, http, mix, pop, threads=plan.client_threads, seconds=plan.accept_seconds,
-                warmup=1.0, batch_max=args.batch_max, spy=spy)
+                warmup=1.0, batch_max=args.batch_max, spy=spy, linger_ms=args.accept_linger_ms)
     if run.runs("e2e"):
         with stage(results, "end to end vs synchronous"):
             results["end_to_end"] = _end_to_end(run)

@@ -9,10 +9,11 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+from devstack.apps import WebServer
 from loadtest.commands import per_request, top_delta, top_snapshot
 from loadtest.common import Http, MoneyMix, closed_loop, kick_all, open_loop, percentiles, wait_drained
 from loadtest.seed import Population, SeedContent, SeedUser, job_statuses, wait_settled
-from loadtest.stack import Stack
+from loadtest.stack import ROOT, Stack
 
 
 def _accept_run(db: Any, http: Http, mix: MoneyMix, threads: int, seconds: float,
@@ -20,24 +21,58 @@ def _accept_run(db: Any, http: Http, mix: MoneyMix, threads: int, seconds: float
     statuses: Counter[int] = Counter()
     lock = threading.Lock()
     job_ids: list[str] = []
+    answered: list[tuple[float, float]] = []  # (time.time() at the 202, ms it took)
 
     def send() -> bool:
         intent = mix.next()
         path, body = mix.http(intent)
+        t = time.perf_counter()
         status, data = http.post_money(intent.payer, path, body)
+        elapsed = 1000 * (time.perf_counter() - t)
         with lock:
             statuses[status] += 1
             if status == 202 and data:
                 job_ids.append(data["jobId"])
+                answered.append((time.time(), elapsed))
         return status == 202
 
     before = top_snapshot(db.client, db.name)
     loop = closed_loop(send, threads, seconds, warmup)
     after = top_snapshot(db.client, db.name)
     accepted = statuses.get(202, 0)
+    in_window = [ms for at, ms in answered if loop["start"] <= at <= loop["end"]]
     return {"threads": threads, "seconds": loop["seconds"], "accepted_per_s": loop["ok_per_s"],
-            "accepted": accepted, "statuses": dict(statuses),
+            "accepted": accepted, "statuses": dict(statuses), "accept_ms": percentiles(in_window),
             **per_request(top_delta(before, after), accepted)}, job_ids
+
+
+def _linger_run(stack: Stack, db: Any, http: Http, mix: MoneyMix, threads: int, seconds: float,
+                warmup: float, linger_ms: float) -> tuple[dict[str, Any], list[str]]:
+    """The accept run again against a second gunicorn (same workers count) with group commit on
+    (``ACCEPT_LINGER_MS``); the stack's own web, linger 0, stays up and idle meanwhile."""
+    assert stack.web is not None
+    web = WebServer(stack.child_env({"ACCEPT_LINGER_MS": f"{linger_ms:g}"}),
+                    stack.tmp / "logs" / f"web-linger-{linger_ms:g}.log",
+                    concurrency=stack.options.web_workers, cwd=ROOT).start()
+    try:
+        run, ids = _accept_run(db, Http(web.base_url, http.tokens), mix, threads, seconds, warmup)
+        return {"linger_ms": linger_ms, **run, "batches": _batch_sizes(web.base_url)}, ids
+    finally:
+        web.stop()
+
+
+def _batch_sizes(base_url: str) -> dict[str, float | None]:
+    """Group-commit writes and mean jobs per write, from the web's ``/metrics``."""
+    import requests
+
+    try:
+        text = requests.get(f"{base_url}/metrics", timeout=10).text
+    except requests.RequestException:
+        return {"writes": None, "mean_size": None}
+    values = {line.split()[0]: float(line.split()[-1]) for line in text.splitlines()
+              if line.startswith("purser_accept_batch_size_")}
+    writes, jobs = values.get("purser_accept_batch_size_count"), values.get("purser_accept_batch_size_sum")
+    return {"writes": writes, "mean_size": round(jobs / writes, 2) if writes and jobs else None}
 
 
 def hot_population(pop: Population, fans: int = 24, creators: int = 8) -> Population:
@@ -50,7 +85,8 @@ def hot_population(pop: Population, fans: int = 24, creators: int = 8) -> Popula
 
 
 def accept_capacity(stack: Stack, db: Any, http: Http, mix: MoneyMix, pop: Population, *, threads: int,
-                    seconds: float, warmup: float, batch_max: int, spy: Any = None) -> dict[str, Any]:
+                    seconds: float, warmup: float, batch_max: int, spy: Any = None,
+                    linger_ms: float = 0.0) -> dict[str, Any]:
     """Accepted money requests/s over HTTP with the ledger workers stopped, and store operations per request.
 
     With nobody settling, the store serves the accept path alone: ``threads`` clients
@@ -61,6 +97,8 @@ def accept_capacity(stack: Stack, db: Any, http: Http, mix: MoneyMix, pop: Popul
     stored-role cache then hits, which shows the accept path's own floor. Then the
     workers come back and settle the backlog alone (settle-only ops/s).
     ``spy(seconds)`` may start a profiler of the web tier and return its collector.
+    ``linger_ms`` > 0: the main run again with group commit at the door (``linger``:
+    accepted/s and accept p99, and their ratios to the main run's linger 0).
     """
     wait_drained(db)
     concurrency_before = stack.worker_concurrency
@@ -73,20 +111,30 @@ def accept_capacity(stack: Stack, db: Any, http: Http, mix: MoneyMix, pop: Popul
         hot_mix = MoneyMix(hot_population(pop), seed=5)
         hot_mix.unlocked = mix.unlocked  # never an unlock the main mix already made
         hot, hot_ids = _accept_run(db, http, hot_mix, threads, max(2.0, seconds / 3), 0.5)
+        lingered, linger_ids = _linger_run(stack, db, http, mix, threads, seconds, warmup, linger_ms) \
+            if linger_ms > 0 else (None, [])
     finally:
         stack.start_workers({"SETTLE_BATCH_MAX": str(batch_max)}, concurrency=concurrency_before)
-    backlog = len(ids) + len(hot_ids)
+    backlog = len(ids) + len(hot_ids) + len(linger_ids)
     started = time.perf_counter()
     kick_all()
     drain = wait_drained(db, timeout=900)
     return {
-        **main, "returning_users": hot,
+        **main, "returning_users": hot, "linger": lingered, "linger_vs_off": _linger_ratios(main, lingered),
         "ops_note": "store commands per accepted request from the store's top counters (server side): every "
                     "request of the run (warm-up included) / 202s, ledger workers stopped; returning_users: "
                     "the same mix from 32 users, so the 5 s stored-role cache of each web process hits",
         "backlog_settled": backlog, "backlog_drain_s": round(drain, 1),
         "settle_only_ops_per_s": round(backlog / (time.perf_counter() - started), 1) if backlog else None,
     }
+
+
+def _linger_ratios(off: dict[str, Any], on: dict[str, Any] | None) -> dict[str, float | None] | None:
+    if on is None:
+        return None
+    p99_off, p99_on = off["accept_ms"]["p99"], on["accept_ms"]["p99"]
+    return {"accepted_per_s": round(on["accepted_per_s"] / off["accepted_per_s"], 2) if off["accepted_per_s"] else None,
+            "accept_p99": round(p99_on / p99_off, 2) if p99_on and p99_off else None}
 
 
 def fixed_load(db: Any, http: Http, mix: MoneyMix, rate: float, seconds: float) -> dict[str, Any]:

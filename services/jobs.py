@@ -8,22 +8,26 @@ makes in bulk (renewals, seeds) go through its batch form, :func:`accept_jobs`.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteConcernError, WriteError
 
 from ledger.operations import Operation, partition_of, to_params
 from ledger.states import TERMINAL_JOB_STATUSES, JobStatus
 from ledger.timeutil import iso, utcnow
 from services import idempotency
+
+if TYPE_CHECKING:
+    from services.group_commit import GroupCommit
 
 log = logging.getLogger("purser.jobs")
 
@@ -131,6 +135,7 @@ def accept_job(
     key: str | None = None,
     claim: KeyClaim | None = None,
     job_id: str | None = None,
+    group: GroupCommit | None = None,
 ) -> Acceptance:
     """Store ``op`` as a queued job exactly once per idempotency key, then ring its partition.
 
@@ -144,14 +149,23 @@ def accept_job(
     is logged and swallowed. Any other store error is raised; when its outcome is
     unknown the client retries with the same key, and the key index makes that retry
     replay the first job if it was stored (or makes a late first insert fail).
+
+    With a ``group`` (``ACCEPT_LINGER_MS`` > 0) the insert joins this process's next
+    group commit (:func:`insert_each`), which raises per job what the insert would have
+    and rings; a group that is full leaves the job to its own insert.
     """
     job = build_job(op, owner_id, partitions, request_id, key, job_id)
+
+    def insert() -> None:
+        if group is None or not group.insert(job, ring, request_id):
+            db.jobs.insert_one(job)
+            ring_safely(ring, job["partition"], request_id, job["_id"])
     if key is not None and claim is not None:
         job[idempotency.FIELD] = idempotency.key_fields(claim.owner_id, key, claim.fingerprint, claim.ttl_hours,
                                                         job["createdAt"])
         for attempt in range(1, KEY_ATTEMPTS + 1):
             try:
-                db.jobs.insert_one(job)
+                insert()
                 break
             except DuplicateKeyError as exc:
                 if not idempotency.is_key_conflict(exc) or attempt == KEY_ATTEMPTS:
@@ -163,8 +177,7 @@ def accept_job(
                     return Acceptance(Outcome.MISMATCH)
                 return Acceptance(Outcome.REPLAYED, accepted_response(held), held)
     else:
-        db.jobs.insert_one(job)
-    ring_safely(ring, job["partition"], request_id, job["_id"])
+        insert()
     return Acceptance(Outcome.ACCEPTED, accepted_response(job), job)
 
 
@@ -216,6 +229,46 @@ def accept_jobs(db: Database, intakes: list[Intake], *, partitions: int, ring: R
         for partition in sorted({job["partition"] for job in jobs}):
             ring_safely(ring, partition, request_id)
     return BatchAcceptance(stored, existing)
+
+
+def insert_each(db: Database, jobs: list[dict[str, Any]]) -> list[BaseException | None]:
+    """Insert ``jobs`` in one unordered ``insert_many`` (a group commit at the door); per job,
+    what its own ``insert_one`` would have raised, or None when it is stored.
+
+    A write error fails its own job only (a key another job holds: ``DuplicateKeyError``,
+    the replay path); a write concern error is every written job's unknown outcome; an
+    error of the whole command (unreachable store, timeout) is every job's.
+    """
+    try:
+        db.jobs.insert_many(jobs, ordered=False)
+        return [None] * len(jobs)
+    except BulkWriteError as exc:
+        details = exc.details or {}
+        by_index = {e["index"]: e for e in details.get("writeErrors", [])}
+        concern = (details.get("writeConcernErrors") or [None])[-1]
+        return [_write_error(by_index[n]) if n in by_index else _concern_error(concern) for n in range(len(jobs))]
+    except Exception as exc:  # noqa: BLE001 - every job fails as its own insert would have
+        return [_own(exc) for _ in jobs]
+
+
+def _write_error(error: dict[str, Any]) -> WriteError:
+    # pymongo's own mapping of a write error to insert_one's exception (helpers_shared).
+    if error.get("code") == DUPLICATE_KEY:
+        return DuplicateKeyError(error.get("errmsg"), DUPLICATE_KEY, error)
+    return WriteError(error.get("errmsg"), error.get("code"), error)
+
+
+def _concern_error(error: dict[str, Any] | None) -> WriteConcernError | None:
+    # The job was written; its replication is in doubt: an unknown outcome, as for insert_one.
+    return None if error is None else WriteConcernError(error.get("errmsg"), error.get("code"), error)
+
+
+def _own(exc: Exception) -> Exception:
+    """A copy of ``exc`` per job: one instance raised in many requests would collect all their tracebacks."""
+    try:
+        return copy.copy(exc)
+    except Exception:  # noqa: BLE001 - an exception that cannot be copied is shared
+        return exc
 
 
 def submit(
