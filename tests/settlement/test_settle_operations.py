@@ -25,6 +25,7 @@ MONEY_OUT = importlib.import_module("migrations.versions.0005_money_out")
 CONSOLE = importlib.import_module("migrations.versions.0007_console")
 MONEY_OVER_TIME = importlib.import_module("migrations.versions.0008_money_over_time")
 JOB_IS_THE_KEY = importlib.import_module("migrations.versions.0009_job_is_the_key")
+JOB_IS_THE_JOURNAL = importlib.import_module("migrations.versions.0010_job_is_the_journal")
 
 
 def _run(stack_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -61,6 +62,9 @@ def _expected_index_names() -> dict[str, set[str]]:
     # 0009: the job holds its idempotency key; console form keys move to form_keys.
     names["jobs"] |= {ix.document["name"] for ix in JOB_IS_THE_KEY.JOB_INDEXES}
     names["form_keys"] = names.pop("idempotency_keys")
+    # 0010: a settled job is its journal entry; the ledger's indexes move onto jobs.
+    names["jobs"] |= {ix.document["name"] for ix in JOB_IS_THE_JOURNAL.JOB_INDEXES}
+    del names["transactions"]
     return names
 
 
