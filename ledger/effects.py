@@ -71,9 +71,13 @@ class ExtendSubscription:
     new_expires_at: datetime
 
     def write(self, job: Job, now: datetime) -> Write:
-        # Guarded on the period it renews: the tick may have expired it meanwhile.
-        return Update({"_id": self.subscription_id, "status": SubscriptionStatus.ACTIVE,
-                       "expiresAt": self.old_expires_at},
+        # Filtered on _id alone: the decision read this subscription (status, expiresAt)
+        # inside the batch's own transaction, so a tick or cancel that changed it since
+        # is a WriteConflict (snapshot isolation), and the batch holds its partition's
+        # head under the seq guard. Repeating status/expiresAt here would add nothing
+        # and cost the embedded store its _id fast path (as ``write_plan.job_update``).
+        # The guard stays: a subscription that is gone must not pass silently.
+        return Update({"_id": self.subscription_id},
                       {"$set": {"expiresAt": self.new_expires_at, "lastRenewedAt": now}, "$inc": {"renewals": 1}},
                       guard=STATE)
 
@@ -127,15 +131,15 @@ class MovePayout:
 
 @dataclass(frozen=True)
 class Reversal:
-    """Links a refund or chargeback's ledger record to the original it reverses."""
+    """Links a refund or chargeback's ledger record (its job) to the original it reverses."""
 
-    collection: ClassVar[str] = "transactions"
+    collection: ClassVar[str] = "jobs"
     original_job_id: str
     legs: tuple[tuple[str, int], ...]  # what each leg of the original gave back (allocated)
     reason: str
 
     def write(self, job: Job, now: datetime) -> None:
-        """No document of its own: it annotates the job's ledger record (``refundOf``, ``refundLegs``)."""
+        """No document of its own: it annotates the job's ledger fields (``refundOf``, ``refundLegs``)."""
         return None
 
     def annotation(self) -> dict[str, Any]:

@@ -6,8 +6,8 @@ store (``ledger/writes.py``); ``services/settlement.py`` executes a plan in one
 transaction, in the order of :data:`COLLECTIONS`, then the audit block, the
 partition head and the wallets.
 
-Every document here has the batch's partition as its only writer: its jobs, their
-ledger records, its audit block and head, its own wallets and buckets, and the
+Every document here has the batch's partition as its only writer: its jobs (a settled
+job is its own ledger record, :func:`ledger_fields`), its audit block and head, its own wallets and buckets, and the
 credits addressed to it (marked applied). Credits for wallets owned by other
 partitions are inserted, never updated, so they cannot conflict either.
 
@@ -33,7 +33,8 @@ from ledger.states import Actor, JobStatus, WalletStatus
 from ledger.writes import BALANCE, BUCKET, FLOOR, HEAD, ROUTING, STATE, BrokenInvariant, Insert, Update, Write
 
 # Collections written in bulk, in this order, before the audit block and the partition head.
-COLLECTIONS = ("jobs", "transactions", "unlocks", "subscriptions", "payouts", "credits")
+# There is no ``transactions``: the job's update carries its ledger entries (issue 24).
+COLLECTIONS = ("jobs", "unlocks", "subscriptions", "payouts", "credits")
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,6 @@ def assert_balanced(plan: WritePlan, outcomes: Iterable[Outcome], inbound: Itera
 
 def _plan_job(plan: WritePlan, router: Router, job: dict[str, Any], outcome: Outcome, block_seq: int,
               now: datetime) -> None:
-    if isinstance(outcome, Settled):
-        plan.writes["transactions"].append(Insert(ledger_record(job, outcome, router.partition, block_seq, now)))
     for effect in outcome.effects:
         write = effect.write(job, now)
         if write is not None:
@@ -128,19 +127,21 @@ def _plan_job(plan: WritePlan, router: Router, job: dict[str, Any], outcome: Out
     plan.writes["jobs"].append(job_update(job, outcome, now, {"partition": router.partition, "seq": block_seq}))
 
 
-def ledger_record(job: dict[str, Any], outcome: Settled, partition: int, block_seq: int,
-                  now: datetime) -> dict[str, Any]:
-    """The settled job's ledger transaction: its entries (summing to zero) and what it reverses."""
-    tx = {"_id": job["_id"], "txId": job["_id"], "jobId": job["_id"], "type": job["type"],
-          "ownerId": job.get("ownerId"), "partition": partition, "auditSeq": block_seq,
-          "entries": [{"walletId": e.wallet_id, "amount": e.amount} for e in outcome.entries],
-          "parties": _parties(outcome.entries), "requestId": job.get("requestId"), "createdAt": now}
+def ledger_fields(job: Mapping[str, Any], outcome: Settled) -> dict[str, Any]:
+    """What makes a settled job its own journal entry: its entries (summing to zero), the
+    user wallets they touch (``parties``, what history is looked up by) and what it reverses.
+
+    Dated by the job's ``settledAt``, placed by its ``audit`` pointer (partition, block):
+    ``services/journal.py`` shows readers the record under its old names.
+    """
+    fields: dict[str, Any] = {"entries": [{"walletId": e.wallet_id, "amount": e.amount} for e in outcome.entries],
+                              "parties": _parties(outcome.entries)}
     if "providerTxId" in outcome.result and job["type"] == "topup":
-        tx["providerTxId"] = outcome.result["providerTxId"]
+        fields["providerTxId"] = outcome.result["providerTxId"]
     for effect in outcome.effects:
         if isinstance(effect, Reversal):  # a refund or chargeback names its original
-            tx.update(effect.annotation())
-    return tx
+            fields.update(effect.annotation())
+    return fields
 
 
 def _parties(entries: Iterable[Any]) -> list[str]:
@@ -149,9 +150,11 @@ def _parties(entries: Iterable[Any]) -> list[str]:
 
 
 def job_update(job: dict[str, Any], outcome: Outcome, now: datetime, pointer: dict[str, int]) -> Update:
-    """The job's terminal status, result or error, and the audit block that lists it."""
+    """The job's terminal status, result or error, the audit block that lists it and, when
+    settled, its ledger entries: one document for the outcome and its journal entry."""
     if isinstance(outcome, Settled):
-        fields = {"status": JobStatus.SETTLED, "settledAt": now, "result": outcome.result, "error": None}
+        fields = {"status": JobStatus.SETTLED, "settledAt": now, "result": outcome.result, "error": None,
+                  **ledger_fields(job, outcome)}
     else:
         fields = {"status": JobStatus.FAILED, "settledAt": now, "result": None,
                   "error": {"code": outcome.code, "message": outcome.message}}
@@ -161,6 +164,9 @@ def job_update(job: dict[str, Any], outcome: Outcome, now: datetime, pointer: di
     # and every status change also moves the partition's seq under a guard. An extra
     # ``status`` predicate would add nothing but costs the embedded store its _id
     # point-lookup fast path: 0.8 instead of 1.35 ms per job (docs/performance.md).
+    # The same two facts are what keep a job from being settled twice now that no
+    # ``transactions.jobId`` unique index stands behind them (there is no second
+    # document to collide with: the entries live on the job and are $set, not added).
     return Update({"_id": job["_id"]}, {"$set": fields, "$inc": {"attempts": 1}})
 
 

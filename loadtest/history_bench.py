@@ -111,7 +111,7 @@ def seed(db: Any, history: int, month_entries: int, batch: int, fold: str) -> di
     import migrations
     from ledger.operations import Gift, TopUp, partition_of
     from ledger.periods import Month
-    from services import checkpoints
+    from services import checkpoints, journal
     migrations.up(db)
 
     def user(role: str) -> str:  # a fan and a creator in partition 0: the settler writes no credit document
@@ -142,7 +142,7 @@ def seed(db: Any, history: int, month_entries: int, batch: int, fold: str) -> di
     return {"fan": fan, "creator": creator, "settle_seconds": round(settled, 1),
             "rollup_seconds": round(time.perf_counter() - started, 1),
             "checkpoints": db.balance_checkpoints.count_documents({}), "final_fold_windows": folded.windows,
-            "creator_entries": sum(1 for tx in db.transactions.find({"parties": creator}, {"_id": 1}))}
+            "creator_entries": sum(1 for _ in journal.find(db, {"parties": creator}, ["_id"]))}
 
 
 def _examined(client: MongoClient, commands: list[tuple[str, dict[str, Any]]]) -> dict[str, int]:
@@ -175,7 +175,7 @@ def _measure(counter: ReadCounter, run: Callable[[], Any], repeat: int, client: 
 
 def measure(db: Any, counter: ReadCounter, creator: str, repeat: int) -> dict[str, Any]:
     from ledger.periods import MS, Month
-    from services import checkpoints, statements
+    from services import checkpoints, journal, statements
 
     month = Month(*MONTH)
     now = month.end + timedelta(days=30)
@@ -183,8 +183,8 @@ def measure(db: Any, counter: ReadCounter, creator: str, repeat: int) -> dict[st
     for name, at in (("as_of_month_end", month.last_instant), ("as_of_mid_month", month.start + timedelta(days=14))):
         m = _measure(counter, lambda at=at: checkpoints.balance_at(db, creator, at), repeat, db.client)
         got = m.pop("result")
-        replay = sum(e["amount"] for tx in db.transactions.find({"parties": creator, "createdAt": {"$lt": at + MS}},
-                                                                {"entries": 1})
+        replay = sum(e["amount"] for tx in journal.find(db, {"parties": creator, "createdAt": {"$lt": at + MS}},
+                                                        ["entries"])
                      for e in tx["entries"] if e["walletId"] == creator)
         m.update(balance=got.balance, replay_ok=got.balance == replay, balance_at_documents=got.documents)
         out[name] = m

@@ -21,6 +21,7 @@ from ledger.operations import Operation, Reads, from_params
 from ledger.routing import Router
 from ledger.states import ACTIVE, JobStatus, SubscriptionStatus
 from ledger.write_plan import PartitionHead
+from services import journal
 
 # Inbound credit documents applied per batch: bounds the transaction, not correctness
 # (the rest are applied by the next batch, which the drain loop runs at once).
@@ -143,19 +144,22 @@ def load_snapshot(db: Database, ops: Sequence[Operation], router: Router,
 def _load_reversible(db: Database, reads: Reads, snap: Snapshot, session: ClientSession | None) -> None:
     """Originals being refunded (by job id) and top-ups being charged back (by provider id),
     with what earlier refunds or chargebacks already took back from each leg."""
+    # A settled job is its ledger record (services/journal.py): one read brings the
+    # original's entries and its result.
+    fields = ["type", "entries", "providerTxId", "result"]
     txs: list[dict[str, Any]] = []
     if reads.originals:
-        txs += db.transactions.find({"_id": {"$in": sorted(reads.originals)}}, session=session)
+        txs += journal.ledger(db).find({"_id": {"$in": sorted(reads.originals)}, **journal.HAS_ENTRIES},
+                                       dict.fromkeys(fields, 1), session=session)
     if reads.topups:
-        txs += db.transactions.find({"providerTxId": {"$in": sorted(reads.topups)}}, session=session)
+        txs += journal.ledger(db).find({"providerTxId": {"$in": sorted(reads.topups)}},
+                                       dict.fromkeys(fields, 1), session=session)
     if not txs:
         return
     ids = sorted({tx["_id"] for tx in txs})
-    results = {j["_id"]: j.get("result") or {} for j in db.jobs.find({"_id": {"$in": ids}}, {"result": 1},
-                                                                        session=session)}
+    results = {tx["_id"]: tx.get("result") or {} for tx in txs}
     reversed_: dict[str, dict[str, int]] = {}
-    for prior in db.transactions.find({"refundOf": {"$in": ids}}, {"refundOf": 1, "refundLegs": 1},
-                                      session=session):
+    for prior in journal.find(db, {"refundOf": {"$in": ids}}, ["refundOf", "refundLegs"], session=session):
         legs = reversed_.setdefault(prior["refundOf"], {})
         for row in prior.get("refundLegs", []):
             legs[row["walletId"]] = legs.get(row["walletId"], 0) + row["amount"]

@@ -11,7 +11,7 @@ advance of the watermark, guarded on its old value: a second beat or a restart m
 writes nothing twice.
 
 :func:`balance_at` reads the nearest checkpoint at or before T (one index probe) and the
-wallet's transactions after it up to T (``parties_recent``) and its payouts changed
+wallet's transactions after it up to T (``parties_settled``, ``services/journal.py``) and its payouts changed
 since (``owner_updated``): the cost is bounded by the wallet's activity in one window
 plus the roll-up's lag, never by its history.
 
@@ -36,6 +36,7 @@ from ledger.history import Totals, entries_sum, fold_record, held_change, platfo
 from ledger.money import SYSTEM_WALLETS
 from ledger.periods import MS, month_of
 from ledger.timeutil import to_ms
+from services import journal
 
 log = logging.getLogger("purser.checkpoints")
 
@@ -219,7 +220,7 @@ def balance_at(db: Database, wallet_id: str, at: datetime) -> AsOf:
         window["$gt"] = since
     # Exclusive upper bounds: SecantusDB drops keys equal to an inclusive bound in some
     # compound ranges (services/subscriptions._until); identical for millisecond dates.
-    txs = list(db.transactions.find({"parties": wallet_id, "createdAt": window}, {"entries": 1}))
+    txs = list(journal.find(db, {"parties": wallet_id, "createdAt": window}, ["entries"]))
     total.add(balance=entries_sum(txs, wallet_id))
     changed: dict[str, Any] = {"userId": wallet_id}
     if since is not None:

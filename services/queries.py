@@ -13,6 +13,7 @@ from ledger.money import SYSTEM_WALLETS
 from ledger.operations import partition_of
 from ledger.states import JobStatus
 from ledger.timeutil import iso
+from services import journal
 
 
 class BadCursor(ValueError):
@@ -40,29 +41,37 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise BadCursor(cursor) from None
 
 
-def _page_filter(base: dict[str, Any], cursor: str | None) -> dict[str, Any]:
+def _page_filter(base: dict[str, Any], cursor: str | None, date: str) -> dict[str, Any]:
     if not cursor:
         return base
     moment, doc_id = decode_cursor(cursor)
-    return {**base, "$or": [{"createdAt": {"$lt": moment}}, {"createdAt": moment, "_id": {"$lt": doc_id}}]}
+    return {**base, "$or": [{date: {"$lt": moment}}, {date: moment, "_id": {"$lt": doc_id}}]}
 
 
-def page(db: Database, collection: str, base: dict[str, Any], limit: int,
-          cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
-    docs = list(db[collection].find(_page_filter(base, cursor))
-                .sort([("createdAt", -1), ("_id", -1)]).limit(limit + 1))
+def page(db: Database, collection: str, base: dict[str, Any], limit: int, cursor: str | None,
+         date: str = "createdAt", projection: dict[str, int] | None = None
+         ) -> tuple[list[dict[str, Any]], str | None]:
+    """One page newest first by ``date`` then ``_id``, and the cursor of the next page."""
+    docs = list(db[collection].find(_page_filter(base, cursor, date), projection)
+                .sort([(date, -1), ("_id", -1)]).limit(limit + 1))
     more = len(docs) > limit
     docs = docs[:limit]
-    next_cursor = encode_cursor(docs[-1]["createdAt"], docs[-1]["_id"]) if more and docs else None
+    next_cursor = encode_cursor(docs[-1][date], docs[-1]["_id"]) if more and docs else None
     return docs, next_cursor
 
 
 def wallet_history(db: Database, wallet_id: str, limit: int,
                    cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
-    """One page of ``wallet_id``'s transactions, newest first, and the next cursor (BadCursor)."""
-    txs, next_cursor = page(db, "transactions", {"parties": wallet_id}, limit, cursor)
+    """One page of ``wallet_id``'s transactions, newest first, and the next cursor (BadCursor).
+
+    The records are settled jobs (``services/journal.py``), dated and paged by their
+    journal date; cursors and items keep the bytes they had when records were their own
+    documents (the date and id are the same values).
+    """
+    docs, next_cursor = page(db, journal.COLLECTION, {"parties": wallet_id}, limit, cursor, date=journal.DATE,
+                             projection={"type": 1, "entries": 1, journal.DATE: 1})
     items = []
-    for tx in txs:
+    for tx in map(journal.record, docs):
         mine = sum(e["amount"] for e in tx["entries"] if e["walletId"] == wallet_id)
         others = [e["walletId"] for e in tx["entries"]
                   if e["walletId"] != wallet_id and e["walletId"] not in SYSTEM_WALLETS]

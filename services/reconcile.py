@@ -1,6 +1,7 @@
 """Reconciliation and audit verification: the checks an auditor would run.
 
-``reconcile`` recomputes every balance from the ledger (``transactions``) and checks,
+``reconcile`` recomputes every balance from the ledger (the settled jobs' entries,
+``services/journal.py``) and checks,
 for every wallet, ``balance + unapplied credits to it == sum of its ledger entries``
 (system wallets: per partition bucket), and that everything sums to zero.
 ``verify_audit`` walks every partition's hash chain, the operators' chain
@@ -28,6 +29,7 @@ from ledger import audit
 from ledger.money import SYSTEM_WALLETS, bucket_may_go_negative, is_system_wallet, may_go_negative
 from ledger.routing import parse_bucket
 from ledger.states import TERMINAL_JOB_STATUSES, JobStatus
+from services import journal
 
 REPORT_CAP = 1000  # findings kept per kind; the counts stay exact
 
@@ -43,7 +45,7 @@ class ReconcileReport:
     negative: list[str] = field(default_factory=list)
     debt: list[str] = field(default_factory=list)  # user wallets below zero after a chargeback (allowed)
     unbalanced_transactions: list[str] = field(default_factory=list)
-    jobs_without_outcome: list[str] = field(default_factory=list)  # settled without tx, tx without settled job
+    jobs_without_outcome: list[str] = field(default_factory=list)  # settled without entries, entries unsettled
 
     @property
     def ok(self) -> bool:
@@ -71,10 +73,11 @@ def _ledger_rows(db: Database) -> Iterator[tuple[str, int | None, int]]:
     """(wallet, partition, sum of entries) sorted by wallet then partition, from the store."""
     pipeline = [
         {"$unwind": "$entries"},
-        {"$group": {"_id": {"w": "$entries.walletId", "p": "$partition"}, "sum": {"$sum": "$entries.amount"}}},
+        {"$group": {"_id": {"w": "$entries.walletId", "p": f"${journal.PARTITION}"},
+                    "sum": {"$sum": "$entries.amount"}}},
         {"$sort": {"_id.w": 1, "_id.p": 1}},
     ]
-    for row in db.transactions.aggregate(pipeline, allowDiskUse=True):
+    for row in journal.ledger(db).aggregate(pipeline, allowDiskUse=True):
         yield row["_id"]["w"], row["_id"].get("p"), row["sum"]
 
 
@@ -145,28 +148,30 @@ def reconcile(db: Database) -> ReconcileReport:
     # A user wallet below zero is debt left by a provider chargeback (allowed, repaid by
     # later credits) and nothing else: any other negative balance is a finding.
     report.debt = [w for w in report.negative if not is_system_wallet(w.partition("#")[0])
-                   and db.transactions.find_one({"parties": w, "type": "chargeback"}, {"_id": 1})]
+                   and journal.find_one(db, {"parties": w, "type": "chargeback"}, ["_id"])]
     report.negative = [w for w in report.negative if w not in report.debt]
 
     # $reduce, not {"$sum": "$entries.amount"}: the embedded store resolves that array
     # path to nothing and summed every transaction to 0 (tests/settlement/test_reconcile_detects.py).
     total = {"$reduce": {"input": "$entries", "initialValue": 0, "in": {"$add": ["$$value", "$$this.amount"]}}}
-    for tx in db.transactions.aggregate([{"$project": {"total": total}}, {"$match": {"total": {"$ne": 0}}}]):
+    for tx in journal.ledger(db).aggregate([{"$match": journal.HAS_ENTRIES}, {"$project": {"total": total}},
+                                            {"$match": {"total": {"$ne": 0}}}]):
         if len(report.unbalanced_transactions) < REPORT_CAP:
             report.unbalanced_transactions.append(tx["_id"])
-    _match_jobs_and_transactions(db, report)
+    _match_jobs_and_entries(db, report)
     return report
 
 
-def _match_jobs_and_transactions(db: Database, report: ReconcileReport) -> None:
-    """Every settled job has exactly one transaction (``_id`` = job id) and nothing else has one."""
-    settled = ((j["_id"], "job") for j in db.jobs.find({"status": JobStatus.SETTLED}, {"_id": 1}).sort("_id", 1))
-    txs = ((t["_id"], "tx" if t.get("jobId", t["_id"]) == t["_id"] else "tx-mismatch")
-           for t in db.transactions.find({}, {"jobId": 1}).sort("_id", 1))
-    for job_id, group in groupby(heapq.merge(settled, txs, key=lambda r: r[0]), key=lambda r: r[0]):
-        kinds = sorted(kind for _, kind in group)
-        if kinds != ["job", "tx"] and len(report.jobs_without_outcome) < 100:
-            report.jobs_without_outcome.append(job_id)
+def _match_jobs_and_entries(db: Database, report: ReconcileReport) -> None:
+    """Every settled job carries its entries (their sum is checked above) and nothing but a
+    settled job carries any: the journal entry and the outcome are one document."""
+    unrecorded = {"status": JobStatus.SETTLED, "entries": {"$exists": False}}
+    stray = {"status": {"$ne": JobStatus.SETTLED}, **journal.HAS_ENTRIES}
+    for query in (unrecorded, stray):
+        room = 100 - len(report.jobs_without_outcome)
+        if room > 0:  # limit(0) would mean no limit
+            found = db.jobs.find(query, {"_id": 1}).sort("_id", 1).limit(room)
+            report.jobs_without_outcome += [j["_id"] for j in found]
 
 
 @dataclass

@@ -7,7 +7,8 @@ in order, and their sum cannot pass the original (``ledger/money_out.py``). The
 debtor is read here, once, from the settled original's result.
 
 An original's refunds (and a top-up's chargebacks) are read on the sparse
-``transactions.refund_of`` index: one range, whatever the history's size.
+``jobs.refund_of`` index (a refund's job is its ledger record, ``services/journal.py``):
+one range, whatever the history's size.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pymongo.database import Database
 from ledger.operations import REFUND_DEBTORS
 from ledger.states import JobStatus
 from ledger.timeutil import iso
+from services import journal
 
 # The result field naming the wallet that received the original's main credit (each
 # refundable operation class declares it: ``refund_debtor``).
@@ -58,9 +60,8 @@ def refunds_by_original(db: Database, job_ids: list[str]) -> dict[str, list[dict
     """The refunds and chargebacks settled against each of ``job_ids`` (``$in`` ranges), oldest first."""
     found: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in job_ids}
     txs = (tx for start in range(0, len(job_ids), IN_CHUNK)
-           for tx in db.transactions.find(
-               {"refundOf": {"$in": job_ids[start:start + IN_CHUNK]}},
-               {"type": 1, "refundOf": 1, "refundLegs": 1, "reason": 1, "createdAt": 1}))
+           for tx in journal.find(db, {"refundOf": {"$in": job_ids[start:start + IN_CHUNK]}},
+                                  ["type", "refundOf", "refundLegs", "reason", "createdAt"]))
     for tx in txs:
         found.setdefault(tx["refundOf"], []).append(
             {"jobId": tx["_id"], "type": tx["type"], "amount": sum(row["amount"] for row in tx.get("refundLegs", [])),

@@ -1,7 +1,7 @@
 """The console's search box: a user by e-mail or id, a job, a payout, a provider transaction id.
 
 Every probe is a point read on ``_id`` or on a unique index (``users.email_unique``,
-``transactions.providerTxId_unique``), plus one bounded range for an e-mail prefix,
+``jobs.providerTxId_unique``, ``services/journal.py``), plus one bounded range for an e-mail prefix,
 so a search costs a handful of index reads whatever the history.
 """
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pymongo.database import Database
 
 from ledger.money import is_user_id
+from services import journal
 from services.users import normalise_email
 
 MAX_QUERY = 256
@@ -49,7 +50,7 @@ def _by_email(db: Database, text: str) -> list[Hit]:
 
 
 def _by_provider_tx(db: Database, text: str) -> list[Hit]:
-    tx = db.transactions.find_one({"providerTxId": text}, {"type": 1})
+    tx = journal.find_one(db, {"providerTxId": text}, ["type"])
     return [] if tx is None else [Hit("job", tx["_id"], f"{tx['type']} for provider transaction {text}")]
 
 

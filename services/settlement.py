@@ -5,11 +5,11 @@ The drain. One batch (``services/batch_runner.py``) = one MongoDB transaction in
 1. read (``services/batch_read.py``): the partition's inbound credits, its queued
    jobs, its head and the state the jobs touch;
 2. decide and plan, pure (``ledger/decide.py``, ``ledger/write_plan.py``): every
-   outcome, then every document write: ledger transactions, merged increments of the
+   outcome, then every document write: job outcomes carrying their ledger entries, merged increments of the
    wallets this partition owns (``ledger.routing``: single writer per balance, system
    wallets as per-partition buckets), insert-only credits for wallets other partitions
    own, the inbound credits marked applied, entitlements, subscription changes, ONE
-   hash-chained audit block, job outcomes and the partition's sequence;
+   hash-chained audit block and the partition's sequence;
 3. write (``services/batch_write.py``); on contention (a write conflict or a refused
    ``head``/``state`` guard) decide again. A broken invariant (a refused balance guard,
    an unbalanced plan) is never retried: the job that causes it is held queued, with
@@ -20,7 +20,9 @@ Exactly once: a job leaves ``queued`` only in the transaction that applies its
 effects, and that transaction read it as ``queued`` (snapshot isolation turns a
 concurrent change into a write conflict). Two settlers of the same partition both
 bump ``partitions.<p>.seq`` under a ``seq`` guard and so conflict; the loser retries
-and finds the jobs already done. ``transactions.jobId`` is unique as a last line.
+and finds the jobs already done. A settled job is its own ledger record, so there is
+no second document that could be written twice (``transactions.jobId`` unique was the
+last line while records were separate; ``ledger/write_plan.job_update``).
 A redelivered doorbell therefore finds nothing to do.
 """
 

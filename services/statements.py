@@ -1,13 +1,14 @@
 """Monthly statements: computed from the ledger, stored once a month is closed.
 
-A statement's lines are the wallet's transactions of the month (``parties_recent``,
-one index range); its opening and closing balances come from the checkpoints
-(``services/checkpoints.py``), a second path, so the tie-out ``opening + net ==
-closing`` checks the one against the other. The current month is computed on every
-request and marked provisional. A closed month (``ledger.periods.is_closed``) is
-stored once: its lines in chunks, then its head and an entry in the statements' audit
-chain in one transaction; the head's ``_id`` is ``<userId>:<YYYY-MM>``, so two beats
-or a restart mid-run store it once, and a stored statement is never rewritten.
+A statement's lines are the wallet's transactions of the month (``parties_settled``
+on the settled jobs that hold them, ``services/journal.py``, one index range); its
+opening and closing balances come from the checkpoints (``services/checkpoints.py``),
+a second path, so the tie-out ``opening + net == closing`` checks the one against the
+other. The current month is computed on every request and marked provisional.
+A closed month (``ledger.periods.is_closed``) is stored once: its lines in chunks,
+then its head and an entry in the statements' audit chain in one transaction; the
+head's ``_id`` is ``<userId>:<YYYY-MM>``, so two beats or a restart mid-run store it
+once, and a stored statement is never rewritten.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ledger.periods import MS, Month, is_closed, month_of
 from ledger.statements import LINE_FIELDS, lines_digest, statement_hash, statement_line, summarize
 from ledger.states import Role
 from ledger.timeutil import iso, to_ms
-from services import operator_audit
+from services import journal, operator_audit
 from services.checkpoints import balance_at
 
 log = logging.getLogger("purser.statements")
@@ -48,9 +49,8 @@ def statement_id(user_id: str, month: Month) -> str:
 
 
 def _lines(db: Database, user_id: str, start: datetime, end: datetime) -> Iterator[dict[str, Any]]:
-    txs = db.transactions.find({"parties": user_id, "createdAt": {"$gte": start, "$lt": end}},
-                               {"entries": 1, "type": 1, "createdAt": 1, "refundOf": 1}
-                               ).sort([("createdAt", 1), ("_id", 1)])
+    txs = journal.find(db, {"parties": user_id, "createdAt": {"$gte": start, "$lt": end}},
+                       ["entries", "type", "createdAt", "refundOf"], sort=[("createdAt", 1), ("_id", 1)])
     for tx in txs:
         yield statement_line(tx, user_id)
 

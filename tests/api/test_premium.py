@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tests.api.helpers import UNKNOWN_ID, Api, User, assert_problem
 from tests.support.invariants import assert_money_invariants
+from tests.support.journal import ledger_record
 
 
 def _content(api: Api, creator: User, price: int = 99, title: str = "Behind the scenes") -> dict:
@@ -67,7 +68,7 @@ def test_unlock_settles_with_the_exact_80_15_5_split(api, fresh_db):
     assert {i["walletId"]: i["balance"] for i in platform.json["items"]} == {
         "platform:revenue": 15, "platform:processing": 5, "external:funding": -1000, "platform:payouts-in-flight": 0}
     assert_problem(api.get("/api/admin/system-wallets", fan), 403, "FORBIDDEN")
-    tx = fresh_db.transactions.find_one({"jobId": job["jobId"]})
+    tx = ledger_record(fresh_db, {"jobId": job["jobId"]})
     assert sorted((e["walletId"], e["amount"]) for e in tx["entries"]) == sorted([
         (fan.id, -99), (creator.id, 79), ("platform:revenue", 15), ("platform:processing", 5)])
     assert api.get(f"/api/premium/content/{content['contentId']}", fan).json["unlocked"] is True

@@ -20,6 +20,7 @@ from tests.api.helpers import UNKNOWN_ID, Api, User, assert_problem
 from tests.support.client import ApiClient, Response
 from tests.support.env import TEST_WEBHOOK_SECRET
 from tests.support.invariants import assert_money_invariants
+from tests.support.journal import ledger_record
 
 REFUNDS = "/api/admin/refunds"
 REV, PROC = "platform:revenue", "platform:processing"
@@ -97,7 +98,7 @@ def test_full_refund_of_an_unlock_gives_the_price_back_and_revokes_access(api, f
         assert item["createdAt"]
     # The refund job is the admin's: not disclosed to the fan.
     assert_problem(api.get(f"/api/jobs/{job['jobId']}", fan), 404, "JOB_NOT_FOUND")
-    tx = fresh_db.transactions.find_one({"_id": job["jobId"]})
+    tx = ledger_record(fresh_db, {"_id": job["jobId"]})
     assert tx["refundOf"] == unlock["jobId"] and tx["reason"] == "duplicate"
     history = api.get("/api/wallet/transactions", fan).json["items"]
     assert (history[0]["type"], history[0]["amount"]) == ("refund", 100)

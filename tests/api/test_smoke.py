@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tests.support.env import TEST_WEBHOOK_SECRET
 from tests.support.invariants import assert_money_invariants
+from tests.support.journal import ledger_record
 
 
 def test_topup_then_transfer_settles_with_exact_balances(app_client, fresh_db):
@@ -17,7 +18,7 @@ def test_topup_then_transfer_settles_with_exact_balances(app_client, fresh_db):
     assert job["status"] == "settled" and job["result"] == {"amount": 250, "receiverId": bob["userId"]}
     assert app_client.balance(alice["token"]) == 750
     assert app_client.balance(bob["token"]) == 250
-    tx = fresh_db.transactions.find_one({"jobId": job["jobId"]})
+    tx = ledger_record(fresh_db, {"jobId": job["jobId"]})
     assert sorted((e["walletId"], e["amount"]) for e in tx["entries"]) == sorted(
         [(alice["userId"], -250), (bob["userId"], 250)])
     assert_money_invariants(fresh_db)

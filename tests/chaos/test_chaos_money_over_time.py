@@ -55,6 +55,7 @@ from tests.chaos.chaoskit import (
 from tests.support.client import ApiClient
 from tests.support.history import broker_ring
 from tests.support.invariants import assert_money_invariants
+from tests.support.journal import ledger_records
 from tests.support.load import Sent, Tally, doubled, fire, fund
 from tests.support.seeding import User, add_users, partitions, seed_users
 
@@ -142,7 +143,7 @@ def _ledger_by_wallet(db: Any, month: Month) -> tuple[Counter, Counter]:
     """Each wallet's net movement and number of transactions in ``month``, from the ledger."""
     net: Counter = Counter()
     moves: Counter = Counter()
-    for tx in db.transactions.find({"createdAt": {"$gte": month.start, "$lt": month.end}},
+    for tx in ledger_records(db, {"createdAt": {"$gte": month.start, "$lt": month.end}},
                                    {"entries": 1, "parties": 1}):
         for entry in tx["entries"]:
             net[entry["walletId"]] += entry["amount"]

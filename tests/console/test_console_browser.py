@@ -36,6 +36,7 @@ from services import console_sessions, contents
 from tests.console.conftest import LOGIN_LIMIT, Stack
 from tests.support.browser import Browser
 from tests.support.env import ROOT
+from tests.support.journal import ledger_record
 from tests.support.seeding import PASSWORD, User, seed_users
 from tests.support.waiting import wait_for
 
@@ -197,7 +198,7 @@ def test_operator_finds_a_fan_and_refunds_an_unlock_through_the_form(stack: Stac
     refund_id = b.driver.current_url.split("/console/jobs/")[1].split("?")[0]
     until_figure(b, "status", "settled")
 
-    tx = s.db.transactions.find_one({"_id": refund_id})
+    tx = ledger_record(s.db, {"_id": refund_id})
     assert tx["refundOf"] == unlock["jobId"] and tx["reason"] == "requested_by_customer"
     creator_leg = next(leg["amount"] for leg in tx["refundLegs"] if leg["walletId"] == creator.id)
     assert sum(leg["amount"] for leg in tx["refundLegs"]) == 100 and creator_leg == 80

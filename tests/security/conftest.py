@@ -26,7 +26,7 @@ from tests.support.seeding import User, seed_users
 from tests.support.stack import Web
 from tests.support.store import drop_database_unblocked
 
-COUNTED = ("jobs", "transactions", "form_keys", "users", "wallets", "contents", "plans", "subscriptions",
+COUNTED = ("jobs", "form_keys", "users", "wallets", "contents", "plans", "subscriptions",
            "unlocks", "auditlogs")
 
 

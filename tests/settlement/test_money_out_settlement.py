@@ -13,6 +13,7 @@ from services.queries import audit_entry_of
 from services.reconcile import reconcile
 from services.settlement import settle_partition
 from tests.support.invariants import assert_money_invariants
+from tests.support.journal import count_records, ledger_record, ledger_records
 from tests.support.load import fire
 from tests.support.seeding import add_user, partitions
 from tests.support.settle import apply_credits_here, balances, fund_here, queue_jobs, system_balances
@@ -53,7 +54,7 @@ def test_a_payout_holds_then_posts_and_a_failed_one_gives_the_money_back(db):
     queue_jobs(db, [PayoutEvent(creator, a, "returned", "evt-4")])
     _settle_all(db)
     assert balances(db, [creator])[creator] == 5000
-    assert db.transactions.count_documents({"type": "payout_event"}) == 3
+    assert count_records(db, {"type": "payout_event"}) == 3
     assert_money_invariants(db)
 
 
@@ -82,7 +83,7 @@ def test_partial_then_full_refund_of_an_unlock_gives_back_exactly_the_price(db):
     assert _job(db, too_much["_id"])["error"]["code"] == "REFUND_EXCEEDS_ORIGINAL"
     assert balances(db, [fan, creator]) == {fan: 1000, creator: 0}
     assert db.unlocks.count_documents({"userId": fan, "contentId": content}) == 0  # revoked
-    refunds = list(db.transactions.find({"refundOf": unlock["_id"]}))
+    refunds = list(ledger_records(db, {"refundOf": unlock["_id"]}))
     assert sorted(sum(e["amount"] for e in r["entries"] if e["walletId"] == fan) for r in refunds) == [49, 50]
     assert_money_invariants(db)
 
@@ -119,7 +120,7 @@ def test_a_chargeback_leaves_debt_that_blocks_debits_until_a_credit_repays_it(db
     assert balances(db, [fan])[fan] == -400
     rec = reconcile(db)
     assert rec.ok and rec.debt == [fan], rec.as_dict()  # debt, reported, not an error
-    assert db.transactions.find_one({"refundOf": topup["_id"]})["type"] == "chargeback"
+    assert ledger_record(db, {"refundOf": topup["_id"]})["type"] == "chargeback"
 
     queue_jobs(db, [TopUp(fan, 450, "pi_later"), Transfer(fan, friend, 50)])
     _settle_all(db)

@@ -15,6 +15,7 @@ from typing import Any
 from ledger.operations import Chargeback, Credit, Gift, Payout, PayoutEvent, Refund, TopUp, Transfer
 from ledger.periods import MS, Month
 from tests.support.history import settle_at
+from tests.support.journal import ledger_records
 from tests.support.seeding import add_user, partitions
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -24,7 +25,7 @@ JAN, FEB = Month(2025, 1), Month(2025, 2)
 
 def _replay(db: Any, wallet: str, at: datetime) -> int:
     """The ledger replayed to ``at``, by brute force: the reference balance_at must equal."""
-    return sum(e["amount"] for tx in db.transactions.find({"createdAt": {"$lte": at}})
+    return sum(e["amount"] for tx in ledger_records(db, {"createdAt": {"$lte": at}})
                for e in tx["entries"] if e["walletId"] == wallet)
 
 

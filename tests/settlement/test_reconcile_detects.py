@@ -17,6 +17,7 @@ import pytest
 from ledger.operations import Transfer
 from services.reconcile import reconcile, verify_audit
 from services.settlement import settle_partition
+from tests.support.journal import ledger_record
 from tests.support.seeding import add_user, partitions
 from tests.support.settle import fund_here, queue_jobs
 
@@ -69,16 +70,16 @@ def test_negative_user_wallet_is_reported(db, history):
 
 
 def test_unbalanced_transaction_is_reported(db, history):
-    tx = db.transactions.find_one({"_id": history.settled_job})
+    tx = ledger_record(db, {"_id": history.settled_job})
     assert tx is not None
-    db.transactions.update_one({"_id": history.settled_job}, {"$inc": {"entries.0.amount": 1}})
+    db.jobs.update_one({"_id": history.settled_job}, {"$inc": {"entries.0.amount": 1}})
     report = reconcile(db)
     assert not report.ok
     assert report.unbalanced_transactions == [history.settled_job]
 
 
-def test_settled_job_without_transaction_is_reported(db, history):
-    # A failed job relabelled settled: it has no transaction (nothing else changes).
+def test_settled_job_without_entries_is_reported(db, history):
+    # A failed job relabelled settled: it carries no ledger entries (nothing else changes).
     db.jobs.update_one({"_id": history.failed_job}, {"$set": {"status": "settled"}})
     report = reconcile(db)
     assert not report.ok
@@ -86,7 +87,7 @@ def test_settled_job_without_transaction_is_reported(db, history):
     assert not report.drift and not report.unbalanced_transactions and report.total_balance == 0
 
 
-def test_transaction_without_settled_job_is_reported(db, history):
+def test_entries_on_a_job_no_longer_settled_are_reported(db, history):
     db.jobs.update_one({"_id": history.settled_job}, {"$set": {"status": "failed"}})
     report = reconcile(db)
     assert not report.ok
@@ -94,11 +95,14 @@ def test_transaction_without_settled_job_is_reported(db, history):
     assert not report.drift and not report.unbalanced_transactions and report.total_balance == 0
 
 
-def test_transaction_pointing_at_another_job_is_reported(db, history):
-    db.transactions.update_one({"_id": history.settled_job}, {"$set": {"jobId": history.failed_job}})
+def test_entries_on_a_failed_job_are_reported(db, history):
+    # A record can no longer point at another job (it is the job); the nearest forgery is
+    # balanced entries written onto a failed job: they move no balance the ledger knows of.
+    entries = [{"walletId": history.sender, "amount": -1}, {"walletId": history.receiver, "amount": 1}]
+    db.jobs.update_one({"_id": history.failed_job}, {"$set": {"entries": entries, "parties": []}})
     report = reconcile(db)
     assert not report.ok
-    assert history.settled_job in report.jobs_without_outcome
+    assert history.failed_job in report.jobs_without_outcome
 
 
 def test_altered_unapplied_credit_is_drift(db, history):

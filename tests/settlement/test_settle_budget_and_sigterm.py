@@ -24,6 +24,7 @@ from infra.queues import partition_queue
 from ledger.operations import Credit
 from tests.support.env import redis_db
 from tests.support.invariants import assert_money_invariants
+from tests.support.journal import count_records
 from tests.support.seeding import add_users
 from tests.support.settle import balances, queue_jobs
 from tests.support.waiting import wait_drained, wait_for
@@ -143,7 +144,7 @@ def test_a_drain_out_of_time_rings_its_partition_again_until_all_settled_once(
     settled = {j["_id"]: j for j in db.jobs.find({"_id": {"$in": [j["_id"] for j in jobs]}})}
     assert all(j["status"] == "settled" for j in settled.values()), [j["status"] for j in settled.values()]
     # Exactly once: one transaction per job, each wallet credited with its three amounts once.
-    assert db.transactions.count_documents({"jobId": {"$in": list(settled)}}) == 12
+    assert count_records(db, {"jobId": {"$in": list(settled)}}) == 12
     assert balances(db, users) == {u: 10 + 11 + 12 for u in users}
     assert_money_invariants(db)
 
@@ -190,7 +191,7 @@ def test_sigterm_lets_the_work_in_flight_commit_and_a_restarted_worker_settles_t
     assert at_exit > at_signal, (at_signal, at_exit)
     statuses = set(db.jobs.distinct("status"))
     assert statuses <= {"settled", "queued"}, statuses
-    assert db.transactions.count_documents({}) == db.jobs.count_documents({"status": "settled"})
+    assert count_records(db, {}) == db.jobs.count_documents({"status": "settled"})
     # The doorbell the busy worker never started is back on the broker, nothing unacknowledged.
     assert settled(waiting_ids) == 0
     assert broker.llen(partition_queue(waiting)) == 1

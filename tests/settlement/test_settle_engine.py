@@ -13,6 +13,7 @@ from ledger.operations import Credit, Gift, TopUp, Transfer, partition_of
 from ledger.timeutil import utcnow
 from services.queries import audit_entry_of
 from tests.support.invariants import assert_money_invariants
+from tests.support.journal import count_records, ledger_record, ledger_records
 from tests.support.seeding import add_user, add_users, new_id, partitions
 from tests.support.settle import (
     apply_credits_here,
@@ -52,14 +53,14 @@ def test_submitted_job_is_settled_by_a_worker_with_exact_effects(db):
     fan_wallet = db.wallets.find_one({"_id": fan})
     assert fan_wallet["version"] == 2 and fan_wallet["lastTransactionAt"] == job["settledAt"]
 
-    txs = list(db.transactions.find({"jobId": gift["_id"]}))
+    txs = list(ledger_records(db, {"jobId": gift["_id"]}))
     assert len(txs) == 1
     tx = txs[0]
     assert tx["txId"] == gift["_id"] and tx["type"] == "gift" and tx["requestId"] == "req-gift-1"
     assert tx["partition"] == gift["partition"]
     assert entries_of(tx) == sorted([(fan, -333), (creator, 266), ("platform:revenue", 50),
                                      ("platform:processing", 17)])
-    topup_tx = db.transactions.find_one({"jobId": topup["_id"]})
+    topup_tx = ledger_record(db, {"jobId": topup["_id"]})
     assert entries_of(topup_tx) == sorted([("external:funding", -1000), (fan, 1000)])
     assert topup_tx["providerTxId"] == "ptx-1"
 
@@ -101,7 +102,7 @@ def test_the_same_doorbell_delivered_five_times_applies_the_job_once(db):
 
     assert done["status"] == "settled" and done["attempts"] == 1
     assert balances(db, [sender, receiver]) == {sender: 380, receiver: 120}
-    assert db.transactions.count_documents({"jobId": job["_id"]}) == 1
+    assert count_records(db, {"jobId": job["_id"]}) == 1
     assert db.auditlogs.count_documents({"jobs.jobId": job["_id"]}) == 1
     # One batch applied it; the other deliveries found nothing and wrote nothing.
     assert db.partitions.find_one({"_id": p})["seq"] == seq_before + 1
@@ -188,7 +189,7 @@ def test_two_worker_processes_on_one_partition_never_double_apply_or_overdraw(db
     expected, expected_balances = _expected_sequential(jobs, {s: 100 for s in senders})
     assert {i: j["status"] for i, j in done.items()} == expected
     assert balances(db, senders + outsiders) == {w: expected_balances.get(w, 0) for w in senders + outsiders}
-    assert db.transactions.count_documents({"jobId": {"$in": list(done)}}) == sum(
+    assert count_records(db, {"jobId": {"$in": list(done)}}) == sum(
         1 for s in expected.values() if s == "settled")
     assert all(j["attempts"] == 1 for j in done.values())
     assert_money_invariants(db)
@@ -312,7 +313,7 @@ def test_a_poison_job_fails_internal_error_without_blocking_its_partition(db, ki
     assert done[poison["_id"]]["error"]["code"] == "INTERNAL_ERROR"
     assert audit_entry_of(db, poison["_id"])[1]["outcome"] == "failed"
     assert db.auditlogs.count_documents({"jobs.jobId": poison["_id"]}) == 1
-    assert db.transactions.count_documents({"jobId": poison["_id"]}) == 0
+    assert count_records(db, {"jobId": poison["_id"]}) == 0
     assert balances(db, [sender, receiver]) == {sender: 75, receiver: 125}
     assert_money_invariants(db)
 
@@ -374,7 +375,7 @@ def test_an_unknown_commit_result_still_settles_the_job_exactly_once(db, fault):
     done = wait_jobs(db, [j["_id"] for j in jobs])
     assert [done[j["_id"]]["status"] for j in jobs] == ["settled", "settled", "failed"]
     assert balances(db, [sender, receiver]) == {sender: 20, receiver: 80}
-    assert db.transactions.count_documents({"jobId": {"$in": [j["_id"] for j in jobs]}}) == 2
+    assert count_records(db, {"jobId": {"$in": [j["_id"] for j in jobs]}}) == 2
     assert_money_invariants(db)
 
 
@@ -390,7 +391,7 @@ def test_an_unknown_commit_result_in_a_worker_settles_once(db):
         db.client.admin.command("configureFailPoint", "failCommand", mode="off")
     assert done["status"] == "settled"
     assert balances(db, [sender, receiver]) == {sender: 0, receiver: 60}
-    assert db.transactions.count_documents({"jobId": job["_id"]}) == 1
+    assert count_records(db, {"jobId": job["_id"]}) == 1
     assert_money_invariants(db)
 
 
@@ -432,5 +433,5 @@ def test_a_second_topup_with_a_settled_provider_tx_id_fails_without_blocking(db)
     assert done[after["_id"]]["status"] == "settled"
     assert done[twice["_id"]]["status"] == "failed"
     assert balances(db, [user, other]) == {user: 470, other: 100}
-    assert db.transactions.count_documents({"providerTxId": "ptx-resent"}) == 1
+    assert count_records(db, {"providerTxId": "ptx-resent"}) == 1
     assert_money_invariants(db)

@@ -25,6 +25,7 @@ MONEY_OUT = importlib.import_module("migrations.versions.0005_money_out")
 CONSOLE = importlib.import_module("migrations.versions.0007_console")
 MONEY_OVER_TIME = importlib.import_module("migrations.versions.0008_money_over_time")
 JOB_IS_THE_KEY = importlib.import_module("migrations.versions.0009_job_is_the_key")
+JOB_IS_THE_JOURNAL = importlib.import_module("migrations.versions.0010_job_is_the_journal")
 
 
 def _run(stack_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -61,6 +62,9 @@ def _expected_index_names() -> dict[str, set[str]]:
     # 0009: the job holds its idempotency key; console form keys move to form_keys.
     names["jobs"] |= {ix.document["name"] for ix in JOB_IS_THE_KEY.JOB_INDEXES}
     names["form_keys"] = names.pop("idempotency_keys")
+    # 0010: a settled job is its journal entry; the ledger's indexes move onto jobs.
+    names["jobs"] |= {ix.document["name"] for ix in JOB_IS_THE_JOURNAL.JOB_INDEXES}
+    del names["transactions"]
     return names
 
 
@@ -154,12 +158,11 @@ def test_every_hot_query_is_served_by_an_index(db):
         ("job history", "jobs", {"ownerId": fan}, [("createdAt", -1), ("_id", -1)], {"owner_recent"}),
         ("sweep", "jobs", {"partition": 0, "status": "queued", "createdAt": {"$lt": now}}, None,
          {"partition_queue"}),
-        ("wallet history", "transactions", {"parties": fan}, [("createdAt", -1), ("_id", -1)],
-         {"parties_recent"}),
-        ("tx by job", "transactions", {"_id": gift["_id"]}, None, {"_id_"}),
+        ("wallet history", "jobs", {"parties": fan}, [("settledAt", -1), ("_id", -1)], {"parties_settled"}),
+        ("refunds of an original", "jobs", {"refundOf": {"$in": [gift["_id"]]}}, None, {"refund_of"}),
         ("inbound credits", "credits", {"to": 0, "applied": False}, [("createdAt", 1), ("_id", 1)], {"inbound"}),
         ("stale credits", "credits", {"to": 0, "applied": False, "createdAt": {"$lt": now}}, None, {"inbound"}),
-        ("tx by provider id", "transactions", {"providerTxId": "ptx"}, None, {"providerTxId_unique"}),
+        ("tx by provider id", "jobs", {"providerTxId": {"$in": ["ptx"]}}, None, {"providerTxId_unique"}),
         ("idempotency key", "jobs", {"idem.owner": fan, "idem.key": "k"}, None, {"idem_owner_key"}),
         ("expired keys", "jobs", {"idem.expiresAt": {"$lte": now}}, [("idem.expiresAt", 1)], {"idem_expires"}),
         ("console form key", "form_keys", {"ownerId": fan, "key": "console:k"}, None, {"owner_key_unique"}),

@@ -19,6 +19,7 @@ from services.queries import audit_entry_of, incoming_credits
 from services.reconcile import reconcile
 from services.settlement import settle_partition
 from tests.support.invariants import assert_money_invariants
+from tests.support.journal import ledger_record
 from tests.support.load import fire
 from tests.support.seeding import add_user, partitions
 from tests.support.settle import apply_credits_here, balances, fund_here, queue_jobs, system_balances
@@ -193,7 +194,7 @@ def test_a_job_points_at_the_audit_block_that_lists_it(db):
     entry, record = audit_entry_of(db, jobs[2]["_id"])
     assert [r["outcome"] for r in entry["jobs"]] == ["settled", "settled", "failed"]
     assert record["code"] == "INSUFFICIENT_FUNDS"
-    assert db.transactions.find_one({"_id": jobs[0]["_id"]})["auditSeq"] == entry["seq"]
+    assert ledger_record(db, {"_id": jobs[0]["_id"]})["auditSeq"] == entry["seq"]
     assert_money_invariants(db)
 
 

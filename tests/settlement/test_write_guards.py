@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
+from pymongo.errors import OperationFailure
 
 import services.batch_read as batch_read
 import services.batch_runner as batch_runner
@@ -55,7 +56,7 @@ def _write(db: Any, plan: WritePlan) -> None:
 def _stored(db: Any) -> dict[str, Any]:
     """What a refused write must leave as it was."""
     return {name: sorted(map(repr, db[name].find({}, {"lastSettledAt": 0}).sort("_id", 1)))
-            for name in ("jobs", "transactions", "wallets", "credits", "auditlogs", "partitions",
+            for name in ("jobs", "wallets", "credits", "auditlogs", "partitions",
                          "subscriptions", "payouts")}
 
 
@@ -139,11 +140,6 @@ def _subscription(db: Any, status: str) -> tuple[str, Any]:
 
 def _stale_effect(db: Any, which: str) -> tuple[Effect, Effect]:
     """(stale, fresh) versions of one guarded state change."""
-    if which == "renewal":
-        sub, expires = _subscription(db, SubscriptionStatus.ACTIVE)
-        later = expires + timedelta(days=30)
-        return (ExtendSubscription(sub, expires - timedelta(days=30), later),  # a period already renewed
-                ExtendSubscription(sub, expires, later))
     if which == "end":
         sub, _ = _subscription(db, SubscriptionStatus.ACTIVE)
         db.subscriptions.update_one({"_id": sub}, {"$set": {"status": SubscriptionStatus.EXPIRED}})
@@ -154,7 +150,9 @@ def _stale_effect(db: Any, which: str) -> tuple[Effect, Effect]:
             MovePayout("p" * 24, PayoutStatus.SUBMITTED, PayoutStatus.FAILED, "e1"))
 
 
-@pytest.mark.parametrize("which", ["renewal", "end", "payout"])
+# A renewal is filtered on _id alone (ledger/effects.py): its protection is the snapshot,
+# tested below with a concurrent change between the batch's read and its write.
+@pytest.mark.parametrize("which", ["end", "payout"])
 def test_a_state_change_decided_on_a_stale_state_is_refused_as_contention(db, which):
     user = add_user(db, partition=0)
     job = queue_jobs(db, [Transfer(user, add_user(db, partition=0), 5)])[0]
@@ -167,6 +165,28 @@ def test_a_state_change_decided_on_a_stale_state_is_refused_as_contention(db, wh
     assert _stored(db) == before
     _write(db, plan_batch(Router(0, partitions()), [job], [Failed(job["_id"], "renew", "X", "m", (fresh,))],
                           {}, [], _head(db, 0), utcnow()))
+
+
+def test_a_renewal_whose_subscription_changed_after_the_batch_read_it_is_a_write_conflict(db):
+    """What replaces the renewal's status/expiresAt predicate: the batch reads the
+    subscription inside its transaction, so a tick that expires it before the batch writes
+    makes the write conflict (snapshot isolation), and the whole batch is decided again."""
+    user = add_user(db, partition=0)
+    job = queue_jobs(db, [Transfer(user, add_user(db, partition=0), 5)])[0]
+    sub, expires = _subscription(db, SubscriptionStatus.ACTIVE)
+    renew = ExtendSubscription(sub, expires, expires + timedelta(days=30))
+    plan = plan_batch(Router(0, partitions()), [job], [Failed(job["_id"], "renew", "X", "m", (renew,))],
+                      {}, [], _head(db, 0), utcnow())
+    with db.client.start_session() as session:
+        session.start_transaction()
+        assert db.subscriptions.find_one({"_id": sub}, session=session)["status"] == SubscriptionStatus.ACTIVE
+        db.subscriptions.update_one({"_id": sub}, {"$set": {"status": SubscriptionStatus.EXPIRED}})  # the tick
+        with pytest.raises(OperationFailure) as refused:
+            execute(db, plan, session)
+        assert refused.value.has_error_label("TransientTransactionError")  # with_transaction retries it
+        session.abort_transaction()
+    assert db.subscriptions.find_one({"_id": sub})["status"] == SubscriptionStatus.EXPIRED
+    assert db.jobs.find_one({"_id": job["_id"]})["status"] == "queued"
 
 
 # --- the runner: a broken invariant holds the job, counts, logs, and is never retried ---------

@@ -9,6 +9,7 @@ from ledger.operations import Subscribe
 from ledger.timeutil import utcnow
 from services.queries import audit_entry_of
 from tests.support.invariants import assert_money_invariants
+from tests.support.journal import count_records, ledger_records
 from tests.support.load import fire
 from tests.support.seeding import add_user, add_users, new_id, partitions
 from tests.support.settle import (
@@ -96,7 +97,7 @@ def test_subscribe_renew_three_periods_cancel_and_expire_with_exact_money(db):
         # A second tick with the same clock finds the period already renewed.
         assert _tick(db, late_now).renewals_submitted == 0
 
-    assert db.transactions.count_documents({"type": "renew"}) == 3
+    assert count_records(db, {"type": "renew"}) == 3
 
     # Cancel: stops auto-renewal, access lasts until expiresAt, then it expires unpaid.
     db.subscriptions.update_one({"_id": sub["_id"], "subscriberId": fan, "status": "active"},
@@ -134,7 +135,7 @@ def test_a_renewal_that_fails_for_funds_expires_the_subscription_without_a_charg
     assert sub["status"] == "expired" and sub["endedReason"] == "INSUFFICIENT_FUNDS"
     assert sub["expiresAt"] == sub["startedAt"] + timedelta(days=PERIOD) and sub["renewals"] == 0
     assert _money(db, fan, creator) == before
-    assert db.transactions.count_documents({"type": "renew"}) == 0
+    assert count_records(db, {"type": "renew"}) == 0
     assert audit_entry_of(db, renewal["_id"])[1]["outcome"] == "failed"
     # Nothing more to do for later ticks.
     assert _tick(db, sub["expiresAt"] + timedelta(days=90)).scanned == 0
@@ -218,7 +219,7 @@ def test_two_concurrent_ticks_over_1000_due_subscriptions_renew_each_exactly_onc
     assert len(renewals) == 1000
     assert {j["status"] for j in renewals} == {"settled"}, {j["error"]["code"] for j in renewals if j["error"]}
     charged = {}
-    for tx in db.transactions.find({"type": "renew"}, {"jobId": 1}):
+    for tx in ledger_records(db, {"type": "renew"}, {"jobId": 1}):
         charged[tx["jobId"]] = charged.get(tx["jobId"], 0) + 1
     per_sub = {}
     for job in renewals:

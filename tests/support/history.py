@@ -18,6 +18,7 @@ from pymongo.database import Database
 
 from ledger.history import RELEASING
 from services.jobs import build_job
+from tests.support.journal import ledger_records
 from tests.support.seeding import partitions
 
 
@@ -45,7 +46,7 @@ def settle_at(db: Database, op: Any, at: datetime, job_id: str | None = None, *,
 
 def replay_balance(db: Database, wallet: str, at: datetime) -> int:
     """``wallet``'s ledger replayed to ``at`` (inclusive), by brute force."""
-    return sum(e["amount"] for tx in db.transactions.find({"createdAt": {"$lte": at}})
+    return sum(e["amount"] for tx in ledger_records(db, {"createdAt": {"$lte": at}})
                for e in tx["entries"] if e["walletId"] == wallet)
 
 

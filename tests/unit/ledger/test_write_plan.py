@@ -77,8 +77,8 @@ EFFECT_DOCS: list[tuple[Effect, str, type, dict[str, typing.Any]]] = [
       "jobId": "j1", "createdAt": NOW, "updatedAt": NOW, "events": []}),
 ]
 GUARDED_EFFECTS: list[tuple[Effect, str, dict[str, typing.Any], dict[str, typing.Any]]] = [
-    (ExtendSubscription("s1", NOW, SUB_END), "subscriptions",
-     {"_id": "s1", "status": SubscriptionStatus.ACTIVE, "expiresAt": NOW},
+    # On _id alone: the period it renews was read in the batch's transaction (ledger/effects.py).
+    (ExtendSubscription("s1", NOW, SUB_END), "subscriptions", {"_id": "s1"},
      {"$set": {"expiresAt": SUB_END, "lastRenewedAt": NOW}, "$inc": {"renewals": 1}}),
     (EndSubscription("s1", "refunded"), "subscriptions", {"_id": "s1", "status": SubscriptionStatus.ACTIVE},
      {"$set": {"status": SubscriptionStatus.EXPIRED, "endedReason": "refunded", "endedAt": NOW}}),
@@ -105,15 +105,15 @@ def test_a_state_change_is_guarded_on_the_state_it_was_decided_from(effect, coll
     assert plan.writes[collection] == [Update(guard, change, guard=STATE)]
 
 
-def test_a_reversal_annotates_the_ledger_record_and_writes_nothing_else():
+def test_a_reversal_annotates_the_jobs_ledger_fields_and_writes_nothing_else():
     reversal = Reversal("orig-1", ((CAROL, 200), (PLATFORM_REVENUE, 38)), "duplicate")
     plan = plan_batch(ROUTER, [job("r1", "refund")],
                       [settled("r1", "refund", [(BOB, -200), (ALICE, 200)], (reversal,))], {BOB: -200, ALICE: 200},
                       [], HEAD_0, NOW)
-    tx = plan.writes["transactions"][0].doc
+    tx = plan.writes["jobs"][0].change["$set"]
     assert (tx["refundOf"], tx["reason"]) == ("orig-1", "duplicate")
     assert tx["refundLegs"] == [{"walletId": CAROL, "amount": 200}, {"walletId": PLATFORM_REVENUE, "amount": 38}]
-    assert sum(len(plan.writes[c]) for c in COLLECTIONS) == 2  # the record and the job, nothing else
+    assert sum(len(plan.writes[c]) for c in COLLECTIONS) == 1  # the job (its own record), nothing else
 
 
 def test_every_effect_class_is_mapped_by_these_tests():
@@ -134,10 +134,12 @@ def test_a_batch_writes_records_outcomes_credits_one_audit_block_the_head_and_me
     inbound = [{"_id": "2:5:0", "from": 2, "amounts": [{"walletId": BOB, "amount": 40}]}]
     plan = plan_batch(ROUTER, jobs, outcomes, {ALICE: -500, CAROL: 300, BOB: 200}, inbound, HEAD_0, NOW)
 
-    txs = [w.doc for w in plan.writes["transactions"]]
-    assert [(t["_id"], t["auditSeq"], t["parties"]) for t in txs] == [("t1", 4, sorted([ALICE, CAROL])),
-                                                                      ("t2", 4, sorted([ALICE, BOB]))]
-    assert all(sum(e["amount"] for e in t["entries"]) == 0 for t in txs)
+    # Each settled job's one update carries its journal entry; the failed one carries none.
+    sets = {w.filter["_id"]: w.change["$set"] for w in plan.writes["jobs"]}
+    assert [(j, s["parties"]) for j, s in sets.items() if "entries" in s] == [("t1", sorted([ALICE, CAROL])),
+                                                                             ("t2", sorted([ALICE, BOB]))]
+    assert all(sum(e["amount"] for e in s["entries"]) == 0 for s in sets.values() if "entries" in s)
+    assert not {"entries", "parties"} & set(sets["f1"]) and sets["t1"]["settledAt"] == NOW
     statuses = [w.change["$set"]["status"] for w in plan.writes["jobs"]]
     assert statuses == [JobStatus.SETTLED, JobStatus.SETTLED, JobStatus.FAILED]
     assert all(w.change["$set"]["audit"] == {"partition": 0, "seq": 4} for w in plan.writes["jobs"])
@@ -159,7 +161,7 @@ def test_a_batch_writes_records_outcomes_credits_one_audit_block_the_head_and_me
     assert set(wallets) == {ALICE, BOB}  # CAROL is another partition's: a credit, not a write
     assert wallets[ALICE].filter == {"_id": ALICE, "balance": {"$gte": 500}} and wallets[ALICE].guard == FLOOR
     assert wallets[BOB].change["$inc"]["balance"] == 240 and wallets[BOB].guard is None
-    assert plan.documents == 3 + 2 + 2 + 1 + 1 + 2  # jobs, records, credits, audit block, head, wallets
+    assert plan.documents == 3 + 2 + 1 + 1 + 2  # jobs (with their records), credits, audit block, head, wallets
 
 
 def test_system_wallets_are_this_partitions_buckets_the_in_flight_one_guarded():
