@@ -10,6 +10,7 @@ from pymongo.database import Database
 
 from ledger.states import SubscriptionStatus
 from ledger.timeutil import utcnow
+from services.known_facts import KnownFacts
 
 
 def publish(db: Database, creator_id: str, title: str, price: int) -> dict[str, Any]:
@@ -22,6 +23,27 @@ def publish(db: Database, creator_id: str, title: str, price: int) -> dict[str, 
 
 def active_content(db: Database, content_id: str) -> dict[str, Any] | None:
     return db.contents.find_one({"_id": content_id, "isActive": True})
+
+
+# A content keeps its creator, and nothing in Purser deactivates one (settlement reads
+# the content again and fails an unlock of an inactive one), so the unlock's accept path
+# reads the store only for a content it has not seen.
+KNOWN_CONTENTS_MAX = 100_000
+_creators: KnownFacts[str] = KnownFacts("content_creators", KNOWN_CONTENTS_MAX)
+
+
+def active_creator(db: Database, content_id: str) -> str | None:
+    """The creator of the active content ``content_id``, or None; at most one read per process."""
+    def read() -> str | None:
+        doc = db.contents.find_one({"_id": content_id, "isActive": True}, {"creatorId": 1})
+        return doc["creatorId"] if doc else None
+
+    return _creators.get(content_id, read)
+
+
+def forget_known_contents() -> None:
+    """Empty the cache of content creators (tests that drop the database)."""
+    _creators.clear()
 
 
 def has_access(db: Database, user_id: str, content: dict[str, Any], now: datetime | None = None) -> bool:

@@ -55,6 +55,9 @@ def build_job(
     job_id = job_id or new_job_id()
     if op.job_id_field is not None:
         op = replace(op, **{op.job_id_field: job_id})
+    # No ``settledAt`` until settled: a present null is a key of the sparse ledger index
+    # ``parties_settled`` (services/journal.py), so an accepted job would cost an index
+    # entry it never needs; readers take ``job.get("settledAt")``.
     return {
         "_id": job_id,
         "type": op.kind,
@@ -65,7 +68,6 @@ def build_job(
         "requestId": request_id,
         "idempotencyKey": idempotency_key,
         "createdAt": now or utcnow(),
-        "settledAt": None,
         "result": None,
         "error": None,
         "attempts": 0,

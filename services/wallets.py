@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from datetime import datetime
 
-from cachetools import LRUCache
 from pymongo.database import Database
 
-from infra import metrics
 from ledger.money import SYSTEM_WALLETS
 from ledger.routing import bucket_id
 from ledger.states import WalletStatus
+from services.known_facts import KnownFacts
 from services.queries import incoming_credits
 
 # Credits are applied once per settlement batch (tens of ms apart at most), so a few
@@ -33,32 +31,22 @@ class Balance:
 
 
 # A user who exists keeps existing (users are never deleted; freezing is decided at
-# settlement), so the accept path remembers the ones it has seen and reads the store only
-# for a user it has not: a returning sender's receiver costs no read. Positive only, so
-# a user created a moment ago is found at once. Per process and bounded (LRU).
+# settlement), so the accept path reads the store only for a user it has not seen.
 KNOWN_USERS_MAX = 100_000
-_known_users: LRUCache[str, bool] = LRUCache(maxsize=KNOWN_USERS_MAX)
-_known_lock = threading.Lock()
+_known_users: KnownFacts[bool] = KnownFacts("known_users", KNOWN_USERS_MAX)
 
 
 def user_exists(db: Database, user_id: str) -> bool:
     """Whether ``user_id`` is a user (one with its own wallet), at most one read per process."""
-    with _known_lock:
-        known = _known_users.get(user_id, False)
-    metrics.record_cache_lookup("known_users", hit=known)
-    if known:
-        return True
-    if user_wallet_status(db, user_id) is None:
-        return False
-    with _known_lock:
-        _known_users[user_id] = True
-    return True
+    def read() -> bool | None:  # None: not a fact to remember
+        return True if user_wallet_status(db, user_id) is not None else None
+
+    return _known_users.get(user_id, read) is True
 
 
 def forget_known_users() -> None:
     """Empty the cache of known users (tests that drop the database)."""
-    with _known_lock:
-        _known_users.clear()
+    _known_users.clear()
 
 
 def user_wallet_status(db: Database, user_id: str) -> WalletStatus | None:

@@ -195,9 +195,11 @@ def _clean_database() -> None:
     for key in redis.scan_iter(match="purser:lock:*", count=500):
         redis.delete(key)
     redis.delete("purser:backlog")  # a partition published as full by an earlier test would shed 503s
+    from services.contents import forget_known_contents
     from services.wallets import forget_known_users
 
     forget_known_users()  # this process's app remembers users the dropped database no longer has
+    forget_known_contents()
 
 
 @pytest.fixture

@@ -49,9 +49,9 @@ def get_content(contentId: str) -> Any:  # noqa: N803 - the path parameter name 
 def unlock(idempotency_key: str | None) -> Any:
     body = parse_body(UnlockIn)
     me = current().user_id
-    content = contents.active_content(process_db(), body.contentId)
-    if content is None:
+    creator = contents.active_creator(process_db(), body.contentId)
+    if creator is None:
         raise ApiError(422, "CONTENT_NOT_FOUND", "No such content.")
-    if content["creatorId"] == me:
+    if creator == me:
         raise ApiError(422, "OWN_CONTENT", "Creators cannot unlock their own content.")
     return accept(Unlock(me, body.contentId), body, owner_id=me, key=idempotency_key)

@@ -93,3 +93,48 @@ def test_an_accepted_transfer_writes_one_document_and_a_replay_none(counted, fre
     assert _writes(replayed) == {"insert jobs": 1} and replayed.failed == 0, replayed.as_dict()
     assert fresh_db.jobs.count_documents({}) == jobs_before
     assert replayed.commands["find jobs"] == 1, replayed.as_dict()
+
+
+def _reads(tally: Any) -> dict[str, int]:
+    return {k: n for k, n in tally.commands.items() if k.split(" ", 1)[0] in {"find", "aggregate", "count"}}
+
+
+def _content(db: Any, creator: str) -> str:
+    content_id = str(ObjectId())
+    db.contents.insert_one({"_id": content_id, "creatorId": creator, "title": "t", "price": 5, "isActive": True,
+                            "createdAt": utcnow()})
+    return content_id
+
+
+def test_a_returning_caller_reads_nothing_to_accept_and_a_new_fact_is_found_at_once(counted, fresh_db):
+    """Issue 24, lever 3: known receivers and contents' creators cost no read; an unknown one is read."""
+    client, counter = counted
+    payer, payee, creator = _user(fresh_db), _user(fresh_db), _user(fresh_db)
+    token = mint_token(payer, "free")
+    known = _content(fresh_db, creator)
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def unlock(content_id: str, key: str) -> Any:
+        return client.post("/api/premium/unlock", data=json.dumps({"contentId": content_id}),
+                           content_type="application/json", headers={**headers, "Idempotency-Key": key})
+
+    assert _post(client, token, {"receiverId": payee, "amount": 1}, "warm-transfer").status_code == 202
+    assert unlock(known, "warm-unlock").status_code == 202
+    counter.take()
+
+    assert _post(client, token, {"receiverId": payee, "amount": 2}, "again-transfer").status_code == 202
+    assert unlock(known, "again-unlock").status_code == 202  # a second job; settlement refuses the double
+    returning = counter.take()
+    assert _reads(returning) == {}, returning.as_dict()
+    assert _writes(returning) == {"insert jobs": 2}, returning.as_dict()
+
+    # Created a moment ago: not remembered yet, so read, found and accepted at once.
+    newcomer, fresh = _user(fresh_db), _content(fresh_db, creator)
+    assert _post(client, token, {"receiverId": newcomer, "amount": 1}, "new-user").status_code == 202
+    assert unlock(fresh, "new-content").status_code == 202
+    assert set(_reads(counter.take())) == {"find wallets", "find contents"}
+    # Unknown ids are read every time and refused with their stable codes.
+    for _ in range(2):
+        r = unlock(str(ObjectId()), uuid.uuid4().hex)
+        assert r.status_code == 422 and r.get_json()["code"] == "CONTENT_NOT_FOUND"
+    assert _reads(counter.take()) == {"find contents": 2}
