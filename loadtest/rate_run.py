@@ -11,11 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from loadtest.proctree import group_usage
 from loadtest.profiling import pyspy_start, summarize_collapsed
 from loadtest.rate_plan import WEIGHTS, format_report, plan, requests_per_task, verdicts
-from loadtest.stack import Stack
+from loadtest.stack import ROOT, Stack
 
+PROFILES = ROOT / "var" / "bench"  # raw profiles: large, not for the repository
 DRAIN_S = 30.0  # jobs still not terminal this long after locust stopped count as unsettled
 QUICK = {"rate_scale": 0.25, "duration_scale": 0.2}  # 5 + 25 req/s for 60 s + 50 req/s for 12 s
 
@@ -28,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="users = peak task rate x this many seconds (average task time before arrivals wait)")
     group.add_argument("--quick", action="store_true",
                        help="sanity run: --rate-scale 0.25 --duration-scale 0.2 (about 1.5 min of load)")
-    group.add_argument("--pyspy", action="store_true", help="py-spy the web processes through the sustained phase")
+    group.add_argument("--pyspy", action="store_true",
+                       help="py-spy the web and worker processes through the sustained phase")
 
 
 def apply_quick(args: argparse.Namespace) -> None:
@@ -47,37 +51,49 @@ def locust_env(args: argparse.Namespace, stats: Path) -> dict[str, str]:
 
 
 class Watch:
-    """CPU seconds of each process group, sampled every second, and an optional py-spy of the web tier."""
+    """CPU seconds of each process group and of the whole machine (``other``: everything not the
+    stack, locust included), sampled every second, and an optional py-spy of web and worker."""
 
     def __init__(self, args: argparse.Namespace, stack: Stack, prefix: Path) -> None:
         self.stack = stack
         self.samples: list[tuple[float, dict[str, float]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cpu-watch", daemon=True)
-        self._spy: Any = None
-        self._spy_path = Path(f"{prefix}-pyspy-web.txt")
+        self._spies: dict[str, tuple[Path, Any]] = {}
+        self._prefix = prefix
+        self._metrics_before = stack.worker_metrics() if args.profile == "rate" else {}
         if args.profile == "rate":
             self._thread.start()
-            if args.pyspy and stack.web is not None:
+            if args.pyspy:
                 phases = plan(args.rate_scale, args.duration_scale)
                 # locust takes a second or two to start; the sustained phase follows the warm-up
-                threading.Timer(phases[0].seconds + 2, self._spy_start, (stack.web.pid, phases[1].seconds)).start()
+                threading.Timer(phases[0].seconds + 2, self._spy_start, (phases[1].seconds,)).start()
 
-    def _spy_start(self, pid: int, seconds: float) -> None:
-        self._spy = pyspy_start(pid, seconds, self._spy_path, subprocesses=True)
+    def _spy_start(self, seconds: float) -> None:
+        for name, managed in (("web", self.stack.web), ("worker", (self.stack.workers or [None])[0])):
+            if managed is not None and managed.pid:
+                path = PROFILES / f"{self._prefix.name}-pyspy-{name}.txt"
+                self._spies[name] = (path, pyspy_start(managed.pid, seconds, path, subprocesses=True))
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            usage = group_usage(self.stack.process_groups())
-            self.samples.append((time.time(), {k: u.cpu_seconds for k, u in usage.items()}))
+            usage = {k: u.cpu_seconds for k, u in group_usage(self.stack.process_groups()).items()}
+            machine = psutil.cpu_times()
+            busy = machine.user + machine.nice + machine.system + getattr(machine, "irq", 0) + \
+                getattr(machine, "softirq", 0)
+            usage["other"] = busy - sum(usage.values())
+            self.samples.append((time.time(), usage))
             self._stop.wait(1.0)
 
     def finish(self) -> dict[str, Any]:
         self._stop.set()
-        out: dict[str, Any] = {}
-        if self._spy is not None:
-            self._spy.wait(timeout=120)
-            out["pyspy_web"] = {"file": str(self._spy_path), **summarize_collapsed(self._spy_path)}
+        after = self.stack.worker_metrics()
+        out: dict[str, Any] = {"settlement": _batches({k: v - self._metrics_before.get(k, 0.0)
+                                                       for k, v in after.items()})}
+        for name, (path, proc) in self._spies.items():
+            if proc is not None:
+                proc.wait(timeout=120)
+            out[f"pyspy_{name}"] = {"file": str(path), **summarize_collapsed(path)}
         return out
 
     def cores(self, start: float, end: float) -> dict[str, float]:
@@ -92,6 +108,13 @@ class Watch:
             return {}
         before, after = self.samples[i][1], self.samples[j][1]
         return {k: round((after[k] - before.get(k, 0.0)) / span, 2) for k in after}
+
+
+def _batches(metrics: dict[str, float]) -> dict[str, Any]:
+    """The workers' batch counters over the load (from locust's start to the report)."""
+    batches = metrics.get("batches") or 0
+    return {**metrics, "jobs_per_batch": round(metrics.get("jobs", 0) / batches, 1) if batches else None,
+            "ms_per_batch": round(metrics.get("batch_seconds", 0) * 1000 / batches, 1) if batches else None}
 
 
 def bounded_drain(db: Any, timeout: float = DRAIN_S) -> dict[str, Any]:
@@ -150,4 +173,21 @@ def report(args: argparse.Namespace, stats_path: Path, drain: dict[str, Any] | N
             "login_cost": login_cost(args.web_workers), "phases": stats["phases"], "drain": drain,
             "invariants": invariants, "peak_rss_mib": {k: round(v / 2**20) for k, v in peaks.items()},
             **profile, "verdicts": verdict,
-            "table": format_report(stats["phases"], verdict)}
+            "table": format_report(stats["phases"], verdict) + _extra_lines(stats["phases"], profile)}
+
+
+def _extra_lines(phases: list[dict[str, Any]], profile: dict[str, Any]) -> str:
+    lines = []
+    for entry in phases:
+        if entry.get("cpu_cores"):
+            cores = ", ".join(f"{k} {v:.2f}" for k, v in entry["cpu_cores"].items())
+            lines.append(f"cores used in {entry['phase']}: {cores}")
+    for name, spy in profile.items():
+        if not name.startswith("pyspy_"):
+            continue
+        lines.append(f"{name} ({spy.get('samples', 0)} samples), inclusive: " +
+                     "; ".join(f"{frame} {share:.0%}" for frame, share in spy.get("inclusive", [])[:8]))
+    batches = profile.get("settlement") or {}
+    lines.append(f"settle batches: {batches.get('batches', 0):.0f}, {batches.get('jobs_per_batch')} jobs and "
+                 f"{batches.get('ms_per_batch')} ms each, {batches.get('conflict_retries', 0):.0f} conflict retries")
+    return "".join("\n" + line for line in lines)
