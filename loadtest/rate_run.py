@@ -67,7 +67,9 @@ class Watch:
             if args.pyspy:
                 phases = plan(args.rate_scale, args.duration_scale)
                 # locust takes a second or two to start; the sustained phase follows the warm-up
-                threading.Timer(phases[0].seconds + 2, self._spy_start, (phases[1].seconds,)).start()
+                timer = threading.Timer(phases[0].seconds + 2, self._spy_start, (phases[1].seconds,))
+                timer.daemon = True
+                timer.start()
 
     def _spy_start(self, seconds: float) -> None:
         for name, managed in (("web", self.stack.web), ("worker", (self.stack.workers or [None])[0])):
