@@ -3,7 +3,7 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all install browser run demo test test-all test-unit lint docs bench bench-wait chaos migrate mutants mutants-ledger mutants-curated clean
+.PHONY: all install browser run demo test test-all test-unit lint docs bench bench-wait bench-load chaos migrate mutants mutants-ledger mutants-curated clean
 
 all: test
 
@@ -62,6 +62,13 @@ bench: $(VENV)/.installed
 # Only the waiting scenario (issue 15): 500 clients waiting on their jobs, 20 reading balances.
 bench-wait: $(VENV)/.installed
 	$(PY) -m loadtest.wait_bench
+
+# The seed's load profile by arrival rate (issue 24): locust on an isolated stack, 30 s warm-up,
+# 100 requests/s for 5 min, 200 requests/s for 1 min, a verdict per phase (~8 min with seeding).
+# `make bench-load LOAD_ARGS=--quick` for a 2-minute sanity run.
+LOAD_ARGS ?=
+bench-load: $(VENV)/.installed
+	$(PY) -m loadtest.run_locust --profile rate $(LOAD_ARGS)
 
 chaos: $(VENV)/.installed
 	$(PY) -m pytest tests/chaos -q $(PYTEST_ARGS)

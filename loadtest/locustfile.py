@@ -13,7 +13,10 @@ Environment:
 - ``LOADTEST_MANIFEST``: the seed manifest (``python -m loadtest.seed``), default
   ``var/loadtest-manifest.json``;
 - ``LOAD_SCALE`` (default 1): multiplies the user counts of every phase;
-- ``LOAD_PROFILE=short``: the same five phases in about a minute and a half.
+- ``LOAD_PROFILE=short``: the same five phases in about a minute and a half;
+- ``LOAD_PROFILE=rate``: driven by arrival rate instead of user count (warm-up, 100
+  requests/s for 5 minutes, 200 requests/s for 1 minute; ``loadtest/rate_feed.py``
+  for its own variables), with a per-phase summary in ``LOAD_PHASE_STATS``.
 
 Headless, with reports (``python -m loadtest.run_locust`` does all of it on an
 isolated stack)::
@@ -28,6 +31,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -40,6 +44,15 @@ MANIFEST = Path(os.environ.get("LOADTEST_MANIFEST")
                 or Path(__file__).resolve().parent.parent / "var" / "loadtest-manifest.json")
 BUSINESS_FAILURES = {"INSUFFICIENT_FUNDS", "ALREADY_UNLOCKED", "ALREADY_SUBSCRIBED"}
 SETTLE_TIMEOUT = 60.0
+PROFILE = os.environ.get("LOAD_PROFILE", "").lower()
+
+if PROFILE == "rate":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # locust puts only loadtest/ on the path
+    from loadtest.rate_feed import install
+
+    FEED = install()
+else:
+    FEED = None
 
 _population: dict[str, Any] | None = None
 
@@ -59,16 +72,26 @@ def population() -> dict[str, Any]:
 class PurserUser(FastHttpUser):
     """A fan or creator of a random tier, logged in with the seeded password."""
 
-    wait_time = between(0.5, 2.0)
+    _think = between(0.5, 2.0)
+
+    def wait_time(self) -> float:
+        # The rate profile: wait for the next arrival of the open feed instead of thinking.
+        return FEED.take() if FEED is not None else self._think()
 
     def on_start(self) -> None:
         pop = population()
         self.me = random.choice(pop["payers"])
         self.token: str | None = None
         self.login()
+        if FEED is not None:
+            FEED.take()  # locust runs the first task right after on_start: it waits for an arrival too
 
     # -- helpers ---------------------------------------------------------------------
     def _auth(self) -> dict[str, str]:
+        if self.token is None and FEED is not None:
+            # A client whose sign-in failed signs in again before its next request; its failed
+            # login is the error, not a run of 401s (the user-count profiles keep the seed's behaviour).
+            self.login()
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def login(self) -> None:
@@ -188,14 +211,17 @@ def phases() -> list[tuple[str, float, int]]:
     return [(name, seconds, max(1, math.ceil(users * scale))) for name, seconds, users in base]
 
 
-class FivePhases(LoadTestShape):
-    """warm-up, ramp-up, sustained, spike, cool-down; users x ``LOAD_SCALE``; ``LOAD_PROFILE=short``."""
+class Phases(LoadTestShape):
+    """By user count: warm-up, ramp-up, sustained, spike, cool-down; users x ``LOAD_SCALE``;
+    ``LOAD_PROFILE=short``. ``LOAD_PROFILE=rate``: the arrival feed's pool and phases."""
 
     def __init__(self) -> None:
         super().__init__()
         self.plan = phases()
 
     def tick(self) -> tuple[int, float] | None:
+        if FEED is not None:
+            return FEED.tick()
         elapsed = self.get_run_time()
         previous = 0
         for _name, seconds, users in self.plan:
