@@ -57,7 +57,8 @@ def hot_creator(db: Any, *, purser_url: str, start_baseline: Callable[[], Any], 
     """Both designs, ABBA, gifts from ``fans`` fans to one creator; see the module docstring.
 
     ``start_baseline()`` starts the baseline's web server (``.base_url``, ``.stop()``);
-    ``purser_invariants(db)`` checks Purser's money; ``meter`` measures CPU per process group.
+    ``purser_invariants(db)`` checks Purser's money and answers ``{"ok": bool, ...}`` (as
+    ``bench.check_invariants``); ``meter`` measures CPU per process group.
     """
     from api.auth import issue_token
     from infra.config import get_settings
