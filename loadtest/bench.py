@@ -574,7 +574,8 @@ def _http_stages(run: Run) -> None:
             results["hot"] = hot_stages.hot_creator(
                 db, purser_url=stack.web.base_url, start_baseline=lambda: sync_baseline.start_server(stack),
                 threads=plan.client_threads, seconds=plan.e2e_seconds, purser_invariants=check_invariants,
-                meter=lambda extra: CpuMeter(stack, extra).start())
+                meter=lambda extra: CpuMeter(stack, extra).start(),
+                spy=_hot_spy(run) if args.profile else None)
     if run.runs("fixed"):
         with stage(results, "fixed load"):
             wait_drained(db)
@@ -583,6 +584,26 @@ def _http_stages(run: Run) -> None:
         with stage(results, "unlock burst"):
             wait_drained(db)
             results["unlock_burst"] = http_stages.unlock_burst(db, http, pop, mix, plan.burst)
+
+
+def _hot_spy(run: Run) -> Callable[[float], Callable[[], None]]:
+    """py-spy the store (GIL holder), the web tier and the workers during the hot creator's first Purser run."""
+    stack = run.stack
+    assert stack.web is not None
+    spies = [_spy(run.results, run.stamp, "hot-mongodb", stack.mongo.pid, subprocesses=False, gil=True),
+             _spy(run.results, run.stamp, "hot-web", stack.web.pid, subprocesses=True, gil=False),
+             _spy(run.results, run.stamp, "hot-worker", stack.workers[0].pid, subprocesses=True, gil=False)]
+
+    def start(seconds: float) -> Callable[[], None]:
+        collectors = [s(seconds) for s in spies]
+
+        def collect() -> None:
+            for c in collectors:
+                c()
+
+        return collect
+
+    return start
 
 
 def _end_to_end(run: Run) -> dict[str, Any]:

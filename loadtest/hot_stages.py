@@ -37,6 +37,7 @@ MAX_GIFT = 50
 
 Post = Callable[[SeedUser, dict[str, Any]], tuple[int, dict[str, Any] | None]]
 Meter = Callable[[dict[str, list[Any]]], Any]  # extra process groups -> a started CpuMeter
+Spy = Callable[[float], Callable[[], None]]  # seconds -> the collector of profiles started now
 
 
 def seed_hot(db: Any, fans: int) -> Population:
@@ -53,12 +54,13 @@ def seed_hot(db: Any, fans: int) -> Population:
 
 def hot_creator(db: Any, *, purser_url: str, start_baseline: Callable[[], Any], threads: int, seconds: float,
                 purser_invariants: Callable[[Any], dict[str, Any]], fans: int = 120,
-                meter: Meter | None = None) -> dict[str, Any]:
+                meter: Meter | None = None, spy: Spy | None = None) -> dict[str, Any]:
     """Both designs, ABBA, gifts from ``fans`` fans to one creator; see the module docstring.
 
     ``start_baseline()`` starts the baseline's web server (``.base_url``, ``.stop()``);
     ``purser_invariants(db)`` checks Purser's money and answers ``{"ok": bool, ...}`` (as
-    ``bench.check_invariants``); ``meter`` measures CPU per process group.
+    ``bench.check_invariants``); ``meter`` measures CPU per process group; ``spy(seconds)``
+    starts profilers for the first Purser run and returns their collector.
     """
     from api.auth import issue_token
     from infra.config import get_settings
@@ -77,12 +79,15 @@ def hot_creator(db: Any, *, purser_url: str, start_baseline: Callable[[], Any], 
         for n, design in enumerate(ORDER):
             log(f"hot creator: {design} run {n + 1}/{len(ORDER)}")
             cpu = meter({"sync web": [server]}) if meter is not None else None
+            collect = spy(seconds) if spy is not None and n == ORDER.index("purser") else None
             if design == "purser":
                 figures = _purser_run(db, purser, senders, creator.id, threads, seconds, seed=n)
             else:
-                figures = _baseline_run(baseline, senders, creator.id, threads, seconds, seed=n)
+                figures = _baseline_run(db, baseline, senders, creator.id, threads, seconds, seed=n)
             if cpu is not None:
                 figures["cpu_cores"] = cpu.stop()
+            if collect is not None:
+                collect()
             figures["invariants"] = {"purser": _verdict(purser_invariants(db)),
                                      "baseline": baseline_invariants(db, pop, BALANCE)}
             runs.append({"design": design, **figures})
@@ -161,7 +166,7 @@ def _requests(records: list[tuple[float, float, int, Any]], ok: int) -> dict[str
             "request_ms": percentiles([1000 * (r[1] - r[0]) for r in good])}
 
 
-def _baseline_run(http: Http, senders: list[SeedUser], creator_id: str, threads: int, seconds: float,
+def _baseline_run(db: Any, http: Http, senders: list[SeedUser], creator_id: str, threads: int, seconds: float,
                   seed: int) -> dict[str, Any]:
     def post(fan: SeedUser, body: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
         return http.post("/gift", body, {"Authorization": f"Bearer {http.tokens[fan.id]}"})
@@ -171,7 +176,20 @@ def _baseline_run(http: Http, senders: list[SeedUser], creator_id: str, threads:
     first = min(r[0] for r in records)
     settled = [r[1] for r in records if r[2] == 201]
     span = max(settled) - first if settled else 0.0
-    return {**figures, "settled": len(settled), "settled_per_s": round(len(settled) / span, 1) if span else None}
+    return {**figures, "settled": len(settled), "settled_per_s": round(len(settled) / span, 1) if span else None,
+            "transaction_attempts": _attempts(db, first)}
+
+
+def _attempts(db: Any, since: float) -> dict[str, Any]:
+    """How many times the baseline ran each gift's transaction (1 = no write conflict), from its audit."""
+    from datetime import UTC, datetime
+
+    from loadtest.sync_baseline import AUDIT
+
+    tries = [doc.get("attempts", 1) for doc in db[AUDIT].find(
+        {"createdAt": {"$gte": datetime.fromtimestamp(since - 1, UTC)}}, {"attempts": 1})]
+    return {"mean": round(statistics.fmean(tries), 2) if tries else None, **{
+        k: v for k, v in percentiles(tries).items() if k in ("p50", "p99", "max")}}
 
 
 def _purser_run(db: Any, http: Http, senders: list[SeedUser], creator_id: str, threads: int, seconds: float,

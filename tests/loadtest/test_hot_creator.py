@@ -80,6 +80,7 @@ def test_baseline_gift_splits_80_15_5_to_the_coin_with_its_records(fresh_db: Any
                                  {"walletId": PLATFORM_REVENUE, "amount": 5},
                                  {"walletId": PLATFORM_PROCESSING, "amount": 2}]
     assert audit["entries"] == record["entries"] and audit["actor"] == {"type": "user", "id": fan.id}
+    assert audit["attempts"] == 1  # no other gift in flight: no write conflict
     assert baseline_invariants(db, pop, BALANCE)["ok"]
 
     # Refusals move nothing: too much, to oneself, to a system wallet.
@@ -131,6 +132,8 @@ def test_hot_creator_stage_runs_end_to_end(fresh_db: Any, session_worker: Any, w
         assert run["errors"] == 0, run
         assert run["settled"] > 0 and run["settled_per_s"] > 0, run
         assert run["invariants"]["baseline"]["ok"], run["invariants"]
+    for run in (result["runs"][0], result["runs"][3]):
+        assert run["transaction_attempts"]["mean"] >= 1, run
     for run in result["runs"][1:3]:
         assert run["settled"] == run["statuses"]["202"] and not run["failed"], run
     assert result["invariants_ok"] and result["ratio"] is not None and len(result["pairs"]) == 2
