@@ -575,7 +575,7 @@ def _http_stages(run: Run) -> None:
                 db, purser_url=stack.web.base_url, start_baseline=lambda: sync_baseline.start_server(stack),
                 threads=plan.client_threads, seconds=plan.e2e_seconds, purser_invariants=check_invariants,
                 meter=lambda extra: CpuMeter(stack, extra).start(),
-                spy=_hot_spy(run) if args.profile else None)
+                spy=_hot_spy(run) if args.profile else None, settler_metrics=stack.worker_metrics)
     if run.runs("fixed"):
         with stage(results, "fixed load"):
             wait_drained(db)

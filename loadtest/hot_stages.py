@@ -54,13 +54,15 @@ def seed_hot(db: Any, fans: int) -> Population:
 
 def hot_creator(db: Any, *, purser_url: str, start_baseline: Callable[[], Any], threads: int, seconds: float,
                 purser_invariants: Callable[[Any], dict[str, Any]], fans: int = 120,
-                meter: Meter | None = None, spy: Spy | None = None) -> dict[str, Any]:
+                meter: Meter | None = None, spy: Spy | None = None,
+                settler_metrics: Callable[[], dict[str, float]] | None = None) -> dict[str, Any]:
     """Both designs, ABBA, gifts from ``fans`` fans to one creator; see the module docstring.
 
     ``start_baseline()`` starts the baseline's web server (``.base_url``, ``.stop()``);
     ``purser_invariants(db)`` checks Purser's money and answers ``{"ok": bool, ...}`` (as
     ``bench.check_invariants``); ``meter`` measures CPU per process group; ``spy(seconds)``
-    starts profilers for the first Purser run and returns their collector.
+    starts profilers for the first Purser run and returns their collector;
+    ``settler_metrics()`` sums the ledger workers' counters (``Stack.worker_metrics``).
     """
     from api.auth import issue_token
     from infra.config import get_settings
@@ -81,7 +83,10 @@ def hot_creator(db: Any, *, purser_url: str, start_baseline: Callable[[], Any], 
             cpu = meter({"sync web": [server]}) if meter is not None else None
             collect = spy(seconds) if spy is not None and n == ORDER.index("purser") else None
             if design == "purser":
+                before = settler_metrics() if settler_metrics is not None else None
                 figures = _purser_run(db, purser, senders, creator.id, threads, seconds, seed=n)
+                if before is not None and settler_metrics is not None:
+                    figures["settlers"] = _settlers(before, settler_metrics())
             else:
                 figures = _baseline_run(db, baseline, senders, creator.id, threads, seconds, seed=n)
             if cpu is not None:
@@ -99,6 +104,13 @@ def hot_creator(db: Any, *, purser_url: str, start_baseline: Callable[[], Any], 
             "measure": "settled/s = gifts settled ÷ (last settle - first request) of each run; Purser's "
                        "last settle is the latest settledAt of its jobs after draining; settle latency = "
                        "settledAt - createdAt of each job"}
+
+
+def _settlers(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """The ledger workers during one Purser run: batches, mean batch size, conflict retries."""
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in ("batches", "jobs", "conflict_retries")}
+    return {"batches": int(delta["batches"]), "mean_batch_size": ratio(delta["jobs"], delta["batches"], 1),
+            "conflict_retries": int(delta["conflict_retries"])}
 
 
 def _verdict(figures: dict[str, Any]) -> dict[str, Any]:
