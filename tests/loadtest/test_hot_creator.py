@@ -47,12 +47,15 @@ def _world(db: Any) -> tuple[Population, SeedUser, SeedUser]:
     return pop, pop.by_role("free")[0], pop.creators[0]
 
 
-def _gift(server: Any, fan: SeedUser, body: dict[str, Any]) -> requests.Response:
+def _token(user: SeedUser) -> str:
     from api.auth import issue_token
     from infra.config import get_settings
 
-    token = issue_token(get_settings(), fan.id, fan.role)[0]
-    return requests.post(f"{server.base_url}/gift", json=body, headers={"Authorization": f"Bearer {token}"},
+    return issue_token(get_settings(), user.id, user.role)[0]
+
+
+def _gift(server: Any, fan: SeedUser, body: dict[str, Any]) -> requests.Response:
+    return requests.post(f"{server.base_url}/gift", json=body, headers={"Authorization": f"Bearer {_token(fan)}"},
                          timeout=30)
 
 
@@ -88,6 +91,15 @@ def test_baseline_gift_splits_80_15_5_to_the_coin_with_its_records(fresh_db: Any
     assert _gift(baseline, fan, {"creatorId": fan.id, "amount": 1}).status_code == 422
     assert _gift(baseline, fan, {"creatorId": PLATFORM_REVENUE, "amount": 1}).status_code == 400
     assert db[LEDGER].count_documents({}) == 1 and db[AUDIT].count_documents({}) == 1
+
+    # The transfer route the end-to-end stage uses shares the handler's checks: still one ledger record.
+    token = _token(fan)
+    moved = requests.post(f"{baseline.base_url}/transfer", json={"receiverId": creator.id, "amount": 3},
+                          headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert moved.status_code == 201, moved.text
+    assert _balances(db)[creator.id] == BALANCE + 33 and db[LEDGER].count_documents({}) == 2
+    assert requests.post(f"{baseline.base_url}/transfer", json={"receiverId": creator.id, "amount": 3},
+                         timeout=30).status_code == 401
 
 
 def test_baseline_gift_is_one_transaction(fresh_db: Any, baseline: Any) -> None:
