@@ -83,10 +83,8 @@ def hot_creator(db: Any, *, purser_url: str, start_baseline: Callable[[], Any], 
             cpu = meter({"sync web": [server]}) if meter is not None else None
             collect = spy(seconds) if spy is not None and n == ORDER.index("purser") else None
             if design == "purser":
-                before = settler_metrics() if settler_metrics is not None else None
-                figures = _purser_run(db, purser, senders, creator.id, threads, seconds, seed=n)
-                if before is not None and settler_metrics is not None:
-                    figures["settlers"] = _settlers(before, settler_metrics())
+                figures = _purser_run(db, purser, senders, creator.id, threads, seconds, seed=n,
+                                      settler_metrics=settler_metrics)
             else:
                 figures = _baseline_run(db, baseline, senders, creator.id, threads, seconds, seed=n)
             if cpu is not None:
@@ -205,13 +203,16 @@ def _attempts(db: Any, since: float) -> dict[str, Any]:
 
 
 def _purser_run(db: Any, http: Http, senders: list[SeedUser], creator_id: str, threads: int, seconds: float,
-                seed: int) -> dict[str, Any]:
+                seed: int, settler_metrics: Callable[[], dict[str, float]] | None) -> dict[str, Any]:
     def post(fan: SeedUser, body: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
         return http.post_money(fan, "/api/gifts", body)
 
+    before = settler_metrics() if settler_metrics is not None else None
     records = _send_gifts(post, senders, creator_id, threads, seconds, seed)
     figures = _requests(records, 202)
     wait_drained(db)
+    if before is not None and settler_metrics is not None:
+        figures["settlers"] = _settlers(before, settler_metrics())
     ids = [r[3]["jobId"] for r in records if r[2] == 202 and r[3]]
     jobs = list(job_statuses(db, ids).values())
     done = [j for j in jobs if j.get("status") == "settled" and j.get("settledAt")]
