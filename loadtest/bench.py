@@ -18,7 +18,8 @@ settlement path, then measures in one run (the stage modules say how):
 5. the accept path over HTTP (``http_stages``): accepted requests/s with the workers
    stopped and store operations per request (the store's ``top`` counters);
 6. end to end over HTTP: Purser (accept + settle) vs a synchronous one-transaction-
-   per-request app (``sync_baseline``) on the same store, transfers/s;
+   per-request app (``sync_baseline``) on the same store, transfers/s; then the hot
+   creator (``hot_stages``): 100+ fans gift one creator, both designs ABBA, gifts settled/s;
 7. a fixed offered load (50 requests/s): accept and settle percentiles;
 8. 200 fans unlocking one new content at once: settled (and creator credited) when;
 9. subscriptions (``subscription_stages``): expiry vs the store's floor for the same
@@ -53,8 +54,16 @@ from typing import Any
 
 import psutil
 
-from loadtest import backlog_stages, history_bench, http_stages, scale_stages, subscription_stages, sync_baseline
-from loadtest.common import Http, MoneyMix, dig, kick_all, log, ratio, wait_drained
+from loadtest import (
+    backlog_stages,
+    history_bench,
+    hot_stages,
+    http_stages,
+    scale_stages,
+    subscription_stages,
+    sync_baseline,
+)
+from loadtest.common import CpuMeter, Http, MoneyMix, dig, kick_all, log, ratio, wait_drained
 from loadtest.plan import BENCH, RESULTS, Plan
 from loadtest.profiling import pyspy_start, summarize_collapsed
 from loadtest.seed import fund, seed_population
@@ -78,6 +87,9 @@ TARGETS: list[tuple[str, str, str, float]] = [
     ("end_to_end.ratio", "Purser ÷ synchronous transfers/s", ">=", 4.0),
     # issue 24: both designs again with the journal synced at every commit (durable acks)
     ("end_to_end_synced.ratio", "Purser ÷ synchronous transfers/s, journal synced per commit", ">=", 1.0),
+    # issue 24: 100+ fans gift one creator, both designs ABBA
+    ("hot.ratio", "hot creator: Purser ÷ synchronous gifts settled/s", ">=", 4.0),
+    ("hot.purser_settle_p99_s", "hot creator: Purser settle p99, s", "<=", 1.0),
     ("unlock_burst.settled_within_s", "200 unlocks settled after last 202, s", "<=", 1.0),
     ("subscriptions.without_renewal.vs_floor", "expiry tick ÷ store floor", "<=", 1.5),
     ("subscriptions.with_renewal.vs_mix", "renewals/s ÷ bench mix ops/s", ">=", 0.8),
@@ -95,7 +107,7 @@ TARGETS: list[tuple[str, str, str, float]] = [
 ]
 
 LEVELS = (1, 2, 4)  # ledger processes (and store client threads) compared
-STAGES = ("store", "queue", "batch1", "concurrency", "profile", "accept", "e2e", "synced", "fixed", "burst",
+STAGES = ("store", "queue", "batch1", "concurrency", "profile", "accept", "e2e", "synced", "hot", "fixed", "burst",
           "subscriptions",
           "drain", "live", "history")
 
@@ -278,6 +290,10 @@ def table(results: dict[str, Any]) -> str:
     add("end to end, synced commits, transfers/s: Purser", "end_to_end_synced.purser_transfers_per_s")
     add("end to end, synced commits, transfers/s: synchronous", "end_to_end_synced.baseline_transfers_per_s")
     target("end_to_end_synced.ratio")
+    add("hot creator gifts settled/s: Purser / synchronous", "hot.summary")
+    target("hot.ratio")
+    add("  Purser settle p50 s; synchronous request p99 ms", "hot.latency_summary")
+    target("hot.purser_settle_p99_s")
     add("fixed load: offered req/s", "fixed_load.offered_per_s")
     add("fixed load: accept p50 / p95 ms", "fixed_load.accept_ms.p50_p95")
     target("fixed_load.accept_ms.p99")
@@ -356,6 +372,12 @@ def _summaries(results: dict[str, Any]) -> None:
         live["summary"] = " / ".join(_fmt(live.get(k)) for k in
                                      ("offered_per_s", "accepted_per_s", "shed_per_s", "settled_per_s"))
         live["settle_summary"] = f"{_fmt(dig(live, 'settle_s.p50'))} / {_fmt(dig(live, 'settle_s.p99'))}"
+    hot = results.get("hot")
+    if isinstance(hot, dict):
+        hot["summary"] = f"{_fmt(hot.get('purser_settled_per_s'))} / {_fmt(hot.get('baseline_settled_per_s'))}"
+        sync_p99 = [dig(r, "request_ms.p99") for r in hot.get("runs", []) if r.get("design") == "baseline"]
+        hot["latency_summary"] = f"{_fmt(dig(hot, 'purser_settle_s.p50'))}; " + \
+            " / ".join(_fmt(v) for v in sync_p99)
     for name in ("accept_ms", "settle_ms"):
         p = dig(results, f"fixed_load.{name}")
         if isinstance(p, dict):
@@ -564,6 +586,13 @@ def _http_stages(run: Run) -> None:
             finally:
                 wait_drained(db)
                 stack.restart_mongo(sync_on_commit=False)
+    if run.runs("hot"):
+        with stage(results, "hot creator vs synchronous"):
+            results["hot"] = hot_stages.hot_creator(
+                db, purser_url=stack.web.base_url, start_baseline=lambda: sync_baseline.start_server(stack),
+                threads=plan.client_threads, seconds=plan.e2e_seconds, purser_invariants=check_invariants,
+                meter=lambda extra: CpuMeter(stack, extra).start(),
+                spy=_hot_spy(run) if args.profile else None, settler_metrics=stack.worker_metrics)
     if run.runs("fixed"):
         with stage(results, "fixed load"):
             wait_drained(db)
@@ -572,6 +601,26 @@ def _http_stages(run: Run) -> None:
         with stage(results, "unlock burst"):
             wait_drained(db)
             results["unlock_burst"] = http_stages.unlock_burst(db, http, pop, mix, plan.burst)
+
+
+def _hot_spy(run: Run) -> Callable[[float], Callable[[], None]]:
+    """py-spy the store (GIL holder), the web tier and the workers during the hot creator's first Purser run."""
+    stack = run.stack
+    assert stack.web is not None
+    spies = [_spy(run.results, run.stamp, "hot-mongodb", stack.mongo.pid, subprocesses=False, gil=True),
+             _spy(run.results, run.stamp, "hot-web", stack.web.pid, subprocesses=True, gil=False),
+             _spy(run.results, run.stamp, "hot-worker", stack.workers[0].pid, subprocesses=True, gil=False)]
+
+    def start(seconds: float) -> Callable[[], None]:
+        collectors = [s(seconds) for s in spies]
+
+        def collect() -> None:
+            for c in collectors:
+                c()
+
+        return collect
+
+    return start
 
 
 def _end_to_end(run: Run) -> dict[str, Any]:

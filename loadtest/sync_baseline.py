@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from loadtest.stack import ROOT, Stack
 
 WALLETS = "sync_wallets"
 LEDGER = "sync_ledger"
+AUDIT = "sync_audit"
 
 
 class Refused(Exception):
@@ -48,14 +50,38 @@ def _problem(status: int, code: str) -> tuple[Response, int]:
     return jsonify(code=code, status=status), status
 
 
-def create_app() -> Flask:
-    """The baseline's WSGI app: ``POST /transfer`` and ``GET /api/health``."""
-    from bson import ObjectId
-
+def _caller(settings: Any) -> str | None:
+    """The bearer token's user id, or None (any token problem is a 401)."""
     from api.auth import decode_token
-    from infra.config import get_settings
-    from infra.mongo import get_db
+
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        return None
+    try:
+        return decode_token(settings, header[7:].strip()).user_id
+    except Exception:  # noqa: BLE001 - any token problem is a 401
+        return None
+
+
+def _amount(value: Any) -> int | None:
     from ledger.money import MAX_AMOUNT
+
+    return value if type(value) is int and 0 < value <= MAX_AMOUNT else None
+
+
+def _in_transaction(db: Any, apply: Any) -> tuple[Response, int] | None:
+    """Run ``apply(session)`` in one transaction (retried on conflicts); a refusal as its problem."""
+    try:
+        with db.client.start_session() as session:
+            session.with_transaction(apply)
+    except Refused as exc:
+        return _problem(exc.status, exc.code)
+    return None
+
+
+def create_app() -> Flask:
+    """The baseline's WSGI app: ``POST /transfer``, ``POST /gift`` and ``GET /api/health``."""
+    from infra.config import get_settings
 
     app = Flask("purser_sync_baseline")
     settings = get_settings()
@@ -66,46 +92,103 @@ def create_app() -> Flask:
 
     @app.post("/transfer")
     def transfer() -> Any:
-        header = request.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
-            return _problem(401, "UNAUTHORIZED")
-        try:
-            sender = decode_token(settings, header[7:].strip()).user_id
-        except Exception:  # noqa: BLE001 - any token problem is a 401
+        sender = _caller(settings)
+        if sender is None:
             return _problem(401, "UNAUTHORIZED")
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             return _problem(400, "VALIDATION_FAILED")
-        receiver, amount = body.get("receiverId"), body.get("amount")
-        if not isinstance(receiver, str) or type(amount) is not int or not 0 < amount <= MAX_AMOUNT:
+        receiver, amount = body.get("receiverId"), _amount(body.get("amount"))
+        if not isinstance(receiver, str) or amount is None:
             return _problem(400, "VALIDATION_FAILED")
         if receiver == sender:
             return _problem(422, "SELF_TRANSFER")
-        db = get_db()
-        tx_id = str(ObjectId())
+        return _transfer(sender, receiver, amount)
 
-        def apply(session: Any) -> None:
-            now = datetime.now(UTC)
-            debit = db[WALLETS].update_one({"_id": sender, "balance": {"$gte": amount}},
-                                           {"$inc": {"balance": -amount}}, session=session)
-            if debit.matched_count != 1:
-                raise Refused(422, "INSUFFICIENT_FUNDS")
-            credit = db[WALLETS].update_one({"_id": receiver}, {"$inc": {"balance": amount}}, session=session)
-            if credit.matched_count != 1:
-                raise Refused(422, "RECEIVER_NOT_FOUND")
-            db[LEDGER].insert_one({"_id": tx_id, "type": "transfer", "parties": sorted((sender, receiver)),
-                                   "entries": [{"walletId": sender, "amount": -amount},
-                                               {"walletId": receiver, "amount": amount}],
-                                   "createdAt": now}, session=session)
+    @app.post("/gift")
+    def gift() -> Any:
+        from ledger.money import is_user_id
 
-        try:
-            with db.client.start_session() as session:
-                session.with_transaction(apply)
-        except Refused as exc:
-            return _problem(exc.status, exc.code)
-        return jsonify(transferId=tx_id, status="settled"), 201
+        sender = _caller(settings)
+        if sender is None:
+            return _problem(401, "UNAUTHORIZED")
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return _problem(400, "VALIDATION_FAILED")
+        creator, amount = body.get("creatorId"), _amount(body.get("amount"))
+        if not is_user_id(creator) or amount is None:  # never a system wallet as the creator
+            return _problem(400, "VALIDATION_FAILED")
+        if creator == sender:
+            return _problem(422, "SELF_TRANSFER")
+        return _gift(sender, creator, amount, request.headers.get("X-Request-ID") or uuid.uuid4().hex)
 
     return app
+
+
+def _transfer(sender: str, receiver: str, amount: int) -> Any:
+    from bson import ObjectId
+
+    from infra.mongo import get_db
+
+    db = get_db()
+    tx_id = str(ObjectId())
+
+    def apply(session: Any) -> None:
+        now = datetime.now(UTC)
+        debit = db[WALLETS].update_one({"_id": sender, "balance": {"$gte": amount}},
+                                       {"$inc": {"balance": -amount}}, session=session)
+        if debit.matched_count != 1:
+            raise Refused(422, "INSUFFICIENT_FUNDS")
+        credit = db[WALLETS].update_one({"_id": receiver}, {"$inc": {"balance": amount}}, session=session)
+        if credit.matched_count != 1:
+            raise Refused(422, "RECEIVER_NOT_FOUND")
+        db[LEDGER].insert_one({"_id": tx_id, "type": "transfer", "parties": sorted((sender, receiver)),
+                               "entries": [{"walletId": sender, "amount": -amount},
+                                           {"walletId": receiver, "amount": amount}],
+                               "createdAt": now}, session=session)
+
+    return _in_transaction(db, apply) or (jsonify(transferId=tx_id, status="settled"), 201)
+
+
+def _gift(sender: str, creator: str, amount: int, request_id: str) -> Any:
+    """One transaction: guarded debit of the fan, ledger and audit records, then the three credits.
+
+    The split is the domain's own (``ledger.rules.revenue_entries``: 80/15/5, largest
+    remainder), so both designs move the same coins. The credits to the hot documents
+    (the creator and the two platform wallets) go last, in one ``bulk_write``: the
+    shortest time a transaction holds them before its commit, which is what limits a
+    synchronous design when many fans pay one creator (every other gift in flight
+    conflicts on them and retries).
+    """
+    from bson import ObjectId
+    from pymongo import UpdateOne
+
+    from infra.mongo import get_db
+    from ledger.rules import revenue_entries
+
+    db = get_db()
+    tx_id = str(ObjectId())
+    entries, parts = revenue_entries(sender, creator, amount, "gift")
+    rows = [{"walletId": e.wallet_id, "amount": e.amount} for e in entries]
+    credits = [UpdateOne({"_id": e.wallet_id}, {"$inc": {"balance": e.amount}}) for e in entries if e.amount > 0]
+    attempts = [0]  # the bench reads how often a gift ran again after a write conflict
+
+    def apply(session: Any) -> None:
+        now = datetime.now(UTC)
+        attempts[0] += 1
+        debit = db[WALLETS].update_one({"_id": sender, "balance": {"$gte": amount}},
+                                       {"$inc": {"balance": -amount}}, session=session)
+        if debit.matched_count != 1:
+            raise Refused(422, "INSUFFICIENT_FUNDS")
+        db[LEDGER].insert_one({"_id": tx_id, "type": "gift", "parties": sorted((sender, creator)),
+                               "entries": rows, "createdAt": now}, session=session)
+        db[AUDIT].insert_one({"_id": tx_id, "txId": tx_id, "type": "gift", "outcome": "settled",
+                              "actor": {"type": "user", "id": sender}, "entries": rows,
+                              "requestId": request_id, "attempts": attempts[0], "createdAt": now}, session=session)
+        if db[WALLETS].bulk_write(credits, ordered=True, session=session).matched_count != len(credits):
+            raise Refused(422, "RECEIVER_NOT_FOUND")
+
+    return _in_transaction(db, apply) or (jsonify(giftId=tx_id, status="settled", split=parts), 201)
 
 
 class SyncWebServer(WebServer):
@@ -116,17 +199,42 @@ class SyncWebServer(WebServer):
 
 
 def seed_baseline(db: Any, pop: Population, balance: int) -> int:
-    """The baseline's wallets: every payer with ``balance`` coins; an empty ledger with its index."""
+    """The baseline's wallets: every payer with ``balance`` coins, the two platform wallets at zero;
+    empty ledger and audit collections, the ledger with its index. Returns the payers seeded."""
     from pymongo import ASCENDING, DESCENDING
 
-    db[WALLETS].drop()
-    db[LEDGER].drop()
+    from ledger.money import PLATFORM_PROCESSING, PLATFORM_REVENUE
+
+    for name in (WALLETS, LEDGER, AUDIT):
+        db[name].drop()
     db.create_collection(LEDGER)
+    db.create_collection(AUDIT)
     db[LEDGER].create_index([("parties", ASCENDING), ("createdAt", DESCENDING)], name="parties_recent")
     docs = [{"_id": u.id, "balance": balance, "status": "active"} for u in pop.payers]
+    docs += [{"_id": w, "balance": 0, "status": "active"} for w in (PLATFORM_REVENUE, PLATFORM_PROCESSING)]
     for start in range(0, len(docs), 1000):
         db[WALLETS].insert_many(docs[start:start + 1000], ordered=False)
-    return len(docs)
+    return len(pop.payers)
+
+
+def baseline_invariants(db: Any, pop: Population, balance: int) -> dict[str, Any]:
+    """The baseline's money after a run: the total kept, each wallet moved by exactly its ledger
+    entries, every ledger record summing to zero and audited once."""
+    moved: dict[str, int] = {}
+    unbalanced = records = 0
+    for tx in db[LEDGER].find({}, {"entries": 1}):
+        records += 1
+        unbalanced += sum(e["amount"] for e in tx["entries"]) != 0
+        for e in tx["entries"]:
+            moved[e["walletId"]] = moved.get(e["walletId"], 0) + e["amount"]
+    start = {u.id: balance for u in pop.payers}
+    drift = [doc["_id"] for doc in db[WALLETS].find({}, {"balance": 1})
+             if doc["balance"] != start.get(doc["_id"], 0) + moved.get(doc["_id"], 0)]
+    total = sum(doc["balance"] for doc in db[WALLETS].find({}, {"balance": 1}))
+    audits, gifts = db[AUDIT].count_documents({}), db[LEDGER].count_documents({"type": "gift"})
+    ok = not drift and not unbalanced and total == balance * len(pop.payers) and audits == gifts
+    return {"ok": ok, "ledger_records": records, "audit_records": audits, "unbalanced_records": unbalanced,
+            "wallets_off_their_ledger": drift[:10], "total": total}
 
 
 def start_server(stack: Stack, env: Mapping[str, str] | None = None) -> SyncWebServer:
