@@ -81,6 +81,11 @@ TARGETS: list[tuple[str, str, str, float]] = [
     ("settle_profile.documents_per_settled_job", "documents written per settled job", "<=", 3.0),
     ("accept.writes_per_request", "store writes per accepted request", "<=", 2.0),
     ("accept.reads_per_request", "store reads per accepted request", "<=", 1.0),
+    # issue 24: a returning user's request to a known receiver reads nothing; one transfer
+    # end to end (accept + settle, counted on the wire) writes no more than the synchronous design
+    ("accept.returning_users.reads_per_request", "store reads per accepted request, returning users", "<=", 0.1),
+    ("settle_profile.transfers_end_to_end.documents_per_transfer",
+     "documents written per transfer end to end (accept + settle)", "<=", 3.0),
     ("fixed_load.accept_ms.p99", "accept p99 ms @ fixed load", "<=", 50.0),
     ("fixed_load.settle_ms.p99", "settle p99 ms @ fixed load", "<=", 500.0),
     ("fixed_load.errors", "errors @ fixed load (non-business)", "<=", 0.0),
@@ -275,11 +280,15 @@ def table(results: dict[str, Any]) -> str:
     add("  4 ÷ 1 settler threads; retries (4)", "settle_profile.ratio_summary")
     target("settle_profile.documents_per_settled_job")
     add("  store reads per settled job", "settle_profile.t1.reads_per_settled_job")
+    target("settle_profile.transfers_end_to_end.documents_per_transfer")
+    add("  transfers only: accept / settle documents per transfer",
+        "settle_profile.transfers_end_to_end.split_summary")
     add("accepted requests/s over HTTP (no settling)", "accept.accepted_per_s")
     add("  ÷ store update_one/s", "accept.vs_update_ceiling")
     target("accept.writes_per_request")
     target("accept.reads_per_request")
     add("  returning users: req/s; writes, reads per req", "accept.returning_users.summary")
+    target("accept.returning_users.reads_per_request")
     add("  backlog then settled alone, ops/s", "accept.settle_only_ops_per_s")
     add("  accept p50 / p99 ms, linger 0", "accept.accept_ms.p50_p99")
     add("  group commit: linger ms; req/s; p50 / p99 ms", "accept.linger.summary")
@@ -363,6 +372,10 @@ def _summaries(results: dict[str, Any]) -> None:
     if isinstance(prof, dict):
         prof["summary"] = f"{_fmt(dig(prof, 't1.ops_per_s'))} / {_fmt(dig(prof, 't4.ops_per_s'))}"
         prof["ratio_summary"] = f"{_fmt(prof.get('ratio_4_1'))}; {_fmt(dig(prof, 't4.retries'))}"
+        transfers = prof.get("transfers_end_to_end")
+        if isinstance(transfers, dict):
+            transfers["split_summary"] = f"{_fmt(transfers.get('accept_documents_per_transfer'))} / " \
+                                         f"{_fmt(transfers.get('settle_documents_per_transfer'))}"
     drained = results.get("drain")
     if isinstance(drained, dict):
         drained["summary"] = f"{_fmt(drained.get('jobs'))}, {_fmt(drained.get('seconds'))}, " \

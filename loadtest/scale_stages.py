@@ -389,6 +389,33 @@ def _batch_summary(batches: list[Any], seconds: float) -> dict[str, Any]:
     }
 
 
+def transfer_documents(cdb: Any, counter: CommandCounter, mix: MoneyMix, jobs: int, partitions: int,
+                       batch_max: int) -> dict[str, Any]:
+    """Documents written per transfer end to end (issue 24's target: <= 3), counted on the wire.
+
+    ``jobs`` transfers are accepted through ``cdb`` (the batch intake: one document per
+    job, as the web path's insert or group commit writes) and settled by one settler;
+    every insert document and update/delete statement either side sent, every attempt
+    included, ÷ transfers settled. Failed transfers (a payer out of money) count in the
+    denominator as jobs too: what they cost is what the store was asked to do.
+    """
+    counter.take()
+    queue_direct(cdb, mix, jobs, partitions, kinds=("transfer",))
+    accepted = counter.take()
+    batches, seconds, _ = drain_in_process(cdb, partitions, batch_max, 1)
+    settled = counter.take()
+    n = max(1, sum(b.size for b in batches))
+    by_coll: Counter[str] = Counter(settled.written_by_collection())
+    return {"transfers": n, "failed": n - sum(b.settled for b in batches), "batches": len(batches),
+            "mean_batch": round(n / max(1, len(batches)), 1),
+            "accept_documents_per_transfer": round(accepted.written() / n, 2),
+            "settle_documents_per_transfer": round(settled.written() / n, 2),
+            "documents_per_transfer": round((accepted.written() + settled.written()) / n, 2),
+            "settle_by_collection": {k: round(v / n, 3) for k, v in by_coll.most_common()},
+            "reads_per_transfer": round((accepted.reads() + settled.reads()) / n, 2),
+            "ops_per_s_one_settler": round(n / seconds, 1) if seconds else None}
+
+
 def settle_profile(stack: Stack, db: Any, mix: MoneyMix, *, jobs: int, batch_max: int,
                    levels: Sequence[int] = (1, 4), rounds: int = 1,
                    profile_html: Path | None = None) -> dict[str, Any]:
@@ -437,6 +464,7 @@ def settle_profile(stack: Stack, db: Any, mix: MoneyMix, *, jobs: int, batch_max
                     result["profile_html"] = str(profile_html)
                 log(f"in-process settle: {n} settler(s), {sum(b.size for b in batches)} jobs in {seconds:.1f} s "
                     f"({passes} passes)")
+        result["transfers_end_to_end"] = transfer_documents(cdb, counter, mix, jobs, partitions, batch_max)
     finally:
         client.close()
         stack.start_workers({"SETTLE_BATCH_MAX": str(batch_max)}, concurrency=concurrency_before)
