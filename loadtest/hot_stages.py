@@ -14,6 +14,13 @@ latest ``settledAt`` of the run's jobs, read after the queue drained, so a backl
 left at the end of the window costs Purser the time it takes to settle it.
 Purser's settle latency is ``settledAt - createdAt`` of each job document.
 After every run both designs' money invariants are checked.
+
+Closed-loop clients offer whatever the 202s allow, so Purser accepts faster than it
+settles and its latency climbs to the backlog limit (``BACKLOG_MAX_SECONDS``): that is
+saturation, not keeping up. The issue asks for settle p99 <= 1 s *while it keeps up*,
+so a fifth run offers Purser alone ``KEEP_UP_SHARE`` of the gifts/s it settled in the
+ABBA runs, in an open loop (a gift every 1/rate s whatever the answers take), and its
+settle p99 is the one judged; the saturated runs' latency is reported beside it.
 """
 
 from __future__ import annotations
@@ -27,13 +34,14 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from loadtest.common import Http, log, percentiles, ratio, wait_drained
+from loadtest.common import Http, log, open_loop, percentiles, ratio, wait_drained
 from loadtest.seed import Population, SeedUser, fund, job_statuses, seed_population
 from loadtest.sync_baseline import baseline_invariants, seed_baseline
 
 BALANCE = 1_000_000  # coins per fan, in both designs: gifts never run out in a 30 s run
 ORDER = ("baseline", "purser", "purser", "baseline")  # ABBA: A = synchronous baseline, B = Purser
 MAX_GIFT = 50
+KEEP_UP_SHARE = 0.8  # of Purser's settled gifts/s in the ABBA runs: a load it keeps up with
 
 Post = Callable[[SeedUser, dict[str, Any]], tuple[int, dict[str, Any] | None]]
 Meter = Callable[[dict[str, list[Any]]], Any]  # extra process groups -> a started CpuMeter
@@ -94,14 +102,24 @@ def hot_creator(db: Any, *, purser_url: str, start_baseline: Callable[[], Any], 
             figures["invariants"] = {"purser": _verdict(purser_invariants(db)),
                                      "baseline": baseline_invariants(db, pop, BALANCE)}
             runs.append({"design": design, **figures})
+        compared = _compare(runs)
+        rate = KEEP_UP_SHARE * (compared["purser_settled_per_s"] or 0.0)
+        log(f"hot creator: purser keeping up, {rate:.0f} gifts/s offered")
+        keeping_up = _keeping_up_run(db, purser, senders, creator.id, rate, seconds, seed=len(ORDER))
+        keeping_up["invariants"] = {"purser": _verdict(purser_invariants(db))}
     finally:
         server.stop()
-    compared = _compare(runs)
+    compared["purser_settle_saturated_s"] = compared.pop("purser_settle_s")
+    compared["purser_settle_s"] = keeping_up["settle_s"]
+    compared["purser_settle_p99_s"] = keeping_up["settle_s"]["p99"]
+    compared["invariants_ok"] = compared["invariants_ok"] and bool(keeping_up["invariants"]["purser"].get("ok"))
     return {"fans": len(senders), "creator": creator.id, "threads": threads, "seconds_per_run": seconds,
             "order": "ABBA: A = synchronous baseline, B = Purser", **compared, "runs": runs,
+            "keeping_up": keeping_up,
             "measure": "settled/s = gifts settled ÷ (last settle - first request) of each run; Purser's "
                        "last settle is the latest settledAt of its jobs after draining; settle latency = "
-                       "settledAt - createdAt of each job"}
+                       "settledAt - createdAt of each job, judged in the keeping-up run (open loop at "
+                       f"{KEEP_UP_SHARE:g} x Purser's settled/s)"}
 
 
 def _settlers(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
@@ -200,6 +218,35 @@ def _attempts(db: Any, since: float) -> dict[str, Any]:
         {"createdAt": {"$gte": datetime.fromtimestamp(since - 1, UTC)}}, {"attempts": 1})]
     return {"mean": round(statistics.fmean(tries), 2) if tries else None, **{
         k: v for k, v in percentiles(tries).items() if k in ("p50", "p99", "max")}}
+
+
+def _keeping_up_run(db: Any, http: Http, senders: list[SeedUser], creator_id: str, rate: float,
+                    seconds: float, seed: int) -> dict[str, Any]:
+    """Purser alone, ``rate`` gifts/s offered in an open loop for ``seconds``: its settle latency
+    at a load it keeps up with (``settled_per_s`` close to ``rate``)."""
+    assert rate > 0, "no settled rate to offer a share of"
+    rng, fans, lock = random.Random(seed), itertools.cycle(senders), threading.Lock()
+    records: list[tuple[float, float, int, dict[str, Any] | None]] = []
+
+    def send(_scheduled: float) -> None:
+        with lock:
+            fan, amount = next(fans), rng.randint(1, MAX_GIFT)
+        sent = time.time()
+        status, body = http.post_money(fan, "/api/gifts", {"creatorId": creator_id, "amount": amount})
+        with lock:
+            records.append((sent, time.time(), status, body))
+
+    open_loop(send, rate, max(1, int(rate * seconds)))
+    figures = _requests(records, 202)
+    wait_drained(db)
+    ids = [r[3]["jobId"] for r in records if r[2] == 202 and r[3]]
+    done = [j for j in job_statuses(db, ids).values() if j.get("status") == "settled" and j.get("settledAt")]
+    first = min(r[0] for r in records)
+    span = max((j["settledAt"].timestamp() for j in done), default=first) - first
+    settled_per_s = round(len(done) / span, 1) if span > 0 else None
+    return {**figures, "offered_per_s": round(rate, 1), "settled": len(done), "settled_per_s": settled_per_s,
+            "kept_up": settled_per_s is not None and settled_per_s >= 0.95 * rate,
+            "settle_s": percentiles([(j["settledAt"] - j["createdAt"]).total_seconds() for j in done])}
 
 
 def _purser_run(db: Any, http: Http, senders: list[SeedUser], creator_id: str, threads: int, seconds: float,
