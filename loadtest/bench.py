@@ -295,6 +295,7 @@ def table(results: dict[str, Any]) -> str:
     add("  group commit ÷ linger 0: req/s; p99", "accept.linger_vs_off.summary")
     add("end to end transfers/s: Purser", "end_to_end.purser_transfers_per_s")
     add("end to end transfers/s: synchronous", "end_to_end.baseline_transfers_per_s")
+    add("  store CPU ms per transfer: Purser / synchronous", "end_to_end.store_summary")
     target("end_to_end.ratio")
     add("end to end, synced commits, transfers/s: Purser", "end_to_end_synced.purser_transfers_per_s")
     add("end to end, synced commits, transfers/s: synchronous", "end_to_end_synced.baseline_transfers_per_s")
@@ -386,6 +387,11 @@ def _summaries(results: dict[str, Any]) -> None:
         live["summary"] = " / ".join(_fmt(live.get(k)) for k in
                                      ("offered_per_s", "accepted_per_s", "shed_per_s", "settled_per_s"))
         live["settle_summary"] = f"{_fmt(dig(live, 'settle_s.p50'))} / {_fmt(dig(live, 'settle_s.p99'))}"
+    for key in ("end_to_end", "end_to_end_synced"):
+        e2e = results.get(key)
+        if isinstance(e2e, dict):
+            e2e["store_summary"] = f"{_fmt(dig(e2e, 'store_cpu_ms_per_transfer.purser'))} / " \
+                                   f"{_fmt(dig(e2e, 'store_cpu_ms_per_transfer.baseline'))}"
     hot = results.get("hot")
     if isinstance(hot, dict):
         hot["summary"] = f"{_fmt(hot.get('purser_settled_per_s'))} / {_fmt(hot.get('baseline_settled_per_s'))}"
@@ -646,7 +652,17 @@ def _end_to_end(run: Run) -> dict[str, Any]:
     plan = run.plan
     return sync_baseline.end_to_end(
         run.stack, run.db, run.http, run.mix, run.pop, threads=plan.client_threads, seconds=plan.e2e_seconds,
-        warmup=plan.warmup, rounds=plan.rounds, cap=max(400, run.args.batch_max * run.settings.ledger_partitions))
+        warmup=plan.warmup, rounds=plan.rounds, cap=max(400, run.args.batch_max * run.settings.ledger_partitions),
+        spy=_e2e_spy(run) if run.args.profile else None)
+
+
+def _e2e_spy(run: Run) -> Callable[[str, float], Callable[[], None]]:
+    """py-spy the store (GIL holder) during each design's first end-to-end round."""
+    def start(design: str, seconds: float) -> Callable[[], None]:
+        name = f"e2e-{design}-mongodb" + ("-synced" if "end_to_end" in run.results else "")
+        return _spy(run.results, run.stamp, name, run.stack.mongo.pid, subprocesses=False, gil=True)(seconds)
+
+    return start
 
 
 def _backlog_and_subscription_stages(run: Run) -> None:

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -325,12 +325,15 @@ def _sync_round(server: SyncWebServer, stack: Stack, http: Http, mix: MoneyMix, 
 
 
 def end_to_end(stack: Stack, db: Any, purser_http: Http, mix: MoneyMix, pop: Population, *, threads: int,
-               seconds: float, warmup: float, rounds: int, cap: int) -> dict[str, Any]:
+               seconds: float, warmup: float, rounds: int, cap: int,
+               spy: Callable[[str, float], Callable[[], None]] | None = None) -> dict[str, Any]:
     """Transfers/s end to end over HTTP: Purser (accept + settle) and the synchronous baseline.
 
     Both get the same client threads, the same transfer mix and users, the same store
     and gunicorn configuration; rounds alternate ABBA (Purser, baseline, baseline,
-    Purser, ...) so drift on a shared machine moves both alike.
+    Purser, ...) so drift on a shared machine moves both alike. ``spy(design, seconds)``
+    may start a profiler (of the store) for each design's first round and return its
+    collector. Store CPU ms per transfer is the store's cores over the rounds ÷ transfers/s.
     """
     seeded = seed_baseline(db, pop, 1_000_000)
     server = start_server(stack)
@@ -341,12 +344,15 @@ def end_to_end(stack: Stack, db: Any, purser_http: Http, mix: MoneyMix, pop: Pop
         for r in range(rounds):
             for design in ("purser", "baseline") if r % 2 == 0 else ("baseline", "purser"):
                 log(f"end to end: {design} round {r + 1}/{rounds}")
+                collect = spy(design, seconds + warmup) if spy is not None and r < 2 else None
                 if design == "purser":
                     purser.append(_purser_round(stack, db, purser_http, mix, threads=threads, seconds=seconds,
                                                 warmup=warmup, cap=cap))
                 else:
                     baseline.append(_sync_round(server, stack, sync_http, mix, threads=threads, seconds=seconds,
                                                 warmup=warmup))
+                if collect is not None:
+                    collect()
     finally:
         server.stop()
     p_secs = sum(x["seconds"] for x in purser)
@@ -360,6 +366,8 @@ def end_to_end(stack: Stack, db: Any, purser_http: Http, mix: MoneyMix, pop: Pop
         "threads": threads, "rounds": rounds, "seconds_per_round": seconds,
         "purser_transfers_per_s": purser_rate, "baseline_transfers_per_s": sync_rate,
         "ratio": ratio(purser_rate, sync_rate, 2),
+        "store_cpu_ms_per_transfer": {"purser": _store_ms(purser, purser_rate),
+                                      "baseline": _store_ms(baseline, sync_rate)},
         "purser": purser, "baseline": baseline,
         "baseline_ledger_records": ledger_docs, "baseline_money_conserved": conserved,
         "design": "baseline: JWT check + one transaction (guarded debit, credit, ledger insert) per request in "
@@ -367,3 +375,10 @@ def end_to_end(stack: Stack, db: Any, purser_http: Http, mix: MoneyMix, pop: Pop
                   "workers in batches; settled transfers/s counted by settledAt inside the window",
     }
 
+
+def _store_ms(rounds: list[dict[str, Any]], rate: float | None) -> float | None:
+    """The store's CPU ms per transfer over ``rounds`` (its cores in each round ÷ the design's transfers/s)."""
+    cores = [r["cpu_cores"]["mongodb"] for r in rounds if "mongodb" in r.get("cpu_cores", {})]
+    if not cores or not rate:
+        return None
+    return round(1000 * sum(cores) / len(cores) / rate, 2)
