@@ -208,7 +208,8 @@ def record_broken_invariant(guard: str) -> None:
 
 
 def record_cache_lookup(cache: str, *, hit: bool) -> None:
-    """Count one lookup in a cache of the accept path (``services/wallets.py``). Never raises."""
+    """Count one lookup in a web cache of facts that do not change (``services/known_facts.py``,
+    ``api/auth.py``). Never raises."""
     try:
         CACHE_LOOKUPS.labels(cache, "hit" if hit else "miss").inc()
     except Exception:  # noqa: BLE001 - metrics never break the caller

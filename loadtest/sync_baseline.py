@@ -90,37 +90,32 @@ def create_app() -> Flask:
     def health() -> Any:
         return jsonify(status="ok")
 
-    @app.post("/transfer")
-    def transfer() -> Any:
-        sender = _caller(settings)
-        if sender is None:
-            return _problem(401, "UNAUTHORIZED")
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            return _problem(400, "VALIDATION_FAILED")
-        receiver, amount = body.get("receiverId"), _amount(body.get("amount"))
-        if not isinstance(receiver, str) or amount is None:
-            return _problem(400, "VALIDATION_FAILED")
-        if receiver == sender:
-            return _problem(422, "SELF_TRANSFER")
-        return _transfer(sender, receiver, amount)
-
-    @app.post("/gift")
-    def gift() -> Any:
+    def payment(field: str) -> tuple[tuple[str, str, int] | None, Any]:
+        """(caller, counterparty, amount) of a payment request, or the problem to answer."""
         from ledger.money import is_user_id
 
         sender = _caller(settings)
         if sender is None:
-            return _problem(401, "UNAUTHORIZED")
+            return None, _problem(401, "UNAUTHORIZED")
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
-            return _problem(400, "VALIDATION_FAILED")
-        creator, amount = body.get("creatorId"), _amount(body.get("amount"))
-        if not is_user_id(creator) or amount is None:  # never a system wallet as the creator
-            return _problem(400, "VALIDATION_FAILED")
-        if creator == sender:
-            return _problem(422, "SELF_TRANSFER")
-        return _gift(sender, creator, amount, request.headers.get("X-Request-ID") or uuid.uuid4().hex)
+            return None, _problem(400, "VALIDATION_FAILED")
+        other, amount = body.get(field), _amount(body.get("amount"))
+        if not is_user_id(other) or amount is None:  # never a system wallet as the counterparty
+            return None, _problem(400, "VALIDATION_FAILED")
+        if other == sender:
+            return None, _problem(422, "SELF_TRANSFER")
+        return (sender, other, amount), None
+
+    @app.post("/transfer")
+    def transfer() -> Any:
+        parsed, problem = payment("receiverId")
+        return problem if parsed is None else _transfer(*parsed)
+
+    @app.post("/gift")
+    def gift() -> Any:
+        parsed, problem = payment("creatorId")
+        return problem if parsed is None else _gift(*parsed, request.headers.get("X-Request-ID") or uuid.uuid4().hex)
 
     return app
 
