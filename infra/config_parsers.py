@@ -86,28 +86,25 @@ def roles(raw: str) -> tuple[str, ...]:
     return values
 
 
-def seconds(lo: float, hi: float) -> Parser:
+def _number(lo: float, hi: float, unit: str, shown: str = "") -> Parser:
+    """A float of ``unit`` between ``lo`` and ``hi``; ``shown`` follows the bounds in the message."""
     def parse(raw: str) -> float:
         try:
             value = float(raw.strip())
         except ValueError:
-            raise ValueError(f"expected a number of seconds, got {raw!r}") from None
+            raise ValueError(f"expected a number of {unit}, got {raw!r}") from None
         if not lo <= value <= hi:
-            raise ValueError(f"must be between {lo:g} and {hi:g}, got {value:g}")
+            raise ValueError(f"must be between {lo:g} and {hi:g}{shown}, got {value:g}")
         return value
     return parse
+
+
+def seconds(lo: float, hi: float) -> Parser:
+    return _number(lo, hi, "seconds")
 
 
 def milliseconds(lo: float, hi: float) -> Parser:
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise ValueError(f"expected a number of milliseconds, got {raw!r}") from None
-        if not lo <= value <= hi:
-            raise ValueError(f"must be between {lo:g} and {hi:g} ms, got {value:g}")
-        return value
-    return parse
+    return _number(lo, hi, "milliseconds", " ms")
 
 
 def delays(raw: str) -> tuple[float, ...]:

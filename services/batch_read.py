@@ -157,7 +157,6 @@ def _load_reversible(db: Database, reads: Reads, snap: Snapshot, session: Client
     if not txs:
         return
     ids = sorted({tx["_id"] for tx in txs})
-    results = {tx["_id"]: tx.get("result") or {} for tx in txs}
     reversed_: dict[str, dict[str, int]] = {}
     for prior in journal.find(db, {"refundOf": {"$in": ids}}, ["refundOf", "refundLegs"], session=session):
         legs = reversed_.setdefault(prior["refundOf"], {})
@@ -166,7 +165,7 @@ def _load_reversible(db: Database, reads: Reads, snap: Snapshot, session: Client
     for tx in txs:
         payer = next((e["walletId"] for e in tx["entries"] if e["amount"] < 0), "")
         legs = tuple((e["walletId"], e["amount"]) for e in tx["entries"] if e["amount"] > 0)
-        original = Original(tx["_id"], tx["type"], payer, legs, results.get(tx["_id"], {}),
+        original = Original(tx["_id"], tx["type"], payer, legs, tx.get("result") or {},
                             dict(reversed_.get(tx["_id"], {})))
         if tx["type"] == "topup" and tx.get("providerTxId") in reads.topups:
             snap.topups[tx["providerTxId"]] = original
